@@ -1,0 +1,329 @@
+"""One typed configuration tree for a run (one arm, one seed).
+
+Every field is declared once, beside its default and its documentation. YAML files and dotted command-line
+overrides (``loss.is_cap=5``) only override; unknown keys, wrong types and out-of-range values raise
+:class:`ConfigError` naming the key, the value and what is allowed. The resolved config serialises to JSON
+and to a flat ``{"section.key": value}`` dict (MLflow params), and both round-trip.
+
+This module imports no torch: the workflow validates grids with it while Snakemake builds the DAG.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration problem; the message names the key, the value and what is allowed."""
+
+
+def F(default: Any, doc: str, *, choices: tuple | None = None, ge: float | None = None,
+      gt: float | None = None, le: float | None = None) -> Any:
+    """A documented field: default, one-line doc, optional allowed values or numeric bounds."""
+    meta = {"doc": doc, "choices": choices, "ge": ge, "gt": gt, "le": le}
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class ModelConfig:
+    """Architecture of the tiny Qwen3-MoE policy (used when a base model is built from scratch)."""
+
+    hidden_size: int = F(128, "Residual stream width.", ge=8)
+    num_hidden_layers: int = F(4, "Decoder layers; every layer is an MoE layer.", ge=1)
+    num_attention_heads: int = F(4, "Query heads.", ge=1)
+    num_key_value_heads: int = F(2, "Key/value heads (GQA); divides the query heads.", ge=1)
+    head_dim: int = F(32, "Width of one attention head.", ge=2)
+    num_experts: int = F(8, "Routed experts per MoE layer.", ge=1)
+    num_experts_per_tok: int = F(2, "Top-k experts chosen per token.", ge=1)
+    moe_intermediate_size: int = F(128, "Hidden width of one SwiGLU expert.", ge=1)
+    rope_theta: float = F(10000.0, "RoPE base frequency.", gt=0)
+    max_position_embeddings: int = F(256, "Longest sequence (prompt + response).", ge=8)
+    rms_norm_eps: float = F(1e-6, "RMSNorm epsilon.", gt=0)
+    init_std: float = F(0.02, "Std of the normal init of linear and embedding weights.", gt=0)
+
+
+@dataclass
+class TaskConfig:
+    """The verifiable arithmetic task and its held-out benchmark."""
+
+    min_operands: int = F(2, "Fewest operands in a problem.", ge=2)
+    max_operands: int = F(4, "Most operands in a problem.", ge=2)
+    max_operand: int = F(99, "Largest operand value.", ge=1)
+    ops: str = F("+-*", "Operators that may appear (subset of '+-*').")
+    n_train: int = F(4096, "Training prompts (a fixed set drawn from the seed).", ge=1)
+    n_bench: int = F(256, "Held-out benchmark prompts, disjoint from the training set.", ge=1)
+    seed: int = F(1234, "Seed of the problem sets (shared by every arm of a grid).", ge=0)
+
+
+@dataclass
+class RolloutConfig:
+    """The engine that samples (mu_old)."""
+
+    engine: str = F("embedded", "Rollout backend.", choices=("embedded", "vllm"))
+    precision: str = F("bf16", "Weights and compute precision of the rollout engine.",
+                       choices=("fp32", "bf16", "fp8"))
+    temperature: float = F(1.0, "Sampling temperature (both engines score with the same temperature).", gt=0)
+    max_new_tokens: int = F(48, "Response length limit.", ge=1)
+    group_size: int = F(8, "G: responses sampled per prompt.", ge=2)
+
+
+@dataclass
+class TrainConfig:
+    """The engine that trains (pi_old, pi_theta) and the optimisation schedule."""
+
+    engine: str = F("torch", "Training backend.", choices=("torch", "megatron"))
+    precision: str = F("fp32", "Training engine compute precision.", choices=("fp32", "bf16"))
+    batch_prompts: int = F(8, "B: prompts per mini-batch (a mini-batch holds B x G responses).", ge=1)
+    n_minibatches: int = F(1, "N: mini-batches (optimizer steps) per rollout batch; 1 is on-policy.", ge=1)
+    steps: int = F(60, "Gradient steps in the run (a multiple of N).", ge=1)
+    lr: float = F(1e-3, "AdamW learning rate.", gt=0)
+    beta1: float = F(0.9, "AdamW beta1.", ge=0, le=1)
+    beta2: float = F(0.99, "AdamW beta2.", ge=0, le=1)
+    weight_decay: float = F(0.0, "AdamW decoupled weight decay.", ge=0)
+    grad_clip: float = F(1.0, "Max global gradient norm (0 disables).", ge=0)
+    seed: int = F(0, "Seed of prompt order, sampling and init.", ge=0)
+    threads: int = F(1, "torch intra-op threads of this run.", ge=1)
+
+
+@dataclass
+class LossConfig:
+    """The objective (PAPER.md section 3); `objective` picks a registry entry of rl_core.objectives."""
+
+    objective: str = F("minirl", "Objective by name.", choices=(
+        "minirl", "minirl_length_norm", "minirl_no_is", "minirl_no_clip", "grpo", "cispo"))
+    is_cap: float = F(5.0, "C: truncation of the detached token IS weight.", gt=0)
+    is_cap_on: str = F("full", "What the cap truncates: the full ratio pi_theta/mu_old or only the "
+                       "discrepancy factor pi_old/mu_old.", choices=("full", "discrepancy"))
+    eps_low: float = F(0.2, "Clip range below 1 (tokens with A<0).", ge=0, le=1)
+    eps_high: float = F(0.27, "Clip range above 1 (tokens with A>0).", ge=0)
+
+
+@dataclass
+class ReplayConfig:
+    """MoE routing replay (PAPER.md section 2)."""
+
+    mode: str = F("none", "none; r2: replay the training engine's old routing; r3: replay the rollout "
+                  "engine's routing.", choices=("none", "r2", "r3"))
+    replay_prompt: bool = F(True, "Also replay the routing of prompt (prefill) tokens.")
+
+
+@dataclass
+class EvalConfig:
+    """The held-out benchmark (avg@k)."""
+
+    every: int = F(10, "Benchmark every this many gradient steps (and at steps 0 and the last).", ge=1)
+    k: int = F(4, "Samples per benchmark problem (avg@k).", ge=1)
+    n_problems: int = F(128, "Benchmark problems used (the first n of the benchmark set).", ge=1)
+    temperature: float = F(1.0, "Sampling temperature of the benchmark.", gt=0)
+
+
+@dataclass
+class PipelineConfig:
+    """Base pretraining and the SFT cold starts (the `pretrain` and `sft` stages; RL runs ignore it)."""
+
+    pretrain_steps: int = F(1500, "Next-token steps of base pretraining.", ge=0)
+    sft_steps: int = F(400, "SFT steps of each cold start on its teacher's solutions.", ge=0)
+    batch_size: int = F(64, "Sequences per pretraining/SFT step.", ge=1)
+    lr: float = F(3e-3, "AdamW learning rate of pretraining and SFT.", gt=0)
+    seed: int = F(0, "Seed of pretraining/SFT data order and init.", ge=0)
+
+
+@dataclass
+class RunConfig:
+    """Everything one run (one arm, one seed) needs."""
+
+    cold_start: str = F("chain", "SFT cold start (teacher) the run starts from; the workflow fills `init`.",
+                        choices=("direct", "chain", "scratchpad"))
+    init: str = F("", "Initial policy: a Hugging Face checkpoint directory (a cold start).")
+    checkpoint_every: int = F(20, "Save a resumable checkpoint every this many gradient steps.", ge=1)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    task: TaskConfig = field(default_factory=TaskConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    replay: ReplayConfig = field(default_factory=ReplayConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    pipeline: PipelineConfig = field(default_factory=PipelineConfig)
+
+
+# ----------------------------------------------------------------------------------------- building
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp))
+
+
+def _check_value(key: str, value: Any, f: dataclasses.Field, tp: Any) -> Any:
+    """Coerce (int -> float only) and validate one leaf value; raise ConfigError naming `key`."""
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    ok = isinstance(value, tp) and not (tp in (int, float) and isinstance(value, bool))
+    if not ok:
+        raise ConfigError(f"{key}: expected {_type_name(tp)}, got {type(value).__name__} {value!r}")
+    m = f.metadata
+    if m.get("choices") and value not in m["choices"]:
+        raise ConfigError(f"{key}: {value!r} is not one of {list(m['choices'])}")
+    for bound, ok_fn, word in (("ge", lambda v, b: v >= b, ">="), ("gt", lambda v, b: v > b, ">"),
+                               ("le", lambda v, b: v <= b, "<=")):
+        if m.get(bound) is not None and not ok_fn(value, m[bound]):
+            raise ConfigError(f"{key}: {value!r} is out of range (must be {word} {m[bound]})")
+    return value
+
+
+def _build(cls: type, data: dict, prefix: str = "") -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or '<root>'}: expected a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"unknown key '{prefix}{unknown[0]}' (allowed in "
+                          f"{prefix.rstrip('.') or 'the top level'}: {sorted(fields)})")
+    kwargs = {}
+    for name, value in data.items():
+        tp = hints[name]
+        if dataclasses.is_dataclass(tp):
+            kwargs[name] = _build(tp, value, f"{prefix}{name}.")
+        else:
+            kwargs[name] = _check_value(f"{prefix}{name}", value, fields[name], tp)
+    return cls(**kwargs)
+
+
+def _cross_checks(cfg: RunConfig) -> None:
+    m = cfg.model
+    if m.num_attention_heads % m.num_key_value_heads:
+        raise ConfigError(f"model.num_key_value_heads: {m.num_key_value_heads} must divide "
+                          f"model.num_attention_heads={m.num_attention_heads}")
+    if m.num_experts_per_tok > m.num_experts:
+        raise ConfigError(f"model.num_experts_per_tok: {m.num_experts_per_tok} exceeds "
+                          f"model.num_experts={m.num_experts}")
+    if cfg.task.max_operands < cfg.task.min_operands:
+        raise ConfigError(f"task.max_operands: {cfg.task.max_operands} < task.min_operands")
+    if not cfg.task.ops or set(cfg.task.ops) - set("+-*"):
+        raise ConfigError(f"task.ops: {cfg.task.ops!r} must be a non-empty subset of '+-*'")
+    if cfg.train.steps % cfg.train.n_minibatches:
+        raise ConfigError(f"train.steps: {cfg.train.steps} is not a multiple of "
+                          f"train.n_minibatches={cfg.train.n_minibatches}")
+
+
+def deep_merge(base: dict, over: dict) -> dict:
+    """Recursive dict merge; `over` wins. Inputs are not modified."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def unflatten(flat: dict[str, Any]) -> dict:
+    """{"a.b": 1} -> {"a": {"b": 1}}."""
+    out: dict = {}
+    for key, value in flat.items():
+        node = out
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"{key}: '{p}' is a value, not a section")
+        node[leaf] = value
+    return out
+
+
+def parse_overrides(items: list[str]) -> dict:
+    """["loss.is_cap=5", "replay.mode=r3"] -> nested dict; values are parsed as YAML scalars."""
+    flat = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. loss.is_cap=5")
+        flat[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+    return unflatten(flat)
+
+
+def from_dict(data: dict) -> RunConfig:
+    """Validate a (partial) nested dict over the defaults and return the typed config."""
+    cfg = _build(RunConfig, data)
+    _cross_checks(cfg)
+    return cfg
+
+
+def resolve(*layers: dict, overrides: list[str] = ()) -> RunConfig:
+    """defaults <- layer 1 <- layer 2 ... <- dotted overrides."""
+    merged: dict = {}
+    for layer in layers:
+        merged = deep_merge(merged, layer or {})
+    return from_dict(deep_merge(merged, parse_overrides(list(overrides))))
+
+
+def load(path: str | Path, overrides: list[str] = ()) -> RunConfig:
+    """Load a YAML (or JSON) config file plus dotted overrides."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    try:
+        return resolve(data, overrides=overrides)
+    except ConfigError as e:
+        raise ConfigError(f"{path}: {e}") from e
+
+
+# ------------------------------------------------------------------------------------ serialising
+
+
+def to_dict(cfg: Any) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+def to_json(cfg: RunConfig) -> str:
+    return json.dumps(to_dict(cfg), indent=2, sort_keys=True)
+
+
+def from_json(text: str) -> RunConfig:
+    return from_dict(json.loads(text))
+
+
+def flatten(d: dict, prefix: str = "") -> dict[str, Any]:
+    """Nested dict (or config) -> {"section.key": value} (MLflow params)."""
+    if dataclasses.is_dataclass(d):
+        d = to_dict(d)
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def from_flat(flat: dict[str, Any]) -> RunConfig:
+    return from_dict(unflatten(flat))
+
+
+def config_hash(cfg: RunConfig) -> str:
+    return hashlib.sha256(to_json(cfg).encode()).hexdigest()[:12]
+
+
+def describe(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(key, default, doc) for every leaf field: the config reference, generated."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        tp = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(tp):
+            rows += describe(tp, f"{prefix}{f.name}.")
+        else:
+            rows.append((f"{prefix}{f.name}", f.default, f.metadata.get("doc", "")))
+    return rows
+
+
+__all__ = ["ConfigError", "RunConfig", "ModelConfig", "TaskConfig", "RolloutConfig", "TrainConfig",
+           "LossConfig", "ReplayConfig", "EvalConfig", "resolve", "load", "from_dict", "to_dict",
+           "to_json", "from_json", "flatten", "from_flat", "parse_overrides", "deep_merge",
+           "config_hash", "describe"]
