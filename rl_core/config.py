@@ -327,3 +327,30 @@ __all__ = ["ConfigError", "RunConfig", "ModelConfig", "TaskConfig", "RolloutConf
            "LossConfig", "ReplayConfig", "EvalConfig", "resolve", "load", "from_dict", "to_dict",
            "to_json", "from_json", "flatten", "from_flat", "parse_overrides", "deep_merge",
            "config_hash", "describe"]
+
+
+# ------------------------------------------------------------------------------------- command line
+
+
+def add_config_args(parser) -> None:
+    """The config options every entry point shares: a file, an inline JSON, dotted overrides."""
+    parser.add_argument("--config", help="YAML or JSON config file (a partial tree over the defaults)")
+    parser.add_argument("--config-json", help="the same, inline as a JSON string (used by the workflow)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                        help="dotted overrides applied last, e.g. loss.is_cap=5 replay.mode=r3")
+
+
+def config_from_args(args) -> RunConfig:
+    """Resolve defaults <- --config file <- --config-json <- overrides; errors name the key."""
+    layers = []
+    if args.config:
+        path = Path(args.config)
+        if not path.is_file():
+            raise ConfigError(f"--config: no such file {path}")
+        try:
+            layers.append(yaml.safe_load(path.read_text()) or {})
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if args.config_json:
+        layers.append(json.loads(args.config_json))
+    return resolve(*layers, overrides=args.overrides)
