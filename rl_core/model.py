@@ -1,0 +1,385 @@
+"""The policy: a Qwen3-MoE-architecture causal LM in plain torch, with routing record and replay.
+
+Read top to bottom, leaves to root: RMSNorm, RoPE, grouped-query attention with Qwen3's per-head
+q_norm/k_norm, the softmax top-k router with renormalised gates, SwiGLU experts, the decoder layer, the
+model. Every layer is MoE; no shared expert, no biases, untied lm_head (the tiny default). Numerically it
+follows ``transformers.Qwen3MoeForCausalLM`` (fp32 logits agree to ~1e-7 relative; tests/test_model.py).
+
+Departures from the textbook / HF implementation, all deliberate:
+
+* Position ids come from the attention mask, ``(cumsum(mask) - 1).clamp(min=0)``: prompts are
+  left-padded, responses right-padded, and the first real token of every row sits at position 0.
+* Attention is causal AND masks padded keys. A padded query keeps its own key so that no softmax row is
+  empty (its output is finite garbage, ignored downstream; empty rows would put NaNs in the KV values).
+* Routing replay (PAPER.md section 2): ``replay`` (B, T, L, k) forces the discrete top-k choice of a
+  (token, layer) whose row is all >= 0; a row of -1 routes naturally. Gates are always the LIVE softmax
+  probabilities gathered at the chosen ids and renormalised, so the router still gets gradients. Natural
+  and replayed routing share one code path, so replaying a recorded routing is bitwise identical.
+* Experts are held as stacked (E, out, in) parameters for speed; :func:`to_hub_layout` and
+  :func:`from_hub_layout` convert to and from the hub's per-expert tensors, which is what
+  :func:`save_pretrained` writes and :func:`load_pretrained` reads (transformers 5 and vLLM load it).
+
+Precision: parameters are fp32. For bf16 training wrap the forward in
+``torch.autocast("cpu"|"cuda", dtype=torch.bfloat16)``: matmuls run in bf16, RMSNorm and the router
+softmax stay fp32 (they cast explicitly), and ``PolicyOutput.logits`` is always returned as fp32.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from rl_core.config import ModelConfig
+
+EXPERT_PROJS = ("gate_proj", "up_proj", "down_proj")
+
+
+def hf_config(model_cfg: ModelConfig, vocab_size: int, eos_token_id: int, pad_token_id: int) -> dict:
+    """config.json content of the Hugging Face Qwen3-MoE layout (hub spelling: num_experts, rope_theta)."""
+    m = model_cfg
+    return {
+        "architectures": ["Qwen3MoeForCausalLM"],
+        "model_type": "qwen3_moe",
+        "vocab_size": vocab_size,
+        "hidden_size": m.hidden_size,
+        # Only dense (mlp_only) layers use it, and there are none; Qwen3 sets it to k x the expert width.
+        "intermediate_size": m.moe_intermediate_size * m.num_experts_per_tok,
+        "moe_intermediate_size": m.moe_intermediate_size,
+        "num_hidden_layers": m.num_hidden_layers,
+        "num_attention_heads": m.num_attention_heads,
+        "num_key_value_heads": m.num_key_value_heads,
+        "head_dim": m.head_dim,
+        "num_experts": m.num_experts,
+        "num_experts_per_tok": m.num_experts_per_tok,
+        "norm_topk_prob": True,
+        "decoder_sparse_step": 1,
+        "mlp_only_layers": [],
+        "hidden_act": "silu",
+        "max_position_embeddings": m.max_position_embeddings,
+        "rope_theta": m.rope_theta,
+        "rope_scaling": None,
+        "rms_norm_eps": m.rms_norm_eps,
+        "initializer_range": m.init_std,
+        "tie_word_embeddings": False,
+        "attention_bias": False,
+        "attention_dropout": 0.0,
+        "use_sliding_window": False,
+        "sliding_window": None,
+        "max_window_layers": m.num_hidden_layers,
+        "output_router_logits": False,
+        "router_aux_loss_coef": 0.001,
+        "use_cache": True,
+        "bos_token_id": None,
+        "eos_token_id": eos_token_id,
+        "pad_token_id": pad_token_id,
+        "torch_dtype": "float32",
+    }
+
+
+def config_value(cfg: dict, key: str):
+    """Read a config.json field, also accepting the spellings transformers 5 writes (num_local_experts,
+    rope_parameters.rope_theta) so checkpoints re-saved by transformers still load."""
+    if key == "num_experts" and key not in cfg:
+        return cfg["num_local_experts"]
+    if key == "rope_theta" and key not in cfg:
+        return cfg["rope_parameters"]["rope_theta"]
+    return cfg[key]
+
+
+# ------------------------------------------------------------------------------------------ leaves
+
+
+class RMSNorm(nn.Module):
+    """y = w * x / rms(x), normalised in fp32 then cast back to the input dtype (as HF does)."""
+
+    def __init__(self, dim: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(dim))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.float()
+        h = h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * h.to(x.dtype)
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """positions (...) long -> cos, sin (..., head_dim) fp32, the half-split (non-interleaved) layout."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    freqs = positions[..., None].float() * inv_freq.to(positions.device)
+    emb = torch.cat((freqs, freqs), dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, T, H, D), cos/sin (B, T, D) -> x rotated; rotate_half pairs dim i with i + D/2."""
+    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+    half = x.shape[-1] // 2
+    rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
+    return x * cos + rotated * sin
+
+
+def attention_allowed(attention_mask: torch.Tensor) -> torch.Tensor:
+    """attention_mask (B, T) -> allowed (B, 1, T, T) bool: causal, real keys only, plus the diagonal."""
+    T = attention_mask.shape[1]
+    causal = torch.ones(T, T, dtype=torch.bool, device=attention_mask.device).tril()
+    eye = torch.eye(T, dtype=torch.bool, device=attention_mask.device)
+    return ((causal & attention_mask.bool()[:, None, :]) | eye)[:, None]
+
+
+class Attention(nn.Module):
+    """Grouped-query attention with per-head RMSNorm on q and k before RoPE (Qwen3)."""
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        H, D, Hkv, d = (cfg["num_attention_heads"], cfg["head_dim"], cfg["num_key_value_heads"],
+                        cfg["hidden_size"])
+        self.n_heads, self.n_kv, self.head_dim = H, Hkv, D
+        self.q_proj = nn.Linear(d, H * D, bias=False)
+        self.k_proj = nn.Linear(d, Hkv * D, bias=False)
+        self.v_proj = nn.Linear(d, Hkv * D, bias=False)
+        self.o_proj = nn.Linear(H * D, d, bias=False)
+        self.q_norm = RMSNorm(D, cfg["rms_norm_eps"])
+        self.k_norm = RMSNorm(D, cfg["rms_norm_eps"])
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+                allowed: torch.Tensor) -> torch.Tensor:
+        """x (B, T, d), cos/sin (B, T, D), allowed (B, 1, T, T) -> (B, T, d)."""
+        B, T, _ = x.shape
+        q = apply_rope(self.q_norm(self.q_proj(x).view(B, T, self.n_heads, self.head_dim)), cos, sin)
+        k = apply_rope(self.k_norm(self.k_proj(x).view(B, T, self.n_kv, self.head_dim)), cos, sin)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim)
+        # q head h reads kv head h // (H / Hkv), as HF's repeat_kv does.
+        out = F.scaled_dot_product_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
+            attn_mask=allowed, scale=self.head_dim ** -0.5, enable_gqa=True)
+        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+
+
+def route(router_logits: torch.Tensor, top_k: int,
+          replay: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """router_logits (N, E) -> ids (N, k) long, natural_ids (N, k) long, gates (N, k) fp32.
+
+    One path for natural and replayed routing: natural ids are topk of the fp32 softmax (in topk's
+    order); rows of ``replay`` (N, k) that are all >= 0 replace them; gates are the live probabilities
+    at the chosen ids, renormalised to sum to 1 (norm_topk_prob).
+    """
+    probs = torch.softmax(router_logits.float(), dim=-1)
+    natural = torch.topk(probs, top_k, dim=-1).indices
+    ids = natural
+    if replay is not None:
+        forced = (replay >= 0).all(dim=-1, keepdim=True)
+        ids = torch.where(forced, replay, natural)
+    gates = probs.gather(-1, ids)
+    return ids, natural, gates / gates.sum(dim=-1, keepdim=True)
+
+
+class Experts(nn.Module):
+    """E SwiGLU experts held as stacked weights: gate_proj/up_proj (E, I, d), down_proj (E, d, I)."""
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        E, d, inter = config_value(cfg, "num_experts"), cfg["hidden_size"], cfg["moe_intermediate_size"]
+        self.gate_proj = nn.Parameter(torch.empty(E, inter, d))
+        self.up_proj = nn.Parameter(torch.empty(E, inter, d))
+        self.down_proj = nn.Parameter(torch.empty(E, d, inter))
+
+    def forward(self, x: torch.Tensor, ids: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        """x (N, d), ids (N, k), gates (N, k) -> sum_j gates[:, j] * expert_{ids[:, j]}(x), (N, d).
+
+        Loops over experts, not tokens: (token, slot) pairs are sorted by expert once, then each expert
+        runs on its contiguous slice and scatters back with index_add (deterministic on CPU).
+        """
+        k = ids.shape[1]
+        flat = ids.reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        counts = torch.bincount(flat, minlength=self.gate_proj.shape[0]).tolist()
+        token_of = order // k
+        gate_of = gates.reshape(-1)[order]
+        out = torch.zeros_like(x)
+        start = 0
+        for e, n in enumerate(counts):
+            if n == 0:
+                continue
+            idx = token_of[start:start + n]
+            xe = x.index_select(0, idx)
+            h = F.silu(F.linear(xe, self.gate_proj[e])) * F.linear(xe, self.up_proj[e])
+            y = F.linear(h, self.down_proj[e]) * gate_of[start:start + n, None].to(h.dtype)
+            out.index_add_(0, idx, y.to(out.dtype))
+            start += n
+        return out
+
+
+class SparseMoeBlock(nn.Module):
+    """Router (``gate``, no bias) + experts; returns the mixed output, the used and the natural ids."""
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.top_k = cfg["num_experts_per_tok"]
+        self.gate = nn.Linear(cfg["hidden_size"], config_value(cfg, "num_experts"), bias=False)
+        self.experts = Experts(cfg)
+
+    def forward(self, x: torch.Tensor, replay: torch.Tensor | None):
+        """x (B, T, d), replay (B, T, k) | None -> out (B, T, d), ids (B, T, k), natural ids (B, T, k)."""
+        B, T, d = x.shape
+        flat = x.reshape(B * T, d)
+        ids, natural, gates = route(self.gate(flat), self.top_k,
+                                    None if replay is None else replay.reshape(B * T, -1))
+        return self.experts(flat, ids, gates).view(B, T, d), ids.view(B, T, -1), natural.view(B, T, -1)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.input_layernorm = RMSNorm(cfg["hidden_size"], cfg["rms_norm_eps"])
+        self.self_attn = Attention(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg["hidden_size"], cfg["rms_norm_eps"])
+        self.mlp = SparseMoeBlock(cfg)
+
+    def forward(self, x, cos, sin, allowed, replay):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, allowed)
+        h, ids, natural = self.mlp(self.post_attention_layernorm(x), replay)
+        return x + h, ids, natural
+
+
+class Backbone(nn.Module):
+    """The ``model.`` prefix of the hub layout: embeddings, decoder layers, final norm."""
+
+    def __init__(self, cfg: dict):
+        super().__init__()
+        self.embed_tokens = nn.Embedding(cfg["vocab_size"], cfg["hidden_size"])
+        self.layers = nn.ModuleList(DecoderLayer(cfg) for _ in range(cfg["num_hidden_layers"]))
+        self.norm = RMSNorm(cfg["hidden_size"], cfg["rms_norm_eps"])
+
+
+# -------------------------------------------------------------------------------------------- model
+
+
+class PolicyOutput(NamedTuple):
+    logits: torch.Tensor           # (B, T, V) fp32
+    routing: torch.Tensor          # (B, T, L, k) long: experts used per token and layer (replayed or natural)
+    routing_natural: torch.Tensor  # (B, T, L, k) long: the router's own top-k (equals routing without replay)
+
+
+class MoEPolicy(nn.Module):
+    """Qwen3-MoE causal LM. ``MoEPolicy(hf_cfg, seed)`` initialises from a torch.Generator(seed)."""
+
+    def __init__(self, hf_cfg: dict, seed: int = 0):
+        super().__init__()
+        if not hf_cfg.get("norm_topk_prob", False) or hf_cfg.get("mlp_only_layers") or \
+                hf_cfg.get("decoder_sparse_step", 1) != 1 or hf_cfg.get("tie_word_embeddings", False):
+            raise ValueError("MoEPolicy supports norm_topk_prob=true, every layer MoE, untied lm_head")
+        self.config = dict(hf_cfg)
+        self.head_dim = hf_cfg["head_dim"]
+        self.rope_theta = float(config_value(hf_cfg, "rope_theta"))
+        self.model = Backbone(hf_cfg)
+        self.lm_head = nn.Linear(hf_cfg["hidden_size"], hf_cfg["vocab_size"], bias=False)
+        self.init_weights(seed)
+
+    @torch.no_grad()
+    def init_weights(self, seed: int) -> None:
+        """Normal(0, initializer_range) for every matrix and embedding; norms = 1. Deterministic in seed."""
+        gen = torch.Generator().manual_seed(seed)
+        std = self.config["initializer_range"]
+        for name, p in self.named_parameters():
+            if "norm" in name:
+                p.fill_(1.0)
+            else:
+                p.copy_(torch.randn(p.shape, generator=gen) * std)
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                replay: torch.Tensor | None = None) -> PolicyOutput:
+        """input_ids (B, T) long, attention_mask (B, T) | None, replay (B, T, L, k) | None."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        cos, sin = rope_cos_sin(positions, self.head_dim, self.rope_theta)
+        allowed = attention_allowed(attention_mask)
+        x = self.model.embed_tokens(input_ids)
+        routing, natural = [], []
+        for i, layer in enumerate(self.model.layers):
+            x, ids, nat = layer(x, cos, sin, allowed, None if replay is None else replay[:, :, i])
+            routing.append(ids)
+            natural.append(nat)
+        logits = self.lm_head(self.model.norm(x)).float()
+        return PolicyOutput(logits, torch.stack(routing, dim=2), torch.stack(natural, dim=2))
+
+
+def routing_disagreement(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Fraction of (masked token, layer) pairs whose top-k SETS differ; a, b (B, T, L, k), mask (B, T).
+
+    Pairs where either routing is -1 (never processed by that engine) are left out; 0 if none remain.
+    """
+    valid = mask.bool()[:, :, None] & (a >= 0).all(-1) & (b >= 0).all(-1)
+    differ = (a.sort(-1).values != b.sort(-1).values).any(-1)
+    n = valid.sum()
+    return torch.where(n > 0, (differ & valid).sum() / n.clamp(min=1), torch.zeros((), dtype=torch.float32))
+
+
+# ------------------------------------------------------------------------------------ checkpoints
+
+
+def to_hub_layout(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Stacked ``...mlp.experts.gate_proj`` (E, I, d) -> hub ``...mlp.experts.{j}.gate_proj.weight``."""
+    out = {}
+    for name, t in state_dict.items():
+        head, _, proj = name.rpartition(".")
+        if head.endswith("mlp.experts") and proj in EXPERT_PROJS:
+            for j in range(t.shape[0]):
+                out[f"{head}.{j}.{proj}.weight"] = t[j].contiguous()
+        else:
+            out[name] = t
+    return out
+
+
+def from_hub_layout(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Inverse of :func:`to_hub_layout`; a dict already in the stacked layout passes through unchanged."""
+    out, experts = {}, {}
+    for name, t in state_dict.items():
+        parts = name.split(".")
+        if len(parts) >= 4 and parts[-4] == "experts" and parts[-3].isdigit() and parts[-1] == "weight":
+            experts.setdefault(f"{'.'.join(parts[:-3])}.{parts[-2]}", {})[int(parts[-3])] = t
+        else:
+            out[name] = t
+    for name, by_j in experts.items():
+        out[name] = torch.stack([by_j[j] for j in range(len(by_j))])
+    return out
+
+
+def save_pretrained(model: MoEPolicy, out_dir: str | Path, tokenizer=None) -> Path:
+    """Write config.json, model.safetensors (hub layout) and, if given, tokenizer.json.
+
+    ``tokenizer`` is a ``tokenizers.Tokenizer`` or a path to a tokenizer.json to copy.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.json").write_text(json.dumps(model.config, indent=2))
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in to_hub_layout(model.state_dict()).items()}
+    save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
+    if tokenizer is not None:
+        if isinstance(tokenizer, str | Path):
+            shutil.copyfile(tokenizer, out / "tokenizer.json")
+        else:
+            tokenizer.save(str(out / "tokenizer.json"))
+    return out
+
+
+def load_pretrained(path: str | Path) -> MoEPolicy:
+    """Read a checkpoint directory written by :func:`save_pretrained` (or any matching hub checkpoint)."""
+    path = Path(path)
+    cfg = json.loads((path / "config.json").read_text())
+    model = MoEPolicy(cfg)
+    model.load_state_dict(from_hub_layout(load_file(str(path / "model.safetensors"))), strict=True)
+    return model
+
+
+__all__ = ["hf_config", "config_value", "MoEPolicy", "PolicyOutput", "route", "routing_disagreement",
+           "rope_cos_sin", "apply_rope", "to_hub_layout", "from_hub_layout", "save_pretrained",
+           "load_pretrained"]

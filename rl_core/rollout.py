@@ -1,0 +1,328 @@
+"""Rollout engines: the sampler mu_old. The contract (RolloutBatch, RolloutEngine) and the embedded engine.
+
+:class:`EmbeddedRolloutEngine` is a second, independent implementation of the Qwen3-MoE forward pass, built
+like an inference server rather than a trainer: fused qkv and gate|up weights, a preallocated KV cache,
+one prefill of the left-padded prompts, then one forward per new token for the whole batch, routing all
+tokens of a step at once and looping over experts only. It shares with rl_core.model only the pure RoPE
+helpers. Its weights are held in a configurable precision, so the gap between the engine that samples and
+the engine that trains arises the way it does in real systems (DESIGN.md, "The two engines"):
+
+* ``fp32``: weights and compute fp32; agrees with the training engine to fp32 rounding (~1e-6).
+* ``bf16``: weights cast to bf16; activations (residual stream) bf16; the weight matmuls are native bf16
+  matmuls with fp32 accumulation. RMSNorm, q/k norm + RoPE, and the router softmax run in fp32 and round
+  to bf16; expert outputs are mixed by the fp32 gates and summed in fp32. Attention works like
+  FlashAttention: q, k, v and the softmax probabilities are bf16-rounded, the two inner products
+  accumulate in fp32 (the KV cache stores the bf16-rounded values in fp32, because CPU bf16 bmm at these
+  sizes is slower than fp32). Native bf16 was chosen over emulation (fp32 compute, rounding after each
+  op) after measuring one CPU thread here (oneDNN with AVX512-BF16): a 128x128x256 bf16 matmul takes
+  30 us against 78 us in fp32 (equal at 32 rows), so emulation would only add rounding copies.
+* ``fp8``: as vLLM's fp8 checkpoint path holds them, the attention projections and experts are e4m3
+  (torch.float8_e4m3fn) with one fp32 scale per output channel (amax / 448); embeddings, lm_head, norms and
+  the router gate stay bf16. Compute is bf16 as above on the dequantised weights (W8A16, what vLLM runs on
+  GPUs without native fp8): the fp8 tensors and scales are the held state, the bf16 dequantisation is
+  cached at :meth:`sync_weights` because recomputing it every step gives the same numbers.
+
+Each engine has its own router at its precision, so low precision flips near-tied top-k choices.
+This engine runs on the CPU (the GPU rollout path is the vLLM backend).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+
+from rl_core.model import MoEPolicy, apply_rope, config_value, from_hub_layout, rope_cos_sin
+
+FP8_MAX = 448.0  # largest finite float8_e4m3fn
+
+
+@dataclass
+class RolloutBatch:
+    """G responses per prompt, laid out as left-padded prompt (P columns) then right-padded response."""
+
+    input_ids: torch.Tensor       # (B, P+R) long; pad_token_id in the padding
+    attention_mask: torch.Tensor  # (B, P+R) long; 1 on real prompt tokens and generated tokens
+    response_mask: torch.Tensor   # (B, P+R) bool; True on generated tokens including EOS
+    logp_behavior: torch.Tensor   # (B, P+R) fp32; log mu_old of each generated token, 0 elsewhere
+    routing: torch.Tensor         # (B, P+R, L, k) long; experts the engine used, -1 where never processed
+    finish_reason: list[str]      # "stop" (EOS sampled) | "length" (max_new_tokens reached)
+    prompt_len: int               # P
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def select(self, rows: torch.Tensor) -> RolloutBatch:
+        """The rows ``rows`` (LongTensor) of the batch, e.g. one mini-batch; tensors are indexed copies."""
+        return RolloutBatch(self.input_ids[rows], self.attention_mask[rows], self.response_mask[rows],
+                            self.logp_behavior[rows], self.routing[rows],
+                            [self.finish_reason[i] for i in rows.tolist()], self.prompt_len)
+
+
+@runtime_checkable
+class RolloutEngine(Protocol):
+    """What the trainer needs from a sampler (embedded here; vLLM implements the same)."""
+
+    capabilities: frozenset[str]  # e.g. {"routed_experts"}: returns RolloutBatch.routing (needed by R3)
+
+    def sync_weights(self, state_dict: dict[str, torch.Tensor]) -> None: ...
+
+    def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float,
+                 generator: torch.Generator) -> RolloutBatch: ...
+
+
+# ------------------------------------------------------------------------------------------- weights
+
+
+def quantize_fp8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w (..., out, in) -> e4m3 values (..., out, in) and fp32 scales (..., out, 1), one per output row."""
+    scale = w.float().abs().amax(-1, keepdim=True).clamp(min=1e-12) / FP8_MAX
+    return (w.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
+
+
+def dequantize_fp8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return (q.float() * scale).to(dtype)
+
+
+def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm in fp32, cast back to x's dtype, then scaled by the held weight."""
+    h = x.float()
+    return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
+
+
+# -------------------------------------------------------------------------------------------- engine
+
+
+class EmbeddedRolloutEngine:
+    """Batched KV-cache sampler with its own weights (``precision`` in fp32 | bf16 | fp8)."""
+
+    capabilities = frozenset({"routed_experts"})
+
+    def __init__(self, hf_cfg: dict, state_dict: dict[str, torch.Tensor], precision: str = "bf16"):
+        if precision not in ("fp32", "bf16", "fp8"):
+            raise ValueError(f"precision: {precision!r} is not one of ['fp32', 'bf16', 'fp8']")
+        c = hf_cfg
+        self.cfg = dict(hf_cfg)
+        self.precision = precision
+        self.dtype = torch.float32 if precision == "fp32" else torch.bfloat16
+        self.n_layers, self.d = c["num_hidden_layers"], c["hidden_size"]
+        self.n_heads, self.n_kv = c["num_attention_heads"], c["num_key_value_heads"]
+        self.head_dim = c["head_dim"]
+        self.top_k = c["num_experts_per_tok"]
+        self.n_experts = config_value(c, "num_experts")
+        self.eps = c["rms_norm_eps"]
+        self.rope_theta = float(config_value(c, "rope_theta"))
+        self.eos_token_id, self.pad_token_id = c["eos_token_id"], c["pad_token_id"]
+        self._rope = rope_cos_sin(torch.arange(c["max_position_embeddings"]), self.head_dim, self.rope_theta)
+        self.sync_weights(state_dict)
+
+    @classmethod
+    def from_model(cls, model: MoEPolicy, precision: str = "bf16") -> EmbeddedRolloutEngine:
+        return cls(model.config, model.state_dict(), precision)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, precision: str = "bf16") -> EmbeddedRolloutEngine:
+        path = Path(path)
+        cfg = json.loads((path / "config.json").read_text())
+        return cls(cfg, load_file(str(path / "model.safetensors")), precision)
+
+    # ------------------------------------------------------------------------------ weight sync
+
+    def _held(self, w: torch.Tensor, quantizable: bool) -> torch.Tensor:
+        """The compute copy of a weight at this engine's precision (never aliasing the trainer's)."""
+        if quantizable and self.precision == "fp8":
+            q, scale = quantize_fp8(w)
+            self.fp8_weights.append((q, scale))
+            return dequantize_fp8(q, scale, self.dtype)
+        return w.detach().to(self.dtype, copy=True)
+
+    def sync_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
+        """Load weights from the trainer's state dict (stacked experts) or a hub-layout one."""
+        sd = {k: v.detach().float() for k, v in from_hub_layout(state_dict).items()}
+        self.fp8_weights: list[tuple[torch.Tensor, torch.Tensor]] = []  # the held e4m3 state (fp8 only)
+        self.embed = self._held(sd["model.embed_tokens.weight"], False)
+        self.final_norm = self._held(sd["model.norm.weight"], False)
+        self.lm_head = self._held(sd["lm_head.weight"], False)
+        self.layers = []
+        for i in range(self.n_layers):
+            p = f"model.layers.{i}."
+            qkv = torch.cat([sd[p + f"self_attn.{n}_proj.weight"] for n in "qkv"])
+            experts = p + "mlp.experts."
+            gate_up = torch.cat([sd[experts + "gate_proj"], sd[experts + "up_proj"]], dim=1)  # (E, 2I, d)
+            self.layers.append({
+                "ln1": self._held(sd[p + "input_layernorm.weight"], False),
+                "qkv": self._held(qkv, True),
+                "q_norm": self._held(sd[p + "self_attn.q_norm.weight"], False),
+                "k_norm": self._held(sd[p + "self_attn.k_norm.weight"], False),
+                "o": self._held(sd[p + "self_attn.o_proj.weight"], True),
+                "ln2": self._held(sd[p + "post_attention_layernorm.weight"], False),
+                "router": self._held(sd[p + "mlp.gate.weight"], False),
+                "gate_up": self._held(gate_up, True),
+                "down": self._held(sd[experts + "down_proj"], True),
+            })
+
+    # ---------------------------------------------------------------------------------- forward
+
+    def _ensure_rope(self, n_positions: int) -> None:
+        """Grow the cos/sin table (same values as rope_cos_sin on the positions) to n_positions rows."""
+        if n_positions > self._rope[0].shape[0]:
+            self._rope = rope_cos_sin(torch.arange(n_positions), self.head_dim, self.rope_theta)
+
+    def _cos_sin(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self._rope[0][positions], self._rope[1][positions]
+
+    def _round(self, t: torch.Tensor) -> torch.Tensor:
+        """Round an fp32 tensor to the compute precision, keeping fp32 storage (no-op for fp32)."""
+        return t if self.dtype == torch.float32 else t.to(self.dtype).float()
+
+    def _attention(self, h, w, cos, sin, cache_k, cache_v, start, allowed):
+        """h (B, Tq, d) at cache columns [start, start+Tq); cache_k/v (B, Hkv, S, D); allowed (B, Tq, end).
+
+        Like FlashAttention: q, k, v and the softmax probabilities are rounded to the compute precision,
+        scores and the weighted sum of values accumulate in fp32. The cache stores bf16-rounded values
+        in fp32 so the two small batched matmuls run in fp32 (CPU bf16 bmm is slower here).
+        """
+        B, Tq, _ = h.shape
+        H, Hkv, D = self.n_heads, self.n_kv, self.head_dim
+        end, g = start + Tq, H // Hkv
+        q, k, v = F.linear(h, w["qkv"]).split([H * D, Hkv * D, Hkv * D], dim=-1)
+        q = self._round(apply_rope(_rms(q.reshape(B, Tq, H, D).float(), w["q_norm"], self.eps), cos, sin))
+        k = self._round(apply_rope(_rms(k.reshape(B, Tq, Hkv, D).float(), w["k_norm"], self.eps), cos, sin))
+        cache_k[:, :, start:end] = k.transpose(1, 2)
+        cache_v[:, :, start:end] = v.reshape(B, Tq, Hkv, D).transpose(1, 2)
+        # The g query heads sharing a kv head ride along the query axis: no repeat of K/V.
+        q = q.view(B, Tq, Hkv, g, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, g * Tq, D)
+        scores = (q @ cache_k[:, :, :end].transpose(-1, -2)).view(B, Hkv, g, Tq, end)
+        scores = (scores * D ** -0.5).masked_fill(~allowed[:, None, None], float("-inf"))
+        probs = self._round(torch.softmax(scores, dim=-1)).view(B, Hkv, g * Tq, end)
+        out = (probs @ cache_v[:, :, :end]).view(B, Hkv, g, Tq, D).permute(0, 3, 1, 2, 4)
+        return F.linear(out.reshape(B, Tq, H * D).to(h.dtype), w["o"])
+
+    def _moe(self, x: torch.Tensor, w: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """x (N, d) -> out (N, d), ids (N, k). All tokens of the step routed at once; loop over experts."""
+        probs = torch.softmax(F.linear(x, w["router"]).float(), dim=-1)
+        top, ids = probs.topk(self.top_k, dim=-1)
+        gates = top / top.sum(-1, keepdim=True)
+        flat = ids.reshape(-1)
+        order = torch.argsort(flat, stable=True)
+        counts = torch.bincount(flat, minlength=self.n_experts).tolist()
+        token_of, gate_of = order // self.top_k, gates.reshape(-1)[order]
+        out = torch.zeros(x.shape, dtype=torch.float32)
+        start = 0
+        for e, n in enumerate(counts):
+            if n == 0:
+                continue
+            idx = token_of[start:start + n]
+            gate, up = F.linear(x.index_select(0, idx), w["gate_up"][e]).chunk(2, dim=-1)
+            # silu and the product run in fp32 inside the CPU bf16 kernels, rounded after each op.
+            act = F.silu(gate) * up
+            # bf16 output times the fp32 gate promotes to fp32: the k-way mix is summed in fp32.
+            out.index_add_(0, idx, F.linear(act, w["down"][e]) * gate_of[start:start + n, None])
+            start += n
+        return out.to(x.dtype), ids
+
+    def _forward(self, ids, positions, cache, start, key_valid, last_only: bool = False):
+        """ids/positions (B, Tq) at cache columns [start, start+Tq); key_valid (B, S) bool.
+
+        Returns logits (B, Tq, V) fp32 (B, 1, V with ``last_only``: a prefill for sampling needs only the
+        last column, which is the same for every left-padded row) and routing (B, Tq, L, k); fills the KV
+        cache for those columns.
+        """
+        B, Tq = ids.shape
+        end = start + Tq
+        cols, rows = torch.arange(end), torch.arange(start, end)
+        causal = cols[None, :] <= rows[:, None]
+        # Padded queries keep their own key so no softmax row is empty (see rl_core.model).
+        allowed = (causal & key_valid[:, None, :end]) | (cols[None, :] == rows[:, None])
+        cos, sin = self._cos_sin(positions)
+        x = self.embed[ids]
+        routing = []
+        for layer, w in enumerate(self.layers):
+            x = x + self._attention(_rms(x, w["ln1"], self.eps), w, cos, sin, cache[0][layer],
+                                    cache[1][layer], start, allowed)
+            y, chosen = self._moe(_rms(x, w["ln2"], self.eps).reshape(B * Tq, self.d), w)
+            x = x + y.view(B, Tq, self.d)
+            routing.append(chosen.view(B, Tq, self.top_k))
+        if last_only:
+            x = x[:, -1:]
+        logits = F.linear(_rms(x, self.final_norm, self.eps), self.lm_head).float()
+        return logits, torch.stack(routing, dim=2)
+
+    def _new_cache(self, B: int, S: int) -> tuple[torch.Tensor, torch.Tensor]:
+        shape = (self.n_layers, B, self.n_kv, S, self.head_dim)
+        return torch.zeros(shape), torch.zeros(shape)  # fp32 storage of compute-precision values
+
+    @torch.no_grad()
+    def full_forward(self, input_ids: torch.Tensor,
+                     attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One prefill over sequences (B, T) -> logits (B, T, V) fp32, routing (B, T, L, k) (-1 on pads)."""
+        B, T = input_ids.shape
+        self._ensure_rope(T)
+        positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+        logits, routing = self._forward(input_ids, positions, self._new_cache(B, T), 0, attention_mask.bool())
+        return logits, routing.masked_fill(~attention_mask.bool()[:, :, None, None], -1)
+
+    def _left_pad(self, prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Token lists -> ids (B, P) left-padded with pad_token_id, mask (B, P) long."""
+        lengths = torch.tensor([len(p) for p in prompts])
+        P = int(lengths.max())
+        mask = (torch.arange(P)[None, :] >= (P - lengths)[:, None]).long()
+        ids = torch.full((len(prompts), P), self.pad_token_id, dtype=torch.long)
+        ids[mask.bool()] = torch.tensor([t for p in prompts for t in p], dtype=torch.long)  # row-major fill
+        return ids, mask
+
+    @torch.no_grad()
+    def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float,
+                 generator: torch.Generator) -> RolloutBatch:
+        """Sample up to ``max_new_tokens`` per prompt from softmax(logits_fp32 / temperature).
+
+        One prefill of the left-padded prompts, then one forward per step for the whole batch. A row that
+        sampled EOS keeps running on pad tokens but records nothing. Stops when every row has finished
+        or after ``max_new_tokens``; R is the longest response produced.
+        """
+        if max_new_tokens < 1 or not prompts or min(map(len, prompts)) < 1:
+            raise ValueError("generate needs max_new_tokens >= 1 and at least one non-empty prompt")
+        prompt, prompt_mask = self._left_pad(prompts)
+        (B, P), R = prompt.shape, max_new_tokens
+        input_ids = torch.cat([prompt, torch.full((B, R), self.pad_token_id, dtype=torch.long)], dim=1)
+        key_valid = torch.cat([prompt_mask.bool(), torch.ones(B, R, dtype=torch.bool)], dim=1)
+        routing = torch.full((B, P + R, self.n_layers, self.top_k), -1, dtype=torch.long)
+        logp_behavior = torch.zeros(B, P + R)
+        response_mask = torch.zeros(B, P + R, dtype=torch.bool)
+        cache = self._new_cache(B, P + R)
+        self._ensure_rope(P + R)
+
+        positions = (prompt_mask.cumsum(-1) - 1).clamp(min=0)
+        logits, chosen = self._forward(prompt, positions, cache, 0, key_valid, last_only=True)
+        routing[:, :P] = chosen.masked_fill(~prompt_mask.bool()[:, :, None, None], -1)
+        next_pos = prompt_mask.sum(-1)                                           # (B,) position of col P
+        finished = torch.zeros(B, dtype=torch.bool)
+        for j in range(R):
+            col = P + j
+            logp_all = torch.log_softmax(logits[:, -1].float() / temperature, dim=-1)   # (B, V)
+            token = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(-1)
+            alive = ~finished
+            token = token.masked_fill(finished, self.pad_token_id)
+            input_ids[:, col] = token
+            logp_behavior[:, col] = logp_all.gather(-1, token[:, None]).squeeze(-1).masked_fill(finished, 0.0)
+            response_mask[:, col] = alive
+            finished = finished | (token == self.eos_token_id)
+            if j == R - 1 or bool(finished.all()):
+                break
+            logits, chosen = self._forward(token[:, None], (next_pos + j)[:, None], cache, col, key_valid)
+            routing[:, col] = chosen[:, 0].masked_fill(finished[:, None, None], -1)
+        end = col + 1
+        return RolloutBatch(
+            input_ids=input_ids[:, :end],
+            attention_mask=torch.cat([prompt_mask, response_mask[:, P:end].long()], dim=1),
+            response_mask=response_mask[:, :end], logp_behavior=logp_behavior[:, :end],
+            routing=routing[:, :end], finish_reason=["stop" if f else "length" for f in finished.tolist()],
+            prompt_len=P)
+
+
+__all__ = ["RolloutBatch", "RolloutEngine", "EmbeddedRolloutEngine", "quantize_fp8", "dequantize_fp8"]
