@@ -13,12 +13,31 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+
+
+class YamlLoader(yaml.SafeLoader):
+    """SafeLoader with YAML 1.2 floats: PyYAML (YAML 1.1) reads `1e-3` as a string, researchers write it."""
+
+
+YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                   |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                   |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                   |[-+]?\.(?:inf|Inf|INF)
+                   |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."))
+
+
+def yaml_load(text: str):
+    return yaml.load(text, Loader=YamlLoader)
 
 
 class ConfigError(ValueError):
@@ -56,7 +75,9 @@ class TaskConfig:
 
     min_operands: int = F(2, "Fewest operands in a problem.", ge=2)
     max_operands: int = F(4, "Most operands in a problem.", ge=2)
-    max_operand: int = F(99, "Largest operand value.", ge=1)
+    max_operand: int = F(99, "Largest operand of '+' and '-' (a '*' operand is one digit, 2..9).", ge=1)
+    max_value: int = F(999, "Largest running value: operands are drawn so no partial result exceeds it.",
+                       ge=1)
     ops: str = F("+-*", "Operators that may appear (subset of '+-*').")
     n_train: int = F(4096, "Training prompts (a fixed set drawn from the seed).", ge=1)
     n_bench: int = F(256, "Held-out benchmark prompts, disjoint from the training set.", ge=1)
@@ -132,7 +153,8 @@ class PipelineConfig:
     pretrain_steps: int = F(1500, "Next-token steps of base pretraining.", ge=0)
     sft_steps: int = F(400, "SFT steps of each cold start on its teacher's solutions.", ge=0)
     batch_size: int = F(64, "Sequences per pretraining/SFT step.", ge=1)
-    lr: float = F(3e-3, "AdamW learning rate of pretraining and SFT.", gt=0)
+    lr: float = F(3e-3, "Peak AdamW learning rate of pretraining.", gt=0)
+    sft_lr: float = F(1e-3, "Peak AdamW learning rate of SFT.", gt=0)
     seed: int = F(0, "Seed of pretraining/SFT data order and init.", ge=0)
 
 
@@ -243,7 +265,7 @@ def parse_overrides(items: list[str]) -> dict:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. loss.is_cap=5")
-        flat[key.strip()] = yaml.safe_load(raw) if raw.strip() else ""
+        flat[key.strip()] = yaml_load(raw) if raw.strip() else ""
     return unflatten(flat)
 
 
@@ -266,7 +288,7 @@ def load(path: str | Path, overrides: list[str] = ()) -> RunConfig:
     """Load a YAML (or JSON) config file plus dotted overrides."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
     try:
@@ -348,7 +370,7 @@ def config_from_args(args) -> RunConfig:
         if not path.is_file():
             raise ConfigError(f"--config: no such file {path}")
         try:
-            layers.append(yaml.safe_load(path.read_text()) or {})
+            layers.append(yaml_load(path.read_text()) or {})
         except yaml.YAMLError as e:
             raise ConfigError(f"{path}: not valid YAML: {e}") from e
     if args.config_json:

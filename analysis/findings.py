@@ -1,0 +1,264 @@
+"""The paper's conclusions as testable findings, and their verdicts on a grid's runs.
+
+A grid file's ``findings:`` is a list of items of this schema (unknown keys are errors):
+
+    - id: f1_no_is_collapses       # unique, short
+      claim: "..."                 # the paper's words, short
+      figure: fig1_on_policy       # the figure whose arms the item names
+      kind: better                 # better | similar | different | collapses | stable
+      metric: final_score          # better / similar / different: a key of METRICS
+      better: minirl               # better: the arm claimed better on `metric` ...
+      worse: minirl_no_is          # ... than this arm, or each arm of a list
+      arms: [a, b, c]              # similar / different: two or more arms
+      arm: minirl_no_is            # collapses / stable: one arm
+      tolerance: 0.05              # similar / different: largest IQM spread that is "similar"
+      relative: false              # ... spread measured relative to the mean IQM (default per metric)
+      by_frac: 0.5                 # collapses (optional): count only collapses in the first
+                                   # by_frac of the planned steps (train.steps) -- "collapses early"
+
+An arm is ``arm_key`` (in the item's figure) or ``figure_key/arm_key`` (another figure's arm), so one
+item can compare arms across figures. "better" means higher for scores, rewards, lengths and
+``collapse_step`` (the collapse step, censored at the last step for runs that never collapsed: later is
+more stable), and lower for KL (see ``METRICS[...].higher_is_better``).
+
+Verdicts, on per-arm IQM intervals over seeds (analysis.stability):
+
+* better: "agrees" when the better arm's interval lies entirely on the better side of each worse arm's;
+  "disagrees" when any worse arm's interval lies entirely on the better side; else
+  "inconclusive: CIs overlap".
+* similar: "agrees" when the spread (max - min) of the arms' IQMs is within `tolerance`; "disagrees"
+  when it is not and some pair of intervals is disjoint; else "inconclusive: CIs overlap".
+  different: the mirror image (agrees when a pair differs by more than `tolerance` with disjoint
+  intervals; disagrees when the spread is within `tolerance`).
+* collapses / stable: the fraction of the arm's runs that collapsed (analysis.stability's rule);
+  a majority decides; an even split is "inconclusive: seeds split".
+* Any arm without runs (or without a finite value of the metric): "inconclusive: missing arms/runs".
+
+With one seed an interval is the point itself, so verdicts compare points (the paper ran one seed);
+the numbers column says how many seeds stand behind each value.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+
+from analysis.stability import Interval, arm_interval
+
+
+class FindingError(ValueError):
+    """A malformed finding; the message names the finding and the key."""
+
+
+@dataclass(frozen=True)
+class Metric:
+    """A per-run stability column that findings can compare."""
+
+    column: str
+    higher_is_better: bool
+    tolerance: float  # default of `similar` / `different`
+    relative: bool  # whether that tolerance is relative to the mean IQM
+    fmt: str
+
+
+METRICS = {
+    "peak_score": Metric("peak_score", True, 0.05, False, ".3f"),
+    "final_score": Metric("final_score", True, 0.05, False, ".3f"),
+    "collapse_step": Metric("survival_step", True, 0.2, True, ".0f"),
+    "max_kl": Metric("max_kl", False, 0.5, True, ".2e"),
+    "mean_kl": Metric("mean_kl", False, 0.5, True, ".2e"),
+    "final_reward": Metric("final_reward", True, 0.05, False, ".3f"),
+    "final_length": Metric("final_length", True, 0.15, True, ".1f"),
+    "entropy_max_rel": Metric("entropy_max_rel", False, 0.25, True, ".2f"),
+    "entropy_min_rel": Metric("entropy_min_rel", True, 0.25, True, ".2f"),
+}
+KINDS = {  # kind -> (required keys, optional keys)
+    "better": ({"metric", "better", "worse"}, set()),
+    "similar": ({"metric", "arms"}, {"tolerance", "relative"}),
+    "different": ({"metric", "arms"}, {"tolerance", "relative"}),
+    "collapses": ({"arm"}, {"by_frac"}),
+    "stable": ({"arm"}, {"by_frac"}),
+}
+COMMON = {"id", "claim", "figure", "kind"}
+MISSING = "inconclusive: missing arms/runs"
+OVERLAP = "inconclusive: CIs overlap"
+SPLIT = "inconclusive: seeds split"
+
+
+def validate_findings(findings: list, figures: dict | None = None) -> list[dict]:
+    """Check every item against the schema (and, given the grid's `figures`, that its arms exist)."""
+    if not isinstance(findings, list):
+        raise FindingError(f"findings: expected a list, got {type(findings).__name__}")
+    seen = set()
+    for i, item in enumerate(findings):
+        where = f"findings[{i}] ({item.get('id', '?') if isinstance(item, dict) else item!r})"
+        if not isinstance(item, dict):
+            raise FindingError(f"{where}: expected a mapping")
+        kind = item.get("kind")
+        if kind not in KINDS:
+            raise FindingError(f"{where}: kind {kind!r} is not one of {sorted(KINDS)}")
+        required, optional = KINDS[kind]
+        missing = sorted((COMMON | required) - set(item))
+        unknown = sorted(set(item) - COMMON - required - optional)
+        if missing or unknown:
+            raise FindingError(f"{where}: missing keys {missing}" if missing else
+                               f"{where}: unknown key '{unknown[0]}' for kind {kind!r}")
+        if item["id"] in seen:
+            raise FindingError(f"{where}: duplicate id {item['id']!r}")
+        seen.add(item["id"])
+        if "metric" in required and item["metric"] not in METRICS:
+            raise FindingError(f"{where}: metric {item['metric']!r} is not one of {sorted(METRICS)}")
+        if kind in ("similar", "different") and len(item["arms"]) < 2:
+            raise FindingError(f"{where}: 'arms' needs at least two arms")
+        if figures is not None:
+            for figure, arm in finding_arms(item):
+                if arm not in (figures.get(figure) or {}).get("arms", {}):
+                    raise FindingError(f"{where}: arm '{figure}/{arm}' is not in the grid's figures")
+    return findings
+
+
+def resolve(ref: str, figure: str) -> tuple[str, str]:
+    """``arm`` or ``figure/arm`` -> (figure, arm)."""
+    return tuple(ref.split("/", 1)) if "/" in ref else (figure, ref)
+
+
+def finding_arms(item: dict) -> list[tuple[str, str]]:
+    """The (figure, arm) pairs an item names, in order."""
+    refs = []
+    if "better" in item:
+        worse = item["worse"]
+        refs = [item["better"], *(worse if isinstance(worse, list) else [worse])]
+    refs += list(item.get("arms", [])) + ([item["arm"]] if "arm" in item else [])
+    return [resolve(str(r), item["figure"]) for r in refs]
+
+
+def _runs_of(per_run: pd.DataFrame, figure: str, arm: str) -> pd.DataFrame:
+    return per_run[(per_run["figure"] == figure) & (per_run["arm"] == arm)]
+
+
+def _fmt(ci: Interval, fmt: str) -> str:
+    if ci.n == 1:
+        return f"{ci.point:{fmt}} (1 seed)"
+    return f"{ci.point:{fmt}} [{ci.lo:{fmt}}, {ci.hi:{fmt}}] (n={ci.n})"
+
+
+def _intervals(item: dict, per_run: pd.DataFrame, refs, n_boot: int) -> dict | None:
+    """{ref: Interval} of the item's metric, or None when an arm has no finite value."""
+    column = METRICS[item["metric"]].column
+    out = {}
+    for figure, arm in refs:
+        ci = arm_interval(_runs_of(per_run, figure, arm), column, n_boot)
+        if ci.n == 0:
+            return None
+        out[(figure, arm)] = ci
+    return out
+
+
+def _name(ref: tuple[str, str], item: dict) -> str:
+    return ref[1] if ref[0] == item["figure"] else "/".join(ref)
+
+
+def _better(item: dict, per_run: pd.DataFrame, n_boot: int) -> tuple[str, str, str]:
+    refs = finding_arms(item)
+    cis = _intervals(item, per_run, refs, n_boot)
+    if cis is None:
+        return "", "", MISSING
+    metric = METRICS[item["metric"]]
+    sign = 1.0 if metric.higher_is_better else -1.0
+    best = cis[refs[0]]
+    wins = losses = 0
+    for ref in refs[1:]:
+        other = cis[ref]
+        lo_b, hi_b = sorted((sign * best.lo, sign * best.hi))
+        lo_o, hi_o = sorted((sign * other.lo, sign * other.hi))
+        wins += lo_b > hi_o
+        losses += hi_b < lo_o
+    verdict = "disagrees" if losses else ("agrees" if wins == len(refs) - 1 else OVERLAP)
+    leader = max(refs, key=lambda r: sign * cis[r].point)
+    observed = f"{'highest' if metric.higher_is_better else 'lowest'} {item['metric']}: {_name(leader, item)}"
+    numbers = " vs ".join(f"{_name(r, item)} {_fmt(cis[r], metric.fmt)}" for r in refs)
+    return observed, numbers, verdict
+
+
+def _spread(item: dict, per_run: pd.DataFrame, n_boot: int) -> tuple[str, str, str]:
+    refs = finding_arms(item)
+    cis = _intervals(item, per_run, refs, n_boot)
+    if cis is None:
+        return "", "", MISSING
+    metric = METRICS[item["metric"]]
+    tol = float(item.get("tolerance", metric.tolerance))
+    relative = bool(item.get("relative", metric.relative))
+    points = np.array([cis[r].point for r in refs])
+    spread = float(points.max() - points.min())
+    if relative:
+        spread /= max(float(np.abs(points).mean()), 1e-12)
+    pairs = [(a, b) for i, a in enumerate(refs) for b in refs[i + 1:]]
+    disjoint = any(cis[a].lo > cis[b].hi or cis[b].lo > cis[a].hi for a, b in pairs)
+    within = spread <= tol
+    if item["kind"] == "similar":
+        verdict = "agrees" if within else ("disagrees" if disjoint else OVERLAP)
+    else:
+        verdict = "disagrees" if within else ("agrees" if disjoint else OVERLAP)
+    unit = " (relative)" if relative else ""
+    observed = f"spread of {item['metric']} {spread:.3g}{unit} vs tolerance {tol:g}"
+    numbers = " vs ".join(f"{_name(r, item)} {_fmt(cis[r], metric.fmt)}" for r in refs)
+    return observed, numbers, verdict
+
+
+def _collapse_vote(item: dict, per_run: pd.DataFrame, n_boot: int) -> tuple[str, str, str]:
+    ref = finding_arms(item)[0]
+    runs = _runs_of(per_run, *ref)
+    if runs.empty:
+        return "", "", MISSING
+    steps = runs["collapse_step"].to_numpy(dtype=float)
+    collapsed = np.isfinite(steps)
+    if "by_frac" in item:
+        horizon = runs["planned_steps"].to_numpy(dtype=float)
+        fallback = float(per_run.loc[per_run["figure"] == ref[0], "steps_done"].max())
+        horizon = np.where(np.isfinite(horizon), horizon, fallback)
+        collapsed &= steps <= float(item["by_frac"]) * horizon
+    k, n = int(collapsed.sum()), len(runs)
+    when = ", ".join(f"{s:.0f}" for s in np.sort(steps[collapsed]))
+    early = f" within {item['by_frac']:.0%} of the steps" if "by_frac" in item else ""
+    observed = f"{k}/{n} runs collapsed{early}"
+    numbers = f"collapse steps: {when}" if k else "no collapse"
+    statuses = runs["status"].value_counts().to_dict()
+    numbers += "; status " + ", ".join(f"{s}={c}" for s, c in sorted(statuses.items()))
+    if 2 * k == n:
+        return observed, numbers, SPLIT
+    majority = 2 * k > n
+    agrees = majority if item["kind"] == "collapses" else not majority
+    return observed, numbers, "agrees" if agrees else "disagrees"
+
+
+_EVALUATORS = {"better": _better, "similar": _spread, "different": _spread, "collapses": _collapse_vote,
+               "stable": _collapse_vote}
+
+
+def describe_test(item: dict) -> str:
+    """The item's test in one short line, e.g. ``final_score: minirl > minirl_no_is``."""
+    names = [_name(r, item) for r in finding_arms(item)]
+    if item["kind"] == "better":
+        op = ">" if METRICS[item["metric"]].higher_is_better else "<"
+        return f"{item['metric']}: {names[0]} {op} {', '.join(names[1:])}"
+    if item["kind"] in ("similar", "different"):
+        op = " ~ " if item["kind"] == "similar" else " != "
+        return f"{item['metric']}: {op.join(names)}"
+    return f"{names[0]} {item['kind']}" + (f" (within {item['by_frac']:.0%})" if "by_frac" in item else "")
+
+
+def evaluate_findings(findings: list[dict], per_run: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
+    """One row per finding: id, figure, claim, test, observed, numbers, verdict."""
+    validate_findings(findings)
+    rows = []
+    for item in findings:
+        observed, numbers, verdict = _EVALUATORS[item["kind"]](item, per_run, n_boot)
+        if verdict == MISSING:
+            absent = [_name(r, item) for r in finding_arms(item) if _runs_of(per_run, *r).empty]
+            observed = f"no runs of {', '.join(absent)}" if absent else f"no finite {item.get('metric')}"
+        rows.append({"id": item["id"], "figure": item["figure"], "claim": item["claim"],
+                     "test": describe_test(item), "observed": observed, "numbers": numbers,
+                     "verdict": verdict})
+    return pd.DataFrame(rows, columns=["id", "figure", "claim", "test", "observed", "numbers", "verdict"])

@@ -1,0 +1,211 @@
+"""A grid's report: figures, stability tables and the paper's findings, as HTML, Markdown and CSV.
+
+    python -m analysis.report --grid-dir results/paper --grid-file experiments/paper.yaml \\
+        --out results/paper/report
+
+writes into ``--out``: ``report.html`` (self-contained: figures embedded as base64 PNG, opens offline;
+config links are relative to the results tree), ``report.md`` (same tables, figures as relative PNG
+links), ``fig_{figure}.png`` per figure, ``stability.csv`` (one row per arm), ``stability_runs.csv``
+(one row per run), ``findings.csv`` and ``report.json`` (a summary that analysis.index lists).
+
+The grid file is optional: without it figures, arms and labels come from the runs' meta.json and no
+findings are evaluated (``--findings FILE`` supplies or replaces them; ``--rule key=value`` changes a
+collapse-rule parameter, e.g. ``--rule score_margin=0.1``). Figures whose key contains ``cold_start``
+get a fifth panel, eval response length (a figure may also list ``panels:`` keys of
+analysis.plots.PANELS in the grid file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import dataclasses
+import html
+import json
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pandas as pd
+import yaml
+
+from analysis import render
+from analysis.findings import evaluate_findings, validate_findings
+from analysis.load import load_grid
+from analysis.plots import COLD_START_PANELS, DEFAULT_PANELS, plot_figure
+from analysis.stability import CollapseRule, stability_arms, stability_runs
+
+SCHEMA_NOTE = ("Cells are the interquartile mean over seeds with a 95% percentile-bootstrap interval "
+               "[lo, hi]; with 2 seeds the interval is their min-max, with 1 seed the value alone. "
+               "*Collapse step: the step of collapse, or the last step reached by runs that never "
+               "collapsed (censored).")
+
+
+def read_grid_file(path: str | Path | None) -> dict:
+    """The grid definition (YAML), or {} when no file is given."""
+    if not path:
+        return {}
+    data = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a mapping at the top level")
+    return data
+
+
+def figure_layout(grid: dict, runs: pd.DataFrame) -> list[dict]:
+    """Figures in the grid file's order (then any others found in the runs), each with its title,
+    ordered (arm, label) pairs and panel keys."""
+    defined = grid.get("figures") or {}
+    keys = list(defined) + sorted(set(runs["figure"]) - set(defined))
+    layout = []
+    for key in keys:
+        spec = defined.get(key) or {}
+        seen = runs[runs["figure"] == key]
+        arm_specs = spec.get("arms") or {}
+        arm_keys = list(arm_specs) + sorted(set(seen["arm"]) - set(arm_specs))
+        labels = {a: (arm_specs.get(a) or {}).get("label") for a in arm_keys}
+        for row in seen.itertuples():
+            labels[row.arm] = labels.get(row.arm) or row.label
+        title = spec.get("title") or (seen["figure_title"].iloc[0] if len(seen) else key)
+        panels = spec.get("panels") or (COLD_START_PANELS if "cold_start" in key else DEFAULT_PANELS)
+        layout.append({"key": key, "title": title, "arms": [(a, labels[a] or a) for a in arm_keys],
+                       "panels": tuple(panels), "n_runs": len(seen)})
+    return layout
+
+
+def _figure_png(tidy, per_run, fig: dict, out_dir: Path, rule: CollapseRule) -> Path | None:
+    if fig["n_runs"] == 0:
+        return None
+    labels = dict(fig["arms"])
+    figure = plot_figure(tidy, fig["key"], [a for a, _ in fig["arms"]], labels, per_run, fig["title"],
+                         fig["panels"], rule_name=rule.name)
+    path = out_dir / f"fig_{fig['key']}.png"
+    figure.savefig(path)
+    return path
+
+
+def _of_figure(frame: pd.DataFrame, key: str) -> pd.DataFrame:
+    return frame[frame["figure"] == key] if len(frame) else frame
+
+
+def _html_page(ctx: dict) -> str:
+    out_dir = ctx["out_dir"]
+    parts = [f"<h1>Report: grid <code>{html.escape(ctx['grid'])}</code></h1>",
+             f"<p class=muted>{html.escape(ctx['subtitle'])}</p>",
+             f"<p>Collapse rule: <code>{html.escape(ctx['rule'])}</code></p>",
+             f"<p class=muted>{html.escape(SCHEMA_NOTE)}</p>",
+             '<p><a href="#findings">Findings</a> · ' + " · ".join(
+                 f'<a href="#{html.escape(f["key"])}">{html.escape(f["title"])}</a>' for f in ctx["figures"])
+             + "</p>"]
+    for fig in ctx["figures"]:
+        parts.append(f'<h2 id="{html.escape(fig["key"])}">{html.escape(fig["title"])} '
+                     f'<span class=muted>({html.escape(fig["key"])})</span></h2>')
+        if fig.get("png"):
+            data = base64.b64encode(fig["png"].read_bytes()).decode("ascii")
+            parts.append(f'<img alt="{html.escape(fig["title"])}" src="data:image/png;base64,{data}">')
+        else:
+            parts.append("<p class=muted>No runs of this figure yet.</p>")
+        sel, arms = _of_figure(ctx["per_run"], fig["key"]), _of_figure(ctx["per_arm"], fig["key"])
+        parts.append(render.arm_table_html(fig["arms"], arms, sel, out_dir))
+        if len(sel):
+            parts.append(render.run_table_html(sel, out_dir))
+    parts += ['<h2 id="findings">Findings: the paper\'s conclusions on this grid</h2>',
+              render.findings_table_html(ctx["findings"])]
+    return ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+            f"<title>Report {html.escape(ctx['grid'])}</title><style>{render.CSS}</style></head>"
+            f"<body>{''.join(parts)}</body></html>")
+
+
+def _markdown(ctx: dict) -> str:
+    lines = [f"# Report: grid `{ctx['grid']}`", "", ctx["subtitle"], "", f"Collapse rule: `{ctx['rule']}`",
+             "", SCHEMA_NOTE, ""]
+    for fig in ctx["figures"]:
+        lines += [f"## {fig['title']} (`{fig['key']}`)", ""]
+        if fig.get("png"):
+            lines += [f"![{fig['title']}]({fig['png'].name})", ""]
+        sel, arms = _of_figure(ctx["per_run"], fig["key"]), _of_figure(ctx["per_arm"], fig["key"])
+        lines += [render.arm_table_md(fig["arms"], arms, sel, ctx["out_dir"]), ""]
+    lines += ["## Findings", "", render.findings_table_md(ctx["findings"]), ""]
+    return "\n".join(lines)
+
+
+def _empty_per_run() -> pd.DataFrame:
+    return pd.DataFrame(columns=["figure", "arm", "label", "seed", "status", "steps_done", "collapse_step",
+                                 "collapse_cause", "mlflow_run_id", "run_dir"])
+
+
+def _write_outputs(ctx: dict) -> Path:
+    out_dir, runs, verdicts = ctx["out_dir"], ctx["runs"], ctx["findings"]
+    (out_dir / "report.html").write_text(_html_page(ctx), encoding="utf-8")
+    (out_dir / "report.md").write_text(_markdown(ctx), encoding="utf-8")
+    ctx["per_arm"].to_csv(out_dir / "stability.csv", index=False)
+    ctx["per_run"].to_csv(out_dir / "stability_runs.csv", index=False)
+    verdicts.to_csv(out_dir / "findings.csv", index=False)
+    summary = {"grid": ctx["grid"], "preset": ctx["preset"], "generated": ctx["generated"],
+               "n_runs": len(runs),
+               "status_counts": {str(k): int(v) for k, v in runs["status"].value_counts().items()},
+               "verdict_counts": {str(k): int(v) for k, v in verdicts["verdict"].value_counts().items()},
+               "figures": [f["key"] for f in ctx["figures"]], "html": "report.html"}
+    (out_dir / "report.json").write_text(json.dumps(summary, indent=2))
+    return out_dir / "report.html"
+
+
+def build_report(grid_dir: str | Path, grid_file: str | Path | None = None,
+                 out_dir: str | Path | None = None, rule: CollapseRule | None = None,
+                 n_boot: int = 2000, findings_file: str | Path | None = None) -> Path:
+    """Write the report of `grid_dir` into `out_dir` (default grid_dir/report); return the HTML path.
+
+    `findings_file` (YAML with a ``findings:`` list) replaces the grid file's findings when given.
+    """
+    grid_dir, rule = Path(grid_dir), rule or CollapseRule()
+    out_dir = Path(out_dir) if out_dir else grid_dir / "report"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    grid = read_grid_file(grid_file)
+    findings = read_grid_file(findings_file).get("findings") if findings_file else grid.get("findings")
+    findings = validate_findings(findings or [], grid.get("figures"))
+    tidy, runs = load_grid(grid_dir)
+    per_run = stability_runs(tidy, runs, rule) if len(runs) else _empty_per_run()
+    per_arm = stability_arms(per_run, n_boot=n_boot) if len(runs) else pd.DataFrame(columns=["figure", "arm"])
+    figures = figure_layout(grid, runs)
+    for fig in figures:
+        fig["png"] = _figure_png(tidy, per_run, fig, out_dir, rule)
+    name = str(grid.get("name") or (runs["grid"].iloc[0] if len(runs) else grid_dir.name))
+    preset = grid.get("preset") or next(iter(runs["preset"].dropna()), "?")
+    generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    counts = ", ".join(f"{v} {k}" for k, v in sorted(runs["status"].value_counts().items()))
+    ctx = {"grid": name, "preset": preset, "generated": generated, "rule": rule.describe(),
+           "subtitle": f"preset {preset} · {len(runs)} runs ({counts}) · generated {generated} "
+                       f"from {grid_dir}",
+           "figures": figures, "runs": runs, "per_run": per_run, "per_arm": per_arm, "out_dir": out_dir,
+           "findings": evaluate_findings(findings, per_run, n_boot=n_boot)}
+    return _write_outputs(ctx)
+
+
+def parse_rule(overrides: list[str]) -> CollapseRule:
+    """A CollapseRule with ``key=value`` overrides (types follow the defaults)."""
+    base = CollapseRule()
+    changes = {}
+    for item in overrides:
+        key, _, value = item.partition("=")
+        if not hasattr(base, key) or key == "name":
+            raise SystemExit(f"--rule: unknown parameter {key!r} (see analysis.stability.CollapseRule)")
+        changes[key] = type(getattr(base, key))(value)
+    return dataclasses.replace(base, **changes)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--grid-dir", required=True, help="results/{grid} (holds runs/)")
+    parser.add_argument("--grid-file", default=None, help="grid definition (YAML): figures and findings")
+    parser.add_argument("--out", default=None, help="output folder (default: GRID_DIR/report)")
+    parser.add_argument("--findings", default=None,
+                        help="YAML with a findings: list, used instead of the grid file's findings")
+    parser.add_argument("--n-boot", type=int, default=2000, help="bootstrap resamples per interval")
+    parser.add_argument("--rule", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a collapse-rule parameter, e.g. --rule score_margin=0.1")
+    args = parser.parse_args(argv)
+    path = build_report(args.grid_dir, args.grid_file, args.out, parse_rule(args.rule), args.n_boot,
+                        args.findings)
+    print(f"report: {path}")
+
+
+if __name__ == "__main__":
+    main()
