@@ -305,6 +305,8 @@ class EmbeddedRolloutEngine:
         for j in range(R):
             col = P + j
             logp_all = torch.log_softmax(logits[:, -1].float() / temperature, dim=-1)   # (B, V)
+            if not bool(torch.isfinite(logp_all).all()):  # diverged weights: the trainer records it
+                raise FloatingPointError("rollout engine: non-finite logits (the policy diverged)")
             token = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(-1)
             alive = ~finished
             token = token.masked_fill(finished, self.pad_token_id)

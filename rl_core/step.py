@@ -1,0 +1,157 @@
+"""One global step of the RL core (PAPER.md sections 1-5), as plain functions.
+
+    collect():  N x B prompts -> rollout engine (mu_old: ids, logp_behavior, routing e_mu_old)
+                -> verifier rewards -> group advantages
+                -> training engine at theta_old (pi_old: logp_old; routing e_pi_old)
+    update():   one mini-batch -> forward with the arm's replay (pi_theta) -> objective -> AdamW step
+
+Replay per arm (PAPER.md section 2):
+    none: every forward routes naturally.
+    r2:   the logp_old pass routes naturally and records e_pi_old; every update replays e_pi_old.
+    r3:   the logp_old pass and every update replay the rollout engine's e_mu_old.
+Positions the rollout engine never processed (pads, the last sampled token) carry -1: routed naturally.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import torch
+
+from rl_core.config import RunConfig
+from rl_core.engine import token_logprobs
+from rl_core.model import routing_disagreement
+from rl_core.objectives import ADVANTAGES, LossParams, Objective
+from rl_core.rollout import RolloutBatch, RolloutEngine
+
+
+@dataclass
+class Batch:
+    """A scored rollout batch of M = N x B x G responses, group-contiguous rows."""
+
+    rollout: RolloutBatch
+    rewards: torch.Tensor  # (M,)
+    advantages: torch.Tensor  # (M,)
+    logp_old: torch.Tensor  # (M, T) pi_old, training engine at theta_old
+    routing_old: torch.Tensor  # (M, T, L, k) e_pi_old: training engine's natural routing at theta_old
+    replay: torch.Tensor | None  # (M, T, L, k) what every update forward replays (None: route naturally)
+    processed: torch.Tensor  # (M, T) bool: tokens the rollout engine ran through its router
+
+
+def prompt_indices(n_train: int, seed: int, global_step: int, count: int) -> list[int]:
+    """Prompts of a global step: consecutive slices of seeded per-epoch permutations.
+
+    A pure function of (seed, global_step), so a resumed run draws exactly the prompts it would have.
+    """
+    start = global_step * count
+    out = []
+    for i in range(start, start + count):
+        epoch, pos = divmod(i, n_train)
+        perm = torch.randperm(n_train, generator=torch.Generator().manual_seed(seed * 100_003 + epoch))
+        out.append(int(perm[pos]))
+    return out
+
+
+def _without_prompt(routing: torch.Tensor, prompt_len: int) -> torch.Tensor:
+    routing = routing.clone()
+    routing[:, :prompt_len] = -1
+    return routing
+
+
+@torch.no_grad()
+def _score_old(cfg: RunConfig, policy, ro: RolloutBatch, replay_r3: torch.Tensor):
+    """pi_old at theta_old, one mini-batch at a time: the same row slices and shapes as the updates, so
+    the first update of a global step reproduces logp_old bitwise (ratio exactly 1)."""
+    size = cfg.train.batch_prompts * cfg.rollout.group_size
+    parts = []
+    for start in range(0, len(ro), size):
+        rows = slice(start, start + size)
+        replay = replay_r3[rows] if cfg.replay.mode == "r3" else None
+        parts.append(token_logprobs(policy, ro.input_ids[rows], ro.attention_mask[rows],
+                                    cfg.rollout.temperature, replay=replay))
+    return (torch.cat([p.logp for p in parts]), torch.cat([p.routing for p in parts]),
+            torch.cat([p.routing_natural for p in parts]))
+
+
+def collect(cfg: RunConfig, policy, engine: RolloutEngine, task, problems: list,
+            objective: Objective, generator: torch.Generator) -> tuple[Batch, dict]:
+    """Sample G responses per problem, score them, and compute the old policy. Returns (batch, metrics)."""
+    G = cfg.rollout.group_size
+    t0 = time.perf_counter()
+    prompts = [task.encode_prompt(p) for p in problems for _ in range(G)]
+    ro = engine.generate(prompts, cfg.rollout.max_new_tokens, cfg.rollout.temperature, generator)
+    t_rollout = time.perf_counter() - t0
+
+    texts = [task.decode(row[ro.prompt_len:].tolist()) for row in ro.input_ids]
+    rewards = torch.tensor([task.reward(t, p) for t, p in zip(texts, [p for p in problems for _ in range(G)],
+                                                               strict=True)], dtype=torch.float32)
+    advantages = ADVANTAGES[objective.advantage](rewards, G)
+
+    processed = ro.routing[..., 0, 0] >= 0
+    replay_r3 = ro.routing if cfg.replay.replay_prompt else _without_prompt(ro.routing, ro.prompt_len)
+    logp_old, routing_used, routing_old = _score_old(cfg, policy, ro, replay_r3)
+    replay_r2 = routing_used if cfg.replay.replay_prompt else _without_prompt(routing_used, ro.prompt_len)
+    replay = {"none": None, "r2": replay_r2, "r3": replay_r3}
+    batch = Batch(ro, rewards, advantages, logp_old, routing_old, replay[cfg.replay.mode], processed)
+    n_tokens = int(ro.response_mask.sum())
+    metrics = {
+        "perf/rollout_s": t_rollout,
+        "perf/old_logp_s": time.perf_counter() - t0 - t_rollout,
+        "response/tokens": n_tokens,
+    }
+    return batch, metrics
+
+
+def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
+    return float(torch.where(mask, x, 0.0).sum() / mask.sum().clamp(min=1))
+
+
+def diagnostics(batch: Batch, rows: torch.Tensor, logp_new: torch.Tensor, entropy: torch.Tensor,
+                routing_new: torch.Tensor) -> dict:
+    """Per-mini-batch diagnostics of PAPER.md section 5 (no gradient)."""
+    ro = batch.rollout
+    mask = ro.response_mask[rows]
+    logp_b, logp_old = ro.logp_behavior[rows], batch.logp_old[rows]
+    log_r = torch.where(mask, logp_old - logp_b, 0.0)  # log pi_old/mu_old on tokens sampled from mu_old
+    lengths = mask.sum(1).float()
+    processed = batch.processed[rows]
+    return {
+        "reward/mean": float(batch.rewards[rows].mean()),
+        "response/length_mean": float(lengths.mean()),
+        "response/truncated_frac": sum(ro.finish_reason[i] == "length" for i in rows.tolist()) / len(rows),
+        "entropy/mean": _masked_mean(entropy, mask),
+        "kl/train_infer_k1": _masked_mean(-log_r, mask),
+        "kl/train_infer_k3": _masked_mean(log_r.exp() - 1 - log_r, mask),
+        "route/disagree_rollout_vs_old": float(routing_disagreement(ro.routing[rows], batch.routing_old[rows],
+                                                                    processed)),
+        "route/disagree_new_vs_old": float(routing_disagreement(routing_new, batch.routing_old[rows],
+                                                                processed)),
+        "logp/new_mean": _masked_mean(logp_new, mask),
+    }
+
+
+def update(cfg: RunConfig, policy, opt: torch.optim.Optimizer, batch: Batch, rows: torch.Tensor,
+           objective: Objective, params: LossParams) -> tuple[dict, bool]:
+    """One optimizer step on the mini-batch `rows`. Returns (metrics, finite)."""
+    ro = batch.rollout
+    replay = None if batch.replay is None else batch.replay[rows]
+    new = token_logprobs(policy, ro.input_ids[rows], ro.attention_mask[rows], cfg.rollout.temperature,
+                         replay=replay, with_entropy=True)
+    mask = ro.response_mask[rows]
+    out = objective.loss(new.logp, batch.logp_old[rows], ro.logp_behavior[rows], batch.advantages[rows],
+                       mask, params)
+    opt.zero_grad(set_to_none=True)
+    out.loss.backward()
+    max_norm = cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf")
+    grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), max_norm)
+    finite = bool(torch.isfinite(out.loss)) and bool(torch.isfinite(grad_norm))
+    if finite:
+        opt.step()
+        finite = all(bool(torch.isfinite(p).all()) for p in policy.parameters())
+    metrics = {k: float(v) for k, v in out.stats.items()}
+    metrics["loss/value"] = float(out.loss.detach())
+    metrics["grad/norm"] = float(grad_norm)
+    with torch.no_grad():
+        metrics.update(diagnostics(batch, rows, new.logp.detach(), new.entropy, new.routing_natural))
+    return metrics, finite

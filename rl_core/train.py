@@ -1,0 +1,239 @@
+"""Run one arm (one seed) end to end and write its run files; resumable.
+
+    python -m rl_core.train --out RUN_DIR --config experiments/my_arm.yaml [KEY=VALUE ...]
+    python -m rl_core.train --out RUN_DIR --config-json '{...}' --meta-json '{...}'   (the workflow)
+
+Run files (the contract with the workflow and the analysis):
+    config.json    the resolved RunConfig
+    meta.json      grid / figure / arm / label / seed (from the workflow; optional)
+    metrics.jsonl  one JSON row per gradient step, plus eval rows (step 0, every eval.every, the last)
+    summary.json   status ("completed" | "diverged"), steps_done, diverged_step, reason, timings, scores
+    ckpt/state.pt  policy + optimizer + counters + number of metric rows, every checkpoint_every steps
+    DONE           written last
+
+Re-running the same command resumes from ckpt/ (metric rows past the checkpoint are dropped, so none
+is duplicated or missing); a checkpoint of a different config is ignored and the run starts fresh.
+NaN/Inf in the loss or the gradient norm stops the arm with status "diverged": a result, not a crash.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from rl_core import config as C
+from rl_core.model import load_pretrained
+from rl_core.objectives import OBJECTIVES, LossParams
+from rl_core.rollout import EmbeddedRolloutEngine
+from rl_core.step import collect, prompt_indices, update
+from rl_core.tasks import evaluate, make_task
+
+EVAL_SEED = 20251201  # one fixed seed for every benchmark: common random numbers across steps and arms
+
+
+def make_rollout_engine(cfg: C.RunConfig, policy, precision: str | None = None):
+    if cfg.rollout.engine == "vllm":
+        from rl_core.vllm_engine import VLLMRolloutEngine  # optional extra
+
+        return VLLMRolloutEngine(cfg.init, precision or cfg.rollout.precision)
+    return EmbeddedRolloutEngine.from_model(policy, precision or cfg.rollout.precision)
+
+
+class RunFiles:
+    """The run directory: append-only metrics with a row count that checkpoints record."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        self.metrics = out / "metrics.jsonl"
+        self.ckpt = out / "ckpt" / "state.pt"
+
+    def rows(self) -> int:
+        return sum(1 for _ in self.metrics.open()) if self.metrics.exists() else 0
+
+    def truncate(self, n_rows: int) -> None:
+        lines = self.metrics.read_text().splitlines(keepends=True) if self.metrics.exists() else []
+        self.metrics.write_text("".join(lines[:n_rows]))
+
+    def append(self, row: dict) -> None:
+        with self.metrics.open("a") as f:
+            f.write(json.dumps(row, allow_nan=True) + "\n")
+
+    def write_json(self, name: str, obj: dict) -> None:
+        tmp = self.out / f".{name}.tmp"
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+        os.replace(tmp, self.out / name)
+
+    def save_ckpt(self, state: dict) -> None:
+        self.ckpt.parent.mkdir(exist_ok=True)
+        tmp = self.ckpt.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.ckpt)
+
+
+def run_eval(cfg: C.RunConfig, policy, task, step: int) -> dict:
+    engine = EmbeddedRolloutEngine.from_model(policy, "fp32")
+    res = evaluate(engine, task, task.bench_problems[: cfg.eval.n_problems], cfg.eval.k,
+                   cfg.eval.temperature, cfg.rollout.max_new_tokens,
+                   torch.Generator().manual_seed(EVAL_SEED))
+    return {"step": step, "eval/score": res["score"], "eval/response_length": res["response_length"]}
+
+
+def _resume(files: RunFiles, cfg_hash: str, policy, opt) -> tuple[int, int, float]:
+    """Load the checkpoint if it belongs to this config; return (step, global_step, rl_wall)."""
+    if files.ckpt.exists():
+        state = torch.load(files.ckpt, weights_only=False)
+        if state["config_hash"] == cfg_hash:
+            policy.load_state_dict(state["policy"])
+            opt.load_state_dict(state["opt"])
+            files.truncate(state["rows"])
+            return state["step"], state["global_step"], state["rl_wall"]
+        files.ckpt.unlink()
+    files.truncate(0)
+    return 0, 0, 0.0
+
+
+def _progress(tag: str, step: int, total: int, rows: list[dict]) -> None:
+    r = rows[-1]
+    print(f"[{tag}] step {step}/{total} reward {r['reward/mean']:.3f} len {r['response/length_mean']:.1f} "
+          f"kl {r['kl/train_infer_k1']:.2e} clip {r['clip/frac']:.3f} "
+          f"{r['perf/tokens_per_s']:.0f} tok/s", flush=True)
+
+
+class Arm:
+    """The live state of one run: config, task, policy, optimizer, rollout engine, counters."""
+
+    def __init__(self, cfg: C.RunConfig, files: RunFiles):
+        t = cfg.train
+        self.cfg, self.files = cfg, files
+        self.task = make_task(cfg.task)
+        self.policy = load_pretrained(cfg.init)
+        self.opt = torch.optim.AdamW(self.policy.parameters(), lr=t.lr, betas=(t.beta1, t.beta2),
+                                     weight_decay=t.weight_decay)
+        self.step, self.global_step, self.rl_wall = _resume(files, C.config_hash(cfg), self.policy, self.opt)
+        self.engine = make_rollout_engine(cfg, self.policy)
+        self.objective = OBJECTIVES[cfg.loss.objective]
+        self.mb = t.batch_prompts * cfg.rollout.group_size  # responses per mini-batch
+        L = cfg.loss
+        self.params = LossParams(L.is_cap, L.is_cap_on, L.eps_low, L.eps_high, float(self.mb))
+
+    def global_step_rows(self) -> tuple[list[dict], bool]:
+        """Rollout, N updates in fixed order, weight sync. Returns (metric rows, finite)."""
+        cfg, N = self.cfg, self.cfg.train.n_minibatches
+        t0 = time.perf_counter()
+        idx = prompt_indices(len(self.task.train_problems), cfg.train.seed, self.global_step,
+                             N * cfg.train.batch_prompts)
+        gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + self.global_step)
+        problems = [self.task.train_problems[i] for i in idx]
+        batch, gmetrics = collect(cfg, self.policy, self.engine, self.task, problems, self.objective, gen)
+        rows, finite = [], True
+        for j in range(N):  # mini-batch j: prompts j*B..(j+1)*B-1 with all their G samples
+            t1 = time.perf_counter()
+            sel = torch.arange(j * self.mb, (j + 1) * self.mb)
+            metrics, finite = update(cfg, self.policy, self.opt, batch, sel, self.objective, self.params)
+            self.step += 1
+            metrics.update(gmetrics, step=self.step, global_step=self.global_step + 1, minibatch=j + 1)
+            metrics["perf/update_s"] = time.perf_counter() - t1
+            rows.append(metrics)
+            if not finite:
+                break
+        self.global_step += 1
+        self.engine.sync_weights(self.policy.state_dict())
+        wall = time.perf_counter() - t0
+        self.rl_wall += wall
+        for r in rows:
+            r["perf/global_step_s"] = wall
+            r["perf/tokens_per_s"] = gmetrics["response/tokens"] / wall
+        return rows, finite
+
+    def checkpoint(self) -> None:
+        self.files.save_ckpt({"policy": self.policy.state_dict(), "opt": self.opt.state_dict(),
+                              "step": self.step, "global_step": self.global_step, "rl_wall": self.rl_wall,
+                              "rows": self.files.rows(), "config_hash": C.config_hash(self.cfg)})
+
+
+def _due(step: int, every: int, n: int, last: int) -> bool:
+    """True on the global step that crosses a multiple of `every` (steps advance by n), and at the end."""
+    return step % every < n or step >= last
+
+
+def run(cfg: C.RunConfig, out: Path, meta: dict | None = None) -> dict:
+    """Train one arm; returns the summary written to summary.json."""
+    t_start = time.time()
+    if not cfg.init or not (Path(cfg.init) / "config.json").is_file():
+        raise C.ConfigError(f"init: {cfg.init!r} is not a Hugging Face checkpoint directory (no config.json)")
+    torch.set_num_threads(cfg.train.threads)
+    torch.manual_seed(cfg.train.seed)
+    out.mkdir(parents=True, exist_ok=True)
+    files = RunFiles(out)
+    (out / "DONE").unlink(missing_ok=True)
+    files.write_json("config.json", C.to_dict(cfg))
+    if meta:
+        files.write_json("meta.json", meta)
+    tag = f"{meta['figure']}/{meta['arm']}/seed{meta['seed']}" if meta else out.name
+    kill_at = int(os.environ.get("RLCORE_KILL_AT_STEP", "0"))  # fault injection for the resume test
+    arm, N, total = Arm(cfg, files), cfg.train.n_minibatches, cfg.train.steps
+    if arm.step == 0:
+        files.append(run_eval(cfg, arm.policy, arm.task, 0))
+    status, reason, diverged_step = "completed", "", None
+    while arm.step < total:
+        try:
+            rows, finite = arm.global_step_rows()
+        except FloatingPointError as e:
+            status, reason, diverged_step = "diverged", str(e), arm.step + 1
+            break
+        for r in rows:
+            files.append(r)
+        _progress(tag, arm.step, total, rows)
+        if not finite:
+            status, reason, diverged_step = "diverged", "non-finite loss, gradient norm or weights", arm.step
+            break
+        if kill_at and arm.step >= kill_at:
+            os.kill(os.getpid(), signal.SIGKILL)
+        if _due(arm.step, cfg.eval.every, N, total):
+            files.append(run_eval(cfg, arm.policy, arm.task, arm.step))
+        if _due(arm.step, cfg.checkpoint_every, N, total):
+            arm.checkpoint()
+    summary = summarise(files, status, reason, arm.step, diverged_step, time.time() - t_start, arm.rl_wall)
+    files.write_json("summary.json", summary)
+    (out / "DONE").write_text("")
+    return summary
+
+
+def summarise(files: RunFiles, status, reason, steps_done, diverged_step, wall_s, rl_wall_s) -> dict:
+    evals = [r for r in map(json.loads, files.metrics.read_text().splitlines()) if "eval/score" in r]
+    scores = [r["eval/score"] for r in evals if not math.isnan(r["eval/score"])]
+    return {
+        "status": status, "reason": reason, "steps_done": steps_done, "diverged_step": diverged_step,
+        "wall_s": wall_s, "rl_wall_s": rl_wall_s,
+        "initial_eval_score": scores[0] if scores else None,
+        "final_eval_score": scores[-1] if scores else None,
+        "peak_eval_score": max(scores) if scores else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m rl_core.train", description=__doc__.split("\n")[0])
+    C.add_config_args(ap)
+    ap.add_argument("--out", required=True, type=Path, help="run directory")
+    ap.add_argument("--meta-json", help="grid/figure/arm/label/seed of this run, written to meta.json")
+    args = ap.parse_args(argv)
+    try:
+        cfg = C.config_from_args(args)
+        summary = run(cfg, args.out, json.loads(args.meta_json) if args.meta_json else None)
+    except C.ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
