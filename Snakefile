@@ -1,0 +1,42 @@
+"""The ablation workflow: one grid -> base model -> cold starts -> RL runs -> MLflow -> report -> index.
+
+    snakemake --profile workflow/profiles/default --configfile experiments/paper.yaml [--config preset=mini]
+    snakemake -n --configfile experiments/paper.yaml      # list the jobs without running anything
+
+Snakemake's config IS the grid file given with --configfile (checked by rl_core.grid against
+workflow/schemas/grid.schema.yaml and the typed RunConfig before any job starts). Options beside it:
+
+    --config preset=NAME       scale preset of experiments/presets.yaml (default: the grid's `preset`)
+             results=DIR       results root (default: results)
+             tracking_uri=URI  MLflow tracking server (default: sqlite:///<abs DIR>/mlflow.db)
+             'seeds=[0,1,2]'   run every arm once per seed
+
+Layout under DIR/{grid}/: models/{base,direct,chain,scratchpad}/ (HF checkpoints), models/eval_*.json,
+runs/{figure}/{arm}/seed{seed}/ (the trainer's files), logs/, grid.yaml, mlflow_parent.json, report/;
+and DIR/index.html over all grids. Files are the contract between rules; MLflow mirrors them.
+Nothing here imports torch (STYLE habit 9): every job runs `python -m ...` in its own process.
+"""
+
+import sys
+
+from snakemake.utils import min_version
+
+min_version("9.0")
+
+# Jobs run with the interpreter that runs Snakemake (the project's venv, also when make calls
+# .venv/bin/snakemake without activating it). Not a param: moving the venv must not rerun every job.
+PYTHON = sys.executable
+sys.path.insert(0, workflow.basedir)
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/coldstart.smk"
+include: "workflow/rules/rl.smk"
+include: "workflow/rules/tracking.smk"
+include: "workflow/rules/report.smk"
+
+
+rule all:
+    default_target: True
+    input:
+        INDEX_HTML,

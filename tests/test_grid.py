@@ -1,0 +1,243 @@
+"""Grid files: schema and typed-config errors name file/figure/arm/key; paper.yaml expands to the paper's
+arms; the resolution order defaults <- base <- figure base <- arm <- preset <- seed."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rl_core import grid as G
+
+REPO = Path(__file__).resolve().parents[1]
+PAPER = REPO / "experiments" / "paper.yaml"
+SMOKE = REPO / "experiments" / "smoke.yaml"
+
+ON_POLICY = {"minirl", "minirl_length_norm", "minirl_no_is", "minirl_r3", "minirl_r3_length_norm",
+             "minirl_r3_no_is"}
+OFF_POLICY = {"minirl_no_clip", "minirl_r2_no_clip", "minirl_r2", "minirl_r3"}
+PAPER_ARMS = (
+    {("fig1_on_policy", a) for a in ON_POLICY}
+    | {("fig2_off_policy_n2", a) for a in OFF_POLICY}
+    | {("fig3_off_policy_n4", a) for a in OFF_POLICY}
+    | {("fig4_off_policy_n8", a) for a in ("minirl_r2_no_clip", "minirl_r2", "minirl_r3")}
+    | {("fig5_cold_start", a) for a in ("cold_direct", "cold_chain", "cold_scratchpad")}
+    | {("fig1c_on_policy_fp32", a) for a in ON_POLICY}
+)
+
+
+def write_grid(tmp_path, data, name="g.yaml"):
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def tiny(**figure_extra):
+    fig = {"title": "F", "arms": {"a": {"label": "A"}}, **figure_extra}
+    return {"name": "t", "preset": "smoke", "figures": {"f": fig}}
+
+
+# ------------------------------------------------------------------------------------------ paper.yaml
+
+
+@pytest.mark.parametrize("preset", ["smoke", "mini", "full"])
+def test_paper_expands_to_exactly_the_papers_arms_at_every_preset(preset):
+    grid = G.load_grid(PAPER, preset)
+    pairs = [(r.figure, r.arm) for r in grid.runs]
+    assert len(pairs) == len(set(pairs)) == 26  # one seed by default
+    assert set(pairs) == PAPER_ARMS
+    assert grid.cold_starts == ["direct", "chain", "scratchpad"]
+    assert {r.preset for r in grid.runs} == {preset}
+
+
+def test_paper_knobs_per_figure():
+    runs = {(r.figure, r.arm): r.config for r in G.load_grid(PAPER).runs}
+    n = {"fig1_on_policy": 1, "fig2_off_policy_n2": 2, "fig3_off_policy_n4": 4, "fig4_off_policy_n8": 8,
+         "fig5_cold_start": 2, "fig1c_on_policy_fp32": 1}
+    for (fig, arm), cfg in runs.items():
+        assert cfg.train.n_minibatches == n[fig], (fig, arm)
+        assert cfg.rollout.precision == ("fp32" if fig == "fig1c_on_policy_fp32" else "fp8")
+        assert cfg.train.precision == "fp32" and cfg.init == ""
+        assert cfg.replay.mode == ("r3" if "r3" in arm else "r2" if "r2" in arm or fig == "fig5_cold_start"
+                                   else "none"), (fig, arm)
+        want = ("minirl_no_clip" if "no_clip" in arm else "minirl_no_is" if "no_is" in arm
+                else "minirl_length_norm" if "length_norm" in arm else "minirl")
+        assert cfg.loss.objective == want, (fig, arm)
+    assert {runs["fig5_cold_start", f"cold_{t}"].cold_start for t in G.TEACHERS} == set(G.TEACHERS)
+    assert {c.cold_start for (f, _), c in runs.items() if f != "fig5_cold_start"} == {"chain"}
+
+
+def test_paper_labels_and_meta():
+    grid = G.load_grid(PAPER)
+    r = grid.run("fig1_on_policy", "minirl_no_is", 0)
+    assert r.label == "MiniRL - train-infer-IS"
+    assert grid.run("fig2_off_policy_n2", "minirl_r2_no_clip", 0).label == "MiniRL + R2 (no clipping)"
+    assert r.run_dir == "runs/fig1_on_policy/minirl_no_is/seed0"
+    meta = r.meta
+    assert {k: meta[k] for k in ("grid", "figure", "arm", "seed", "preset", "paper_figure")} == {
+        "grid": "paper", "figure": "fig1_on_policy", "arm": "minirl_no_is", "seed": 0, "preset": "mini",
+        "paper_figure": 1}
+    assert len(meta["config_hash"]) == 12 and meta["figure_title"]
+    assert '"init":"results/paper/models/chain"' in r.config_json(init="results/paper/models/chain")
+
+
+def test_smoke_grid_runs_the_dag_shapes_ci_needs():
+    grid = G.load_grid(SMOKE)
+    assert grid.preset == "smoke" and len(grid.runs) == 4 and len(grid.seeds) == 1
+    modes = {(r.config.train.n_minibatches, r.config.replay.mode) for r in grid.runs}
+    assert (2, "r2") in modes and any(m == "r3" for _, m in modes)
+
+
+# ---------------------------------------------------------------------------------------- resolution
+
+
+def test_resolution_order_defaults_base_figure_arm_preset_seed(tmp_path):
+    data = tiny(base={"loss": {"is_cap": 3.0}, "train": {"lr": 0.1}})
+    data["seeds"] = [7]
+    data["base"] = {"loss": {"is_cap": 2.0, "eps_low": 0.1}, "train": {"lr": 0.5, "steps": 99}}
+    data["figures"]["f"]["arms"]["a"]["config"] = {"loss": {"is_cap": 4.0}, "train": {"seed": 123}}
+    cfg = G.load_grid(write_grid(tmp_path, data)).runs[0].config
+    assert cfg.loss.eps_low == 0.1      # grid base over defaults
+    assert cfg.train.lr == 0.1          # figure base over grid base
+    assert cfg.loss.is_cap == 4.0       # arm over figure base
+    assert cfg.train.steps == 8         # the preset (smoke) last, over the grid base
+    assert cfg.train.seed == 7          # the seeds axis owns train.seed
+    assert cfg.loss.eps_high == 0.27    # untouched default
+
+
+def test_preset_argument_overrides_the_grid_default_and_unknown_preset_fails(tmp_path):
+    path = write_grid(tmp_path, tiny())
+    assert G.load_grid(path, "mini").runs[0].config.train.steps == 48
+    with pytest.raises(G.GridError, match=r"unknown preset 'huge' \(presets: \['full', 'mini', 'smoke'\]\)"):
+        G.load_grid(path, "huge")
+
+
+def test_base_model_config_ignores_figures_and_arms(tmp_path):
+    data = tiny(base={"loss": {"objective": "grpo"}})
+    data["base"] = {"model": {"rope_theta": 500.0, "num_experts": 6}}
+    grid = G.load_grid(write_grid(tmp_path, data))
+    assert grid.base_config.model.rope_theta == 500.0 and grid.base_config.loss.objective == "minirl"
+    assert grid.base_config.model.num_experts == 4  # the preset is applied last
+    assert grid.base_config.model.hidden_size == 32  # the smoke preset
+    sft = grid.stage_config("sft", "direct")
+    assert sft["cold_start"] == "direct" and set(sft) == {"model", "task", "pipeline", "train", "cold_start"}
+    assert "loss" not in grid.stage_config("pretrain") and "rollout" in grid.stage_config("eval")
+
+
+def test_one_cold_start_per_teacher_used(tmp_path):
+    data = tiny()
+    data["figures"]["f"]["arms"] = {"a": {"label": "A", "config": {"cold_start": "scratchpad"}},
+                                    "b": {"label": "B", "config": {"cold_start": "scratchpad"}},
+                                    "c": {"label": "C", "config": {"init": "/ckpt/mine"}}}
+    assert G.load_grid(write_grid(tmp_path, data)).cold_starts == ["scratchpad"]
+
+
+def test_axes_cross_with_arms(tmp_path):
+    data = tiny(axes={"train.n_minibatches": [2, 4], "replay.mode": ["r2", "r3"]})
+    data["figures"]["f"]["arms"]["b"] = {"label": "B", "config": {"loss": {"objective": "cispo"}}}
+    runs = G.load_grid(write_grid(tmp_path, data)).runs
+    assert len(runs) == 8
+    r = next(r for r in runs if r.arm == "b-n_minibatches=4-mode=r3")
+    assert (r.config.train.n_minibatches, r.config.replay.mode, r.config.loss.objective) == (4, "r3", "cispo")
+    assert r.label == "B (n_minibatches=4, mode=r3)"
+
+
+def test_axes_alone_make_the_arms(tmp_path):
+    data = tiny(axes={"loss.is_cap": [2, 5]})
+    del data["figures"]["f"]["arms"]
+    assert [r.arm for r in G.load_grid(write_grid(tmp_path, data)).runs] == ["is_cap=2", "is_cap=5"]
+
+
+# ------------------------------------------------------------------------------------------- errors
+
+
+def test_misspelt_key_in_an_arm_names_file_figure_arm_and_key(tmp_path):
+    data = tiny()
+    data["figures"]["f"]["arms"]["a"]["config"] = {"loss": {"objectve": "minirl"}}
+    path = write_grid(tmp_path, data)
+    with pytest.raises(G.GridError) as e:
+        G.load_grid(path)
+    msg = str(e.value)
+    assert str(path) in msg and "figure 'f', arm 'a'" in msg and "loss.objectve" in msg and "objective" in msg
+
+
+def test_bad_value_in_figure_base_is_attributed_to_the_figure(tmp_path):
+    path = write_grid(tmp_path, tiny(base={"replay": {"mode": "r4"}}))
+    with pytest.raises(G.GridError, match=r"figure 'f', base: replay\.mode: 'r4' is not one of"):
+        G.load_grid(path)
+
+
+def test_bad_key_in_grid_base_is_attributed_to_the_base(tmp_path):
+    data = tiny()
+    data["base"] = {"trian": {"lr": 1.0}}
+    with pytest.raises(G.GridError, match=r"g\.yaml: base: unknown key 'trian'"):
+        G.load_grid(write_grid(tmp_path, data))
+
+
+def test_schema_errors_name_where(tmp_path):
+    data = tiny()
+    data["figures"]["f"]["arms"]["a"]["confg"] = {}
+    data["figures"]["f"]["arms"]["b"] = {"config": {}}
+    data["seeds"] = [0, "one"]
+    with pytest.raises(G.GridError) as e:
+        G.load_grid(write_grid(tmp_path, data))
+    msg = str(e.value)
+    assert "figure 'f', arm 'a': Additional properties are not allowed ('confg' was unexpected)" in msg
+    assert "figure 'f', arm 'b': 'label' is a required property" in msg
+    assert "seeds.1: 'one' is not of type 'integer'" in msg
+
+
+def test_figure_without_arms_or_axes(tmp_path):
+    data = tiny()
+    del data["figures"]["f"]["arms"]
+    with pytest.raises(G.GridError, match=r"figure 'f': a figure needs `arms` or `axes`"):
+        G.load_grid(write_grid(tmp_path, data))
+
+
+def test_unknown_axis_key_suggests_the_right_one(tmp_path):
+    path = write_grid(tmp_path, tiny(axes={"train.n_minibatch": [2]}))
+    with pytest.raises(G.GridError, match=r"figure 'f': axis 'train.n_minibatch' is not a RunConfig key "
+                                          r"\(did you mean 'train.n_minibatches'\?\)"):
+        G.load_grid(path)
+
+
+def test_steps_not_a_multiple_of_n_names_the_arm(tmp_path):
+    data = tiny()
+    data["figures"]["f"]["arms"]["a"]["config"] = {"train": {"n_minibatches": 3}}
+    with pytest.raises(G.GridError, match=r"arm 'a': train\.steps: 8 is not a multiple of"):
+        G.load_grid(write_grid(tmp_path, data))
+
+
+def test_arm_may_not_change_the_shared_base_model(tmp_path):
+    data = tiny()
+    data["figures"]["f"]["arms"]["a"]["config"] = {"model": {"rope_theta": 500.0}}
+    with pytest.raises(G.GridError, match=r"arm 'a': model\.rope_theta = 500\.0 differs from the grid's"):
+        G.load_grid(write_grid(tmp_path, data))
+
+
+def test_not_a_mapping_and_bad_yaml(tmp_path):
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(G.GridError, match=r"list\.yaml: a grid file is a YAML mapping"):
+        G.load_grid(tmp_path / "list.yaml")
+    (tmp_path / "bad.yaml").write_text("name: [\n")
+    with pytest.raises(G.GridError, match=r"bad\.yaml: not valid YAML"):
+        G.load_grid(tmp_path / "bad.yaml")
+
+
+def test_importing_grid_leaves_torch_out():
+    code = "import sys, rl_core.grid; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+def test_cli_lists_runs():
+    out = subprocess.run([sys.executable, "-m", "rl_core.grid", str(SMOKE)], capture_output=True, text=True,
+                         cwd=REPO, check=True).stdout
+    assert "smoke: 4 runs, preset smoke, cold starts ['chain']" in out
+
+
+def test_workflow_options_are_split_from_the_grid_and_cli_seeds_become_ints():
+    grid, options = G.split_workflow_options({"name": "x", "seeds": ["0", "1"], "results": "out",
+                                              "tracking_uri": None})
+    assert grid == {"name": "x", "seeds": [0, 1]}
+    assert options == {"results": "out", "tracking_uri": ""}

@@ -1,0 +1,196 @@
+"""MLflow mirror of synthetic run dirs: parent/child structure, params, tags, every metric row read back;
+idempotent re-mirroring; two processes mirroring into one sqlite store at once lose no rows."""
+
+import json
+import math
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+from mlflow import MlflowClient
+
+from rl_core import tracking as T
+from rl_core.config import flatten
+from rl_core.grid import load_grid
+
+REPO = Path(__file__).resolve().parents[1]
+KEYS = ("reward/mean", "kl/train_infer", "entropy")
+
+
+def write_run(grid_dir, run, n_rows, status="completed"):
+    """A finished run dir as rl_core.train writes it: one row per gradient step, eval every 10 steps."""
+    d = Path(grid_dir) / run.run_dir
+    d.mkdir(parents=True, exist_ok=True)
+    (d / "config.json").write_text(run.config_json(init="results/x/models/chain"))
+    (d / "meta.json").write_text(json.dumps(run.meta))
+    with (d / "metrics.jsonl").open("w") as f:
+        for step in range(n_rows):
+            last_diverged = status == "diverged" and step == n_rows - 1
+            row = {"step": step, "reward/mean": step / n_rows, "kl/train_infer": 1e-3 * (1 + step),
+                   "entropy": math.nan if last_diverged else 1.0, "phase": "train"}
+            if step % 10 == 0:
+                row["eval/score"] = 0.5
+            f.write(json.dumps(row) + "\n")
+    summary = {"status": status, "steps_done": n_rows, "diverged_step": n_rows - 1 if status == "diverged"
+               else None, "reason": "", "wall_s": 1.5}
+    (d / "summary.json").write_text(json.dumps(summary))
+    (d / "DONE").write_text("")
+    return d
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory):
+    """One results dir with its embedded store and the smoke grid's parent run (the store is created
+    once: MLflow's table migrations take seconds)."""
+    results = tmp_path_factory.mktemp("results")
+    grid = load_grid(REPO / "experiments" / "smoke.yaml")
+    grid_dir = results / grid.name
+    parent = T.mirror_parent(grid_dir, grid.name, out=grid_dir / "mlflow_parent.json")
+    return results, grid, grid_dir, parent
+
+
+def children(uri, exp_id, arm=None):
+    mlflow.set_tracking_uri(uri)
+    where = "tags.role = 'run'" + (f" and tags.arm = '{arm}'" if arm else "")
+    return mlflow.search_runs(experiment_ids=[exp_id], filter_string=where)
+
+
+def test_parent_child_params_tags_metrics_artifacts(store):
+    results, grid, grid_dir, parent = store
+    run = grid.run("off_policy_n2", "minirl_r2", 0)
+    d = write_run(grid_dir, run, 57, status="diverged")
+    rec = T.mirror_run(d, grid_dir / "mlflow_parent.json", out=d / "mlflow_run.json")
+    assert parent["tracking_uri"] == f"sqlite:///{results.resolve()}/mlflow.db"
+    assert json.loads((d / "mlflow_run.json").read_text())["run_id"] == rec["run_id"]
+    assert (results / "mlartifacts" / grid.name).is_dir()
+
+    client = MlflowClient(parent["tracking_uri"])
+    exp = client.get_experiment_by_name(grid.name)
+    assert exp.experiment_id == parent["experiment_id"]
+    p = client.get_run(parent["parent_run_id"])
+    assert p.data.tags["role"] == "grid" and p.data.tags["grid"] == "smoke"
+    df = children(parent["tracking_uri"], exp.experiment_id, "minirl_r2")
+    assert len(df) == 1
+    row = df.iloc[0]
+    assert row["run_id"] == rec["run_id"] and row["tags.mlflow.parentRunId"] == parent["parent_run_id"]
+    want_tags = {"grid": "smoke", "figure": "off_policy_n2", "arm": "minirl_r2", "label": "MiniRL + R2",
+                 "seed": "0", "status": "diverged", "preset": "smoke", "config_hash": run.meta["config_hash"]}
+    assert {k: row[f"tags.{k}"] for k in want_tags} == want_tags
+
+    child = client.get_run(rec["run_id"])
+    flat = flatten(json.loads((d / "config.json").read_text()))
+    assert child.data.params == {k: str(v) for k, v in flat.items()}
+    assert child.data.params["replay.mode"] == "r2" and child.data.params["train.n_minibatches"] == "2"
+    for key in KEYS:
+        history = client.get_metric_history(rec["run_id"], key)
+        assert sorted(m.step for m in history) == list(range(57)), key
+    assert len(client.get_metric_history(rec["run_id"], "eval/score")) == 6
+    entropy = {m.step: m.value for m in client.get_metric_history(rec["run_id"], "entropy")}
+    assert math.isnan(entropy[56]) and entropy[0] == 1.0
+    assert "phase" not in child.data.metrics  # non-numeric fields are not metrics
+    assert child.data.metrics["summary/steps_done"] == 57
+    artifacts = {a.path for a in client.list_artifacts(rec["run_id"])}
+    assert artifacts == {"config.json", "meta.json", "summary.json"}
+
+
+def test_remirroring_is_idempotent_and_a_changed_run_replaces_its_child(store):
+    results, grid, grid_dir, parent = store
+    run = grid.run("on_policy", "minirl_r3", 0)
+    d = write_run(grid_dir, run, 20)
+    first = T.mirror_run(d, grid_dir / "mlflow_parent.json")
+    again = T.mirror_run(d, grid_dir / "mlflow_parent.json")
+    assert again["run_id"] == first["run_id"] and again["action"] == "unchanged"
+    write_run(grid_dir, run, 30)  # the run was re-run: its files changed
+    third = T.mirror_run(d, grid_dir / "mlflow_parent.json")
+    assert third["action"] == "mirrored" and third["run_id"] != first["run_id"]
+    df = children(parent["tracking_uri"], parent["experiment_id"], "minirl_r3")
+    assert list(df["run_id"]) == [third["run_id"]]  # the old child was deleted
+    client = MlflowClient(parent["tracking_uri"])
+    assert len(client.get_metric_history(third["run_id"], "reward/mean")) == 30
+    # the parent step is idempotent too
+    assert T.mirror_parent(grid_dir, grid.name)["parent_run_id"] == parent["parent_run_id"]
+
+
+def test_two_processes_mirroring_into_one_sqlite_store_lose_no_rows(store):
+    """Two `python -m rl_core.tracking run` at once into one sqlite file: every row arrives."""
+    results, grid, grid_dir, parent = store
+    n_rows = 3000  # per run: 3 keys x 3000 + 300 eval + summary = ~9,300 metrics, 10 log_batch calls
+    runs = [grid.run("on_policy", "minirl", 0), grid.run("off_policy_n2", "minirl_r3", 0)]
+    dirs = [write_run(grid_dir, r, n_rows) for r in runs]
+    procs = [subprocess.Popen([sys.executable, "-m", "rl_core.tracking", "run", "--run-dir", str(d),
+                               "--parent-file", str(grid_dir / "mlflow_parent.json"), "--out",
+                               str(d / "mlflow_run.json")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True) for d in dirs]
+    for proc in procs:
+        out, err = proc.communicate(timeout=120)
+        assert proc.returncode == 0, err
+    client = MlflowClient(parent["tracking_uri"])
+    found = {}
+    for run, d in zip(runs, dirs, strict=True):
+        run_id = json.loads((d / "mlflow_run.json").read_text())["run_id"]
+        df = children(parent["tracking_uri"], parent["experiment_id"], run.arm)
+        assert run_id in set(df["run_id"])
+        found[run.arm] = sum(len(client.get_metric_history(run_id, k)) for k in KEYS)
+        assert len(client.get_metric_history(run_id, "eval/score")) == n_rows // 10
+    assert found == {"minirl": 3 * n_rows, "minirl_r3": 3 * n_rows}
+
+
+def test_a_mirror_outwaits_a_writer_that_holds_the_store_past_sqlites_timeout(store):
+    """sqlite gives up after 5 s; the mirror then backs off and retries instead of failing. The lock is
+    held until the mirror reports its first retry, so the test does not depend on timing."""
+    results, grid, grid_dir, parent = store
+    d = write_run(grid_dir, grid.run("on_policy", "minirl", 0), 40)
+    db = sqlite3.connect(results / "mlflow.db", isolation_level=None)
+    db.execute("BEGIN EXCLUSIVE")
+    lines: list[str] = []
+    try:
+        proc = subprocess.Popen([sys.executable, "-m", "rl_core.tracking", "run", "--run-dir", str(d),
+                                 "--parent-file", str(grid_dir / "mlflow_parent.json"), "--out",
+                                 str(d / "mlflow_run.json")], stderr=subprocess.PIPE, text=True)
+        reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
+        reader.start()
+        deadline = time.time() + 60
+        while not any("mlflow store locked" in line for line in lines) and time.time() < deadline:
+            time.sleep(0.2)
+    finally:
+        db.execute("COMMIT")
+        db.close()
+    assert proc.wait(timeout=120) == 0, "".join(lines)
+    reader.join(timeout=10)
+    assert any("mlflow store locked" in line for line in lines)
+    run_id = json.loads((d / "mlflow_run.json").read_text())["run_id"]
+    assert len(MlflowClient(parent["tracking_uri"]).get_metric_history(run_id, "entropy")) == 40
+
+
+def test_metric_rows_become_metrics_at_their_step():
+    rows = [{"step": 4, "a": 1, "b": None, "ok": True, "name": "x"}, {"step": 5, "a/b c": 2.5}]
+    ms = T.metric_entities(rows, {"status": "completed", "steps_done": 6, "wall_s": 2}, t0_ms=1000)
+    got = {(m.key, m.step): m.value for m in ms}
+    assert got[("a", 4)] == 1.0 and math.isnan(got[("b", 4)]) and got[("ok", 4)] == 1.0
+    assert got[("a/b c", 5)] == 2.5 and got[("summary/wall_s", 6)] == 2.0
+    assert not any(k == "name" or k == "step" for k, _ in got)
+    assert T.metric_key("loss/pg*") == "loss/pg_"
+
+
+def test_retry_backs_off_while_locked_then_succeeds():
+    calls = []
+
+    def flaky():
+        calls.append(1)
+        if len(calls) < 3:
+            raise RuntimeError("(sqlite3.OperationalError) database is locked")
+        return "ok"
+
+    assert T.retry(flaky, delay=0.001) == "ok" and len(calls) == 3
+    with pytest.raises(ValueError):
+        T.retry(lambda: (_ for _ in ()).throw(ValueError("other")), delay=0.001)
+
+
+def test_importing_tracking_leaves_torch_out():
+    code = "import sys, rl_core.tracking; sys.exit('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0

@@ -1,0 +1,161 @@
+"""The Snakemake DAG, built in dry runs (no job runs): every arm of paper.yaml once; adding an arm plans
+only its jobs; editing one arm's config reruns only that arm (Snakemake's params trigger)."""
+
+import re
+import shutil
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import yaml
+
+from rl_core.grid import load_grid
+
+REPO = Path(__file__).resolve().parents[1]
+DOWNSTREAM = {"grid_file", "report", "index", "all"}  # what any change to the runs of a grid replans
+
+
+def snakemake(workdir, *args, snakefile=REPO / "Snakefile", check=True):
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(snakefile), "--directory", str(workdir),
+           "--cores", "2", *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
+    if check and proc.returncode:
+        raise AssertionError(f"{' '.join(cmd)} failed:\n{proc.stdout}\n{proc.stderr}")
+    return proc.stdout + proc.stderr
+
+
+def planned(output):
+    """Jobs of a dry run: [{"rule", "wildcards", "output", "reason"}] from Snakemake's job listing."""
+    jobs = []
+    for line in output.splitlines():
+        m = re.match(r"^(?:local)?rule (\w+):$", line.strip())
+        if m:
+            jobs.append({"rule": m[1], "wildcards": {}, "output": [], "reason": ""})
+        elif jobs and line.startswith("    ") and ": " in line:
+            key, _, value = line.strip().partition(": ")
+            if key == "wildcards":
+                jobs[-1]["wildcards"] = dict(kv.split("=", 1) for kv in value.split(", "))
+            elif key in ("output", "reason"):
+                jobs[-1][key] = value.split(", ") if key == "output" else value
+    return jobs
+
+
+def arm_jobs(jobs, rule="rl_run"):
+    return Counter((j["wildcards"]["figure"], j["wildcards"]["arm"]) for j in jobs if j["rule"] == rule)
+
+
+# ------------------------------------------------------------------------------------- paper.yaml
+
+
+def test_dry_run_of_paper_lists_every_arm_of_every_figure_once(tmp_path):
+    out = snakemake(tmp_path, "-n", "--configfile", str(REPO / "experiments" / "paper.yaml"))
+    jobs = planned(out)
+    expected = Counter((r.figure, r.arm) for r in load_grid(REPO / "experiments" / "paper.yaml").runs)
+    assert len(expected) == 26 and set(expected.values()) == {1}
+    assert arm_jobs(jobs) == expected
+    assert arm_jobs(jobs, "mlflow_run") == expected
+    rules = Counter(j["rule"] for j in jobs)
+    once = {"pretrain": 1, "sft": 3, "coldstart_eval": 4, "mlflow_parent": 1, "report": 1, "index": 1}
+    assert {k: rules[k] for k in once} == once
+    assert not (tmp_path / "results").exists()  # a dry run writes no results
+
+
+def test_bad_grid_fails_before_any_job(tmp_path):
+    grid = yaml.safe_load((REPO / "experiments" / "smoke.yaml").read_text())
+    grid["figures"]["on_policy"]["arms"]["minirl"]["config"] = {"replay": {"mdoe": "r3"}}
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(grid))
+    out = snakemake(tmp_path, "-n", "--configfile", str(path), check=False)
+    assert "invalid grid" in out and str(path) in out
+    assert "figure 'on_policy', arm 'minirl': unknown key 'replay.mdoe'" in out
+
+
+def test_no_grid_given_says_how_to_give_one(tmp_path):
+    out = snakemake(tmp_path, "-n", check=False)
+    assert "no grid given: run with --configfile experiments/paper.yaml" in out
+
+
+# -------------------------------------------------------------------------- reruns, against a done grid
+
+
+@pytest.fixture(scope="module")
+def done_workspace(tmp_path_factory):
+    """A copy of the workflow and of smoke.yaml where every job's outputs exist and are recorded as done
+    with their params (create the outputs a dry run lists, then `--touch --forceall` records metadata)."""
+    wd = tmp_path_factory.mktemp("wf")
+    shutil.copy(REPO / "Snakefile", wd / "Snakefile")
+    shutil.copytree(REPO / "workflow", wd / "workflow", ignore=shutil.ignore_patterns("__pycache__"))
+    (wd / "experiments").mkdir()
+    shutil.copy(REPO / "experiments" / "presets.yaml", wd / "experiments" / "presets.yaml")
+    grid = yaml.safe_load((REPO / "experiments" / "smoke.yaml").read_text())
+    (wd / "grid.yaml").write_text(yaml.safe_dump(grid, sort_keys=False))
+    args = ("--configfile", str(wd / "grid.yaml"))
+    for job in planned(snakemake(wd, "-n", *args, snakefile=wd / "Snakefile")):
+        for out in job["output"]:
+            (wd / out).parent.mkdir(parents=True, exist_ok=True)
+            (wd / out).touch()
+    snakemake(wd, "--touch", "--forceall", *args, snakefile=wd / "Snakefile")
+    out = snakemake(wd, "-n", *args, snakefile=wd / "Snakefile")
+    assert "Nothing to be done" in out, out
+    return wd, grid
+
+
+def dry_run_with(done_workspace, edit):
+    wd, grid = done_workspace
+    changed = yaml.safe_load(yaml.safe_dump(grid))
+    edit(changed)
+    (wd / "changed.yaml").write_text(yaml.safe_dump(changed, sort_keys=False))
+    return planned(snakemake(wd, "-n", "--configfile", str(wd / "changed.yaml"), snakefile=wd / "Snakefile"))
+
+
+def test_adding_an_arm_plans_only_its_jobs(done_workspace):
+    def add_arm(g):
+        g["figures"]["on_policy"]["arms"]["minirl_no_is"] = {
+            "label": "MiniRL - train-infer-IS", "config": {"loss": {"objective": "minirl_no_is"}}}
+
+    jobs = dry_run_with(done_workspace, add_arm)
+    assert arm_jobs(jobs) == {("on_policy", "minirl_no_is"): 1}
+    assert arm_jobs(jobs, "mlflow_run") == {("on_policy", "minirl_no_is"): 1}
+    assert Counter(j["rule"] for j in jobs) == Counter(["rl_run", "mlflow_run", *DOWNSTREAM])
+
+
+def test_changing_one_arms_config_reruns_that_arm_only(done_workspace):
+    def edit(g):
+        g["figures"]["off_policy_n2"]["arms"]["minirl_r2"]["config"]["loss"] = {"is_cap": 2.0}
+
+    jobs = dry_run_with(done_workspace, edit)
+    assert arm_jobs(jobs) == {("off_policy_n2", "minirl_r2"): 1}
+    assert Counter(j["rule"] for j in jobs) == Counter(["rl_run", "mlflow_run", *DOWNSTREAM])
+    rl = next(j for j in jobs if j["rule"] == "rl_run")
+    assert "Params have changed" in rl["reason"]
+
+
+def test_an_rl_knob_in_the_grid_base_does_not_rebuild_the_cold_starts(done_workspace):
+    def edit(g):
+        g["base"]["loss"]["eps_high"] = 0.3
+
+    jobs = dry_run_with(done_workspace, edit)
+    assert len(arm_jobs(jobs)) == 4
+    assert not {"pretrain", "sft", "coldstart_eval", "mlflow_parent"} & {j["rule"] for j in jobs}
+
+
+def test_a_new_seed_plans_one_run_per_arm(done_workspace):
+    jobs = dry_run_with(done_workspace, lambda g: g.update(seeds=[0, 1]))
+    seeds = Counter(j["wildcards"]["seed"] for j in jobs if j["rule"] == "rl_run")
+    assert seeds == {"1": 4}
+
+
+# ------------------------------------------------------------------------------------------ profiles
+
+
+def test_profiles():
+    local = yaml.safe_load((REPO / "workflow" / "profiles" / "default" / "config.yaml").read_text())
+    assert local["cores"] == 2 and local["keep-going"] and local["rerun-incomplete"]
+    assert local["printshellcmds"] and local["show-failed-logs"]
+    slurm_text = (REPO / "workflow" / "profiles" / "slurm" / "config.yaml").read_text()
+    slurm = yaml.safe_load(slurm_text)
+    assert slurm["executor"] == "slurm" and "slurm_partition" in slurm["default-resources"]
+    assert "pip install snakemake-executor-plugin-slurm" in slurm_text
+    assert "rl_run" in slurm["set-resources"]

@@ -1,0 +1,90 @@
+# The grid, the paths and the small helpers the rules share. The grid is loaded (schema + typed config of
+# every run) while Snakemake parses the workflow, so a bad grid fails before any job starts.
+
+import json
+import os
+from pathlib import Path
+
+import yaml
+from snakemake.exceptions import WorkflowError
+
+from rl_core.grid import TEACHERS, GridError, grid_from_dict, split_workflow_options
+
+_grid_data, OPTIONS = split_workflow_options(config)
+if not _grid_data.get("figures"):
+    raise WorkflowError(
+        "no grid given: run with --configfile experiments/paper.yaml (or experiments/smoke.yaml, or your "
+        "own grid file)"
+    )
+try:
+    GRID = grid_from_dict(
+        _grid_data,
+        source=", ".join(str(p) for p in workflow.overwrite_configfiles) or "<--config>",
+        presets=Path(workflow.basedir) / "experiments" / "presets.yaml",
+        schema=Path(workflow.basedir) / "workflow" / "schemas" / "grid.schema.yaml",
+    )
+except GridError as e:
+    raise WorkflowError(f"invalid grid: {e}") from None
+
+RESULTS = str(OPTIONS["results"]).rstrip("/")
+GDIR = f"{RESULTS}/{GRID.name}"
+LOGS = f"{GDIR}/logs"
+INDEX_HTML = f"{RESULTS}/index.html"
+# "" means the embedded store sqlite:///<abs RESULTS>/mlflow.db (rl_core.tracking.default_uri).
+TRACKING_URI = str(OPTIONS["tracking_uri"] or "")
+RUNS = {(r.figure, r.arm, str(r.seed)): r for r in GRID.runs}
+MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+EVALUATED = ["base", *GRID.cold_starts]
+
+
+wildcard_constraints:
+    figure=r"[A-Za-z0-9][A-Za-z0-9_.=+-]*",
+    arm=r"[A-Za-z0-9][A-Za-z0-9_.=+-]*",
+    seed=r"\d+",
+    teacher="|".join(TEACHERS),
+    model="|".join(("base", *TEACHERS)),
+
+
+def compact(obj):
+    """JSON for a command line and for params (Snakemake reruns a job when its params change)."""
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"))
+
+
+def run_of(wildcards):
+    key = (wildcards.figure, wildcards.arm, wildcards.seed)
+    if key not in RUNS:
+        raise WorkflowError(f"runs/{key[0]}/{key[1]}/seed{key[2]} is not a run of grid '{GRID.name}'")
+    return RUNS[key]
+
+
+def run_file(run, name=""):
+    return f"{GDIR}/{run.run_dir}/{name}" if name else f"{GDIR}/{run.run_dir}"
+
+
+def model_dir(name):
+    return f"{GDIR}/models/{name}"
+
+
+def model_files(name):
+    return [f"{model_dir(name)}/{f}" for f in MODEL_FILES]
+
+
+def init_dir(run):
+    """The run's initial policy: its own `init`, else the cold start its config names."""
+    return run.config.init or model_dir(run.config.cold_start)
+
+
+def run_gpus(run):
+    """GPUs one arm job asks for: the GPU backends need one (a resource for cluster profiles)."""
+    return int(run.config.rollout.engine == "vllm" or run.config.train.engine == "megatron")
+
+
+def stage_json(stage, model="base"):
+    return compact(GRID.stage_config(stage, None if model == "base" else model))
+
+
+def write_grid_file(grid_json, path, log_path):
+    """The grid as run (effective preset, seeds, findings): what analysis.report reads."""
+    header = f"# The grid as run (from {GRID.source}, preset {GRID.preset}); written by the workflow.\n"
+    Path(path).write_text(header + yaml.safe_dump(json.loads(grid_json), sort_keys=False))
+    Path(log_path).write_text(f"wrote {path}: {len(GRID.runs)} runs\n")

@@ -1,0 +1,51 @@
+# Per-grid report (analysis.report) and the index over all grids (analysis.index). The grid as run
+# (effective preset, seeds, findings) is written to grid.yaml first: the report reads that file.
+
+localrules:
+    grid_file,
+    report,
+    index,
+
+
+rule grid_file:
+    output:
+        f"{GDIR}/grid.yaml",
+    log:
+        f"{LOGS}/grid_file.log",
+    params:
+        grid=compact(GRID.data),
+    run:
+        write_grid_file(params.grid, output[0], log[0])
+
+
+rule report:
+    input:
+        grid=f"{GDIR}/grid.yaml",
+        runs=[run_file(r, "DONE") for r in GRID.runs],
+        mlflow=[run_file(r, "mlflow_run.json") for r in GRID.runs],
+        evals=[f"{GDIR}/models/eval_{m}.json" for m in EVALUATED],
+    output:
+        # Files that analysis.report always writes (its HTML page's name is the analysis package's).
+        md=f"{GDIR}/report/report.md",
+        stability=f"{GDIR}/report/stability.csv",
+    log:
+        f"{LOGS}/report.log",
+    params:
+        grid_dir=lambda w, input: os.path.dirname(input.grid),
+        out=lambda w, output: os.path.dirname(output.md),
+    shell:
+        "{PYTHON} -m analysis.report --grid-dir {params.grid_dir} --grid-file {input.grid} "
+        "--out {params.out} 2>&1 | tee {log}"
+
+
+rule index:
+    input:
+        f"{GDIR}/report/report.md",
+    output:
+        INDEX_HTML,
+    log:
+        f"{LOGS}/index.log",
+    params:
+        results=lambda w, output: os.path.dirname(output[0]) or ".",
+    shell:
+        "{PYTHON} -m analysis.index --results {params.results} --out {output} > {log} 2>&1"
