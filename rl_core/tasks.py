@@ -1,0 +1,329 @@
+"""A verifiable arithmetic task, its char-level tokenizer, three teachers and the benchmark.
+
+Problems are chains of 2..5 non-negative integers joined by operators from ``TaskConfig.ops`` and are
+evaluated strictly **left to right** (no precedence): ``12+7*3 = (12+7)*3 = 57``. Left to right keeps every
+solution step local (previous result, next operand), which is what a few-million-parameter model can
+learn on a CPU in minutes. Generation keeps values moderate and non-negative: a ``*`` operand is one
+digit (2..9), a ``-`` operand never exceeds the running value, a ``+`` operand is 0..max_operand. The
+difficulty ``level`` is the number of operations (operands - 1).
+
+Format (one character = one token)::
+
+    prompt    Q:47+38*3=
+    direct    #255<eos>
+    chain     47+38=85;85*3=255#255<eos>
+    scratch   7+8=15,4+3+1=8>85;5*3=15,8*3+1=25>255#255<eos>
+
+The verifier looks only at what follows the answer marker ``#``: reward 1.0 iff the response holds exactly
+one ``#`` and the rest of the response is exactly the canonical decimal answer (optional ``-``, no leading
+zeros, no ``-0``, at most ``MAX_ANSWER_DIGITS`` digits, nothing after it). Anything else (no marker,
+several markers, trailing text, spaces, non-ASCII digits, huge numbers, empty text, non-strings) is 0.0;
+the verifier never raises. A response cut off by the token limit is judged on the text it has.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from dataclasses import dataclass, field
+
+import torch
+from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers
+
+from rl_core.config import TaskConfig
+
+SPECIALS = ("<pad>", "<eos>", "<unk>")
+CHARS = "0123456789+-*=#;:Q,>"
+MARKER = "#"
+MAX_ANSWER_DIGITS = 15
+EVAL_BATCH = 256  # sequences per generate call: bounds the KV cache of the rollout engine
+_CANONICAL_INT = re.compile(r"-?(?:0|[1-9][0-9]*)")
+
+
+@dataclass(frozen=True)
+class Problem:
+    prompt: str  # "Q:47+38*3="
+    answer: int
+    level: int  # number of operations
+
+
+# ------------------------------------------------------------------------------------------ problems
+
+
+def parse_expression(prompt: str) -> tuple[list[int], list[str]]:
+    """"Q:47+38*3=" -> ([47, 38, 3], ["+", "*"])."""
+    body = prompt.removeprefix("Q:").removesuffix("=")
+    parts = re.split(r"([+\-*])", body)
+    return [int(p) for p in parts[0::2]], parts[1::2]
+
+
+def apply_op(a: int, op: str, b: int) -> int:
+    return a + b if op == "+" else a - b if op == "-" else a * b
+
+
+def evaluate_left_to_right(operands: list[int], ops: list[str]) -> int:
+    value = operands[0]
+    for op, b in zip(ops, operands[1:], strict=True):
+        value = apply_op(value, op, b)
+    return value
+
+
+def _operand_range(op: str, value: int, cfg: TaskConfig) -> tuple[int, int]:
+    """Inclusive range of the operand after `op` that keeps the running value in [0, max_value]."""
+    if op == "+":
+        return 0, max(0, min(cfg.max_operand, cfg.max_value - value))
+    if op == "-":
+        return 0, min(cfg.max_operand, value)
+    hi = min(9, cfg.max_operand, cfg.max_value // value if value else 9)
+    return min(2, hi), hi  # empty (lo > hi) when even x2 would exceed max_value
+
+
+def sample_problem(rng: random.Random, cfg: TaskConfig, n_operands: int) -> Problem:
+    """One random problem with `n_operands` operands (value ranges: module docstring)."""
+    value = rng.randint(0, min(cfg.max_operand, cfg.max_value))
+    text = str(value)
+    for _ in range(n_operands - 1):
+        ranges = {op: _operand_range(op, value, cfg) for op in cfg.ops}
+        allowed = [op for op in cfg.ops if ranges[op][0] <= ranges[op][1]] or ["*"]
+        op = rng.choice(allowed)
+        lo, hi = ranges[op] if op in allowed else (2, 9)  # only '*' allowed and none fits: exceed
+        b = rng.randint(lo, max(lo, hi))
+        value = apply_op(value, op, b)
+        text += f"{op}{b}"
+    return Problem(prompt=f"Q:{text}=", answer=value, level=n_operands - 1)
+
+
+def sample_problems(cfg: TaskConfig, n: int, salt: str, exclude: frozenset[str] = frozenset(),
+                    distinct: bool = True) -> list[Problem]:
+    """`n` problems whose prompts are not in `exclude`; operand counts cycle through min..max so every
+    prefix of the list is balanced across levels. With ``distinct=False`` a prompt may repeat once 100
+    fresh draws for its slot have failed (a level whose problem space is smaller than its share)."""
+    rng = random.Random(f"{cfg.seed}-{salt}")  # str seeds are hashed with sha512: stable across runs
+    counts = list(range(cfg.min_operands, cfg.max_operands + 1))
+    out: list[Problem] = []
+    seen = set()
+    while len(out) < n:
+        for attempt in range(200):
+            p = sample_problem(rng, cfg, counts[len(out) % len(counts)])
+            fresh = p.prompt not in seen or (not distinct and attempt >= 100)
+            if p.prompt not in exclude and fresh:
+                break
+        else:
+            raise ValueError(f"task: cannot draw {n} '{salt}' problems: the problem space of "
+                             f"max_operand={cfg.max_operand}, operands {counts} is too small")
+        seen.add(p.prompt)
+        out.append(p)
+    return out
+
+
+# -------------------------------------------------------------------------------------- verifier
+
+
+def extract_answer(response: object) -> int | None:
+    """The integer after the single answer marker, or None when the response is malformed."""
+    if not isinstance(response, str) or response.count(MARKER) != 1:
+        return None
+    tail = response.partition(MARKER)[2]
+    if len(tail.lstrip("-")) > MAX_ANSWER_DIGITS or tail == "-0" or not _CANONICAL_INT.fullmatch(tail):
+        return None
+    return int(tail)
+
+
+def reward(response: object, problem: Problem) -> float:
+    """Binary verifiable reward: 1.0 iff the extracted answer equals the problem's answer."""
+    return 1.0 if extract_answer(response) == problem.answer else 0.0
+
+
+# ------------------------------------------------------------------------------------- tokenizer
+
+
+def build_tokenizer() -> Tokenizer:
+    """Char-level WordLevel tokenizer: one token per character of CHARS, plus <pad>, <eos>, <unk>."""
+    vocab = {tok: i for i, tok in enumerate((*SPECIALS, *CHARS))}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Split(Regex("."), behavior="isolated")
+    tok.decoder = decoders.Fuse()  # join characters without the default space
+    tok.add_special_tokens(list(SPECIALS))
+    return tok
+
+
+# ---------------------------------------------------------------------------------------- teachers
+
+
+def _digits(n: int) -> list[int]:
+    """Least significant first."""
+    return [int(c) for c in reversed(str(n))]
+
+
+def _columns_add(a: int, b: int) -> list[str]:
+    """Columns of a + b with carries: 47+38 -> ["7+8=15", "4+3+1=8"]."""
+    da, db, cols, carry = _digits(a), _digits(b), [], 0
+    for i in range(max(len(da), len(db))):
+        terms = [d[i] for d in (da, db) if i < len(d)] + ([carry] if carry else [])
+        if len(terms) < 2:
+            break  # nothing left to add: the remaining digits are copied
+        s = sum(terms)
+        cols.append("+".join(map(str, terms)) + f"={s}")
+        carry = s // 10
+    return cols
+
+
+def _columns_sub(a: int, b: int) -> list[str]:
+    """Columns of a - b (a >= b) with borrows: 85-38 -> ["15-8=7", "8-1-3=4"]."""
+    da, db, cols, borrow = _digits(a), _digits(b), [], 0
+    for i in range(len(da)):
+        if i >= len(db) and not borrow:
+            break  # the remaining digits of a are copied
+        low = db[i] if i < len(db) else 0
+        top = da[i] + 10 if da[i] - borrow < low else da[i]
+        left = f"{top}-{borrow}" if borrow else str(top)
+        cols.append(f"{left}-{low}={top - borrow - low}")
+        borrow = int(top >= 10)
+    return cols
+
+
+def _columns_mul(a: int, b: int) -> list[str]:
+    """Columns of a * b (b one digit) with carries: 85*3 -> ["5*3=15", "8*3+1=25"]."""
+    cols, carry = [], 0
+    for d in _digits(a):
+        s = d * b + carry
+        cols.append(f"{d}*{b}" + (f"+{carry}" if carry else "") + f"={s}")
+        carry = s // 10
+    return cols
+
+
+COLUMNS = {"+": _columns_add, "-": _columns_sub, "*": _columns_mul}
+
+
+def _slip(value: int, rng: random.Random) -> int:
+    """A plausible arithmetic slip: too large by 1..9 or by 10 (a spurious carry). Upward only, so a
+    later subtraction never goes negative."""
+    return value + rng.choice([1, 2, 3, 5, 9, 10])
+
+
+def solve(problem: Problem, style: str, rng: random.Random, slip_rate: float) -> str:
+    """One teacher solution (without <eos>). Each step slips with probability `slip_rate`; later steps
+    continue from the slipped value, so one slip makes the final answer wrong."""
+    operands, ops = parse_expression(problem.prompt)
+    value, steps = operands[0], []
+    for op, b in zip(ops, operands[1:], strict=True):
+        new = apply_op(value, op, b)
+        if rng.random() < slip_rate:
+            new = _slip(new, rng)
+        if style == "chain":
+            steps.append(f"{value}{op}{b}={new}")
+        elif style == "scratchpad":
+            steps.append(",".join(COLUMNS[op](value, b)) + f">{new}")
+        value = new
+    return ";".join(steps) + f"{MARKER}{value}"
+
+
+@dataclass(frozen=True)
+class Teacher:
+    """A programmatic solver: a solution style and a per-step slip rate (its quality)."""
+
+    style: str
+    slip_rate: float
+    doc: str
+
+    def __call__(self, problem: Problem, rng: random.Random) -> str:
+        return solve(problem, self.style, rng, self.slip_rate)
+
+
+# Quality differs on purpose (the paper's cold starts come from teachers of different strength):
+# the direct teacher answers in one shot and slips most (error grows with the number of steps), the
+# chain teacher shows every partial result, the scratchpad teacher works digit by digit and slips least.
+TEACHERS = {
+    "direct": Teacher("direct", 0.15, "answer only; 15% slips per step"),
+    "chain": Teacher("chain", 0.06, "left-to-right partial results; 6% slips per step"),
+    "scratchpad": Teacher("scratchpad", 0.02, "column-wise work with carries; 2% slips per step"),
+}
+
+
+# --------------------------------------------------------------------------------------------- task
+
+
+@dataclass
+class Task:
+    """The task as the rest of rl_core sees it: problems, tokenizer, encode/decode and reward."""
+
+    cfg: TaskConfig
+    tokenizer: Tokenizer
+    train_problems: list[Problem]
+    bench_problems: list[Problem]
+    id_to_char: list[str] = field(repr=False)
+
+    @property
+    def pad_id(self) -> int:
+        return self.tokenizer.token_to_id("<pad>")
+
+    @property
+    def eos_id(self) -> int:
+        return self.tokenizer.token_to_id("<eos>")
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.get_vocab_size()
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text).ids
+
+    def encode_prompt(self, problem: Problem) -> list[int]:
+        return self.encode(problem.prompt)
+
+    def decode(self, ids) -> str:
+        """Token ids -> text, stopping at the first <eos> and dropping <pad>; ids the tokenizer does not
+        know (a padded model vocabulary) become U+FFFD, which no answer can contain."""
+        out = []
+        for i in ids.tolist() if isinstance(ids, torch.Tensor) else ids:
+            if i == self.eos_id:
+                break
+            if i != self.pad_id:
+                out.append(self.id_to_char[i] if 0 <= i < len(self.id_to_char) else "\ufffd")
+        return "".join(out)
+
+    def reward(self, response_text: object, problem: Problem) -> float:
+        return reward(response_text, problem)
+
+
+def make_task(cfg: TaskConfig) -> Task:
+    """The task of `cfg`; the benchmark is drawn first and the training set avoids its prompts."""
+    tok = build_tokenizer()
+    bench = sample_problems(cfg, cfg.n_bench, "bench")
+    train = sample_problems(cfg, cfg.n_train, "train", exclude=frozenset(p.prompt for p in bench),
+                            distinct=False)
+    id_to_char = [tok.id_to_token(i) for i in range(tok.get_vocab_size())]
+    id_to_char = ["\ufffd" if t in SPECIALS else t for t in id_to_char]
+    return Task(cfg, tok, train, bench, id_to_char)
+
+
+# ------------------------------------------------------------------------------------------ benchmark
+
+
+@torch.no_grad()
+def evaluate(engine, task: Task, problems: list[Problem], k: int, temperature: float, max_new_tokens: int,
+             generator: torch.Generator) -> dict:
+    """avg@k on `problems`: k samples each, in generate calls of at most EVAL_BATCH sequences.
+
+    Returns score (mean reward), response_length (mean generated tokens, <eos> included), truncated
+    (fraction that hit max_new_tokens), n (samples), and score per level as ``score_level{L}``.
+    """
+    jobs = [p for p in problems for _ in range(k)]
+    rewards, lengths, truncated = [], [], []
+    for start in range(0, len(jobs), EVAL_BATCH):
+        chunk = jobs[start:start + EVAL_BATCH]
+        batch = engine.generate([task.encode_prompt(p) for p in chunk], max_new_tokens=max_new_tokens,
+                                temperature=temperature, generator=generator)
+        mask = batch.response_mask.bool()
+        for row, p in enumerate(chunk):
+            ids = batch.input_ids[row][mask[row]]
+            rewards.append(task.reward(task.decode(ids), p))
+            lengths.append(int(mask[row].sum()))
+            truncated.append(task.eos_id not in ids.tolist())
+    n = max(len(jobs), 1)
+    out = {"score": sum(rewards) / n, "response_length": sum(lengths) / n,
+           "truncated": sum(truncated) / n, "n": len(jobs)}
+    for level in sorted({p.level for p in jobs}):
+        rs = [r for r, p in zip(rewards, jobs, strict=True) if p.level == level]
+        out[f"score_level{level}"] = sum(rs) / len(rs)
+    return out
