@@ -118,7 +118,8 @@ def load_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:
         "status": _status(done, summary.get("status")), "summary_status": summary.get("status"),
         "done": done, "steps_done": int(steps_done), "diverged_step": summary.get("diverged_step"),
         "reason": summary.get("reason", ""), "wall_s": summary.get("wall_s", np.nan),
-        "mlflow_run_id": summary.get("mlflow_run_id"), "n_metric_rows": len(metrics),
+        "mlflow_run_id": (read_json(run_dir / "mlflow_run.json") or {}).get("run_id"),
+        "n_metric_rows": len(metrics),
         "run_dir": str(run_dir), "config": read_json(run_dir / "config.json") or {},
     }
     return row, metrics
