@@ -157,14 +157,18 @@ class EmbeddedRolloutEngine:
             self.layers.append({
                 "ln1": self._held(sd[p + "input_layernorm.weight"], False),
                 "qkv": self._held(qkv, True),
-                "q_norm": self._held(sd[p + "self_attn.q_norm.weight"], False),
-                "k_norm": self._held(sd[p + "self_attn.k_norm.weight"], False),
+                "qk_norm": self._held(torch.cat([sd[p + "self_attn.q_norm.weight"].expand(self.n_heads, -1),
+                                                 sd[p + "self_attn.k_norm.weight"].expand(self.n_kv, -1)]),
+                                      False),                                    # (H + Hkv, D)
                 "o": self._held(sd[p + "self_attn.o_proj.weight"], True),
                 "ln2": self._held(sd[p + "post_attention_layernorm.weight"], False),
                 "router": self._held(sd[p + "mlp.gate.weight"], False),
                 "gate_up": self._held(gate_up, True),
                 "down": self._held(sd[experts + "down_proj"], True),
             })
+            # grouped_mm takes (E, in, out): transposed views of the held weights, no copy.
+            self.layers[-1]["gate_up_t"] = self.layers[-1]["gate_up"].transpose(1, 2)
+            self.layers[-1]["down_t"] = self.layers[-1]["down"].transpose(1, 2)
 
     # ---------------------------------------------------------------------------------- forward
 
@@ -180,8 +184,9 @@ class EmbeddedRolloutEngine:
         """Round an fp32 tensor to the compute precision, keeping fp32 storage (no-op for fp32)."""
         return t if self.dtype == torch.float32 else t.to(self.dtype).float()
 
-    def _attention(self, h, w, cos, sin, cache_k, cache_v, start, allowed):
-        """h (B, Tq, d) at cache columns [start, start+Tq); cache_k/v (B, Hkv, S, D); allowed (B, Tq, end).
+    def _attention(self, h, w, cos, sin, cache_k, cache_v, start, blocked):
+        """h (B, Tq, d) at cache columns [start, start+Tq); cache_k/v (B, Hkv, S, D); blocked
+        (B, 1, 1, Tq, end) bool: True where a query may not read a key.
 
         Like FlashAttention: q, k, v and the softmax probabilities are rounded to the compute precision,
         scores and the weighted sum of values accumulate in fp32. The cache stores bf16-rounded values
@@ -190,40 +195,38 @@ class EmbeddedRolloutEngine:
         B, Tq, _ = h.shape
         H, Hkv, D = self.n_heads, self.n_kv, self.head_dim
         end, g = start + Tq, H // Hkv
-        q, k, v = F.linear(h, w["qkv"]).split([H * D, Hkv * D, Hkv * D], dim=-1)
-        q = self._round(apply_rope(_rms(q.reshape(B, Tq, H, D).float(), w["q_norm"], self.eps), cos, sin))
-        k = self._round(apply_rope(_rms(k.reshape(B, Tq, Hkv, D).float(), w["k_norm"], self.eps), cos, sin))
+        qk, v = F.linear(h, w["qkv"]).split([(H + Hkv) * D, Hkv * D], dim=-1)
+        # q and k heads side by side: one RMSNorm (q_norm | k_norm weights per head) and one RoPE.
+        qk = self._round(apply_rope(_rms(qk.reshape(B, Tq, H + Hkv, D).float(), w["qk_norm"], self.eps),
+                                    cos, sin))
+        q, k = qk.split([H, Hkv], dim=2)
         cache_k[:, :, start:end] = k.transpose(1, 2)
         cache_v[:, :, start:end] = v.reshape(B, Tq, Hkv, D).transpose(1, 2)
         # The g query heads sharing a kv head ride along the query axis: no repeat of K/V.
-        q = q.view(B, Tq, Hkv, g, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, g * Tq, D)
+        q = q.reshape(B, Tq, Hkv, g, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, g * Tq, D)
         scores = (q @ cache_k[:, :, :end].transpose(-1, -2)).view(B, Hkv, g, Tq, end)
-        scores = (scores * D ** -0.5).masked_fill(~allowed[:, None, None], float("-inf"))
+        scores = (scores * D ** -0.5).masked_fill(blocked, float("-inf"))
         probs = self._round(torch.softmax(scores, dim=-1)).view(B, Hkv, g * Tq, end)
         out = (probs @ cache_v[:, :, :end]).view(B, Hkv, g, Tq, D).permute(0, 3, 1, 2, 4)
         return F.linear(out.reshape(B, Tq, H * D).to(h.dtype), w["o"])
 
     def _moe(self, x: torch.Tensor, w: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        """x (N, d) -> out (N, d), ids (N, k). All tokens of the step routed at once; loop over experts."""
+        """x (N, d) -> out (N, d), ids (N, k). All tokens of the step routed at once; (token, slot) pairs
+        sorted by expert, one grouped matmul per projection (per group the GEMM F.linear runs, so equal to
+        a loop over experts bitwise), one index_add back in expert order; no host sync."""
         probs = torch.softmax(F.linear(x, w["router"]).float(), dim=-1)
         top, ids = probs.topk(self.top_k, dim=-1)
         gates = top / top.sum(-1, keepdim=True)
         flat = ids.reshape(-1)
         order = torch.argsort(flat, stable=True)
-        counts = torch.bincount(flat, minlength=self.n_experts).tolist()
-        token_of, gate_of = order // self.top_k, gates.reshape(-1)[order]
-        out = torch.zeros(x.shape, dtype=torch.float32)
-        start = 0
-        for e, n in enumerate(counts):
-            if n == 0:
-                continue
-            idx = token_of[start:start + n]
-            gate, up = F.linear(x.index_select(0, idx), w["gate_up"][e]).chunk(2, dim=-1)
-            # silu and the product run in fp32 inside the CPU bf16 kernels, rounded after each op.
-            act = F.silu(gate) * up
-            # bf16 output times the fp32 gate promotes to fp32: the k-way mix is summed in fp32.
-            out.index_add_(0, idx, F.linear(act, w["down"][e]) * gate_of[start:start + n, None])
-            start += n
+        offs = torch.bincount(flat, minlength=self.n_experts).cumsum(0).to(torch.int32)
+        token_of = order // self.top_k
+        gate, up = F.grouped_mm(x.index_select(0, token_of), w["gate_up_t"], offs=offs).chunk(2, dim=-1)
+        # silu and the product run in fp32 inside the CPU bf16 kernels, rounded after each op.
+        act = F.silu(gate) * up
+        # bf16 output times the fp32 gate promotes to fp32: the k-way mix is summed in fp32.
+        y = F.grouped_mm(act, w["down_t"], offs=offs) * gates.reshape(-1)[order, None]
+        out = torch.zeros(x.shape, dtype=torch.float32).index_add_(0, token_of, y)
         return out.to(x.dtype), ids
 
     def _forward(self, ids, positions, cache, start, key_valid, last_only: bool = False):
@@ -239,12 +242,13 @@ class EmbeddedRolloutEngine:
         causal = cols[None, :] <= rows[:, None]
         # Padded queries keep their own key so no softmax row is empty (see rl_core.model).
         allowed = (causal & key_valid[:, None, :end]) | (cols[None, :] == rows[:, None])
+        blocked = ~allowed[:, None, None]  # (B, 1, 1, Tq, end), shared by every layer
         cos, sin = self._cos_sin(positions)
         x = self.embed[ids]
         routing = []
         for layer, w in enumerate(self.layers):
             x = x + self._attention(_rms(x, w["ln1"], self.eps), w, cos, sin, cache[0][layer],
-                                    cache[1][layer], start, allowed)
+                                    cache[1][layer], start, blocked)
             y, chosen = self._moe(_rms(x, w["ln2"], self.eps).reshape(B * Tq, self.d), w)
             x = x + y.view(B, Tq, self.d)
             routing.append(chosen.view(B, Tq, self.top_k))

@@ -1,0 +1,89 @@
+"""One arm end to end: orchestration overhead (wall time outside RL steps) and peak RSS.
+
+    .venv/bin/python bench/arm.py SPEC_JSON      (run by rl_core.bench; prints BENCH_JSON {...})
+
+SPEC: config (a RunConfig tree, `init` included), threads, workdir. Measures, in this order:
+
+1. `python -m rl_core.train --out RUN --config-json CONFIG --meta-json META` as a child process: its wall
+   time (process start, imports, model load, evals, RL steps, checkpoints, run files) and its peak RSS
+   (resource.getrusage(RUSAGE_CHILDREN).ru_maxrss: this process's only child so far); summary.json's
+   rl_wall_s is the time inside global steps.
+2. The benchmark evals, listed separately: one rl_core.train.run_eval timed in this process (after a
+   warm-up) times the number of eval rows the arm wrote.
+3. The MLflow mirror of that run (`python -m rl_core.tracking parent` once per grid, `run` per arm) into a
+   fresh sqlite store, each as a child process.
+4. Interpreter start (`python -c pass`) and `import rl_core.train` (child wall minus interpreter start).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import emit, pin_threads, spec  # noqa: E402
+
+
+def wall(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True, text=True)
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    s = spec()
+    pin_threads(s["threads"])
+    py, work = sys.executable, Path(s["workdir"])
+    shutil.rmtree(work, ignore_errors=True)  # a finished run would only resume (no steps): start clean
+    work.mkdir(parents=True)
+    run_dir = work / "runs" / "bench" / "arm" / "seed0"
+    meta = {"grid": "bench", "figure": "bench", "arm": "arm", "label": "bench arm", "seed": 0}
+    cmd = [py, "-m", "rl_core.train", "--out", str(run_dir), "--config-json", json.dumps(s["config"]),
+           "--meta-json", json.dumps(meta)]
+    train_wall = wall(cmd)
+    peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
+    summary = json.loads((run_dir / "summary.json").read_text())
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    n_evals = sum("eval/score" in r for r in rows)
+    ckpt = run_dir / "ckpt" / "state.pt"
+    ckpt_bytes = ckpt.stat().st_size if ckpt.exists() else 0
+
+    import torch
+
+    from rl_core import config as C
+    from rl_core.model import load_pretrained
+    from rl_core.tasks import make_task
+    from rl_core.train import run_eval
+
+    cfg = C.from_dict(s["config"])
+    policy, task = load_pretrained(cfg.init), make_task(cfg.task)
+    torch.set_num_threads(s["threads"])
+    run_eval(cfg, policy, task, 0)
+    t0 = time.perf_counter()
+    run_eval(cfg, policy, task, 0)
+    eval_s = time.perf_counter() - t0
+
+    uri = f"sqlite:///{(work / 'mlflow.db').resolve()}"
+    parent = work / "parent.json"
+    mirror_parent_s = wall([py, "-m", "rl_core.tracking", "parent", "--grid-dir", str(work / "runs"),
+                            "--grid", "bench", "--uri", uri, "--out", str(parent)])
+    mirror_run_s = wall([py, "-m", "rl_core.tracking", "run", "--run-dir", str(run_dir), "--parent-file",
+                         str(parent), "--uri", uri, "--out", str(work / "run.json")])
+    python_start_s = min(wall([py, "-c", "pass"]) for _ in range(3))
+    import_train_s = min(wall([py, "-c", "import rl_core.train"]) for _ in range(3)) - python_start_s
+    emit({
+        "train_wall_s": train_wall, "rl_wall_s": summary["rl_wall_s"], "status": summary["status"],
+        "steps": summary["steps_done"], "n_evals": n_evals, "eval_s_each": eval_s,
+        "eval_s_total": eval_s * n_evals, "mirror_parent_s": mirror_parent_s, "mirror_run_s": mirror_run_s,
+        "python_start_s": python_start_s, "import_train_s": import_train_s, "peak_rss_mb": peak_rss_mb,
+        "checkpoint_mb": ckpt_bytes / 2**20,
+    })
+
+
+if __name__ == "__main__":
+    main()

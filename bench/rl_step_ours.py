@@ -1,0 +1,58 @@
+"""Seconds per global step of our trainer (rl_core.train.Arm.global_step_rows): rollout of B x G responses
+of up to L tokens, rewards, the logp_old pass, N optimizer steps, weight sync.
+
+    .venv/bin/python bench/rl_step_ours.py SPEC_JSON     (run by rl_core.bench; prints BENCH_JSON {...})
+
+SPEC: ckpt, task (TaskConfig overrides), B, G, L, N, warmup, steps, threads, lr, seed, precision,
+objective. One-off setup (imports, checkpoint load, engine construction) and `warmup` global steps are
+excluded; the `steps` global steps after them are timed one by one.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import emit, pin_threads, spec  # noqa: E402
+
+
+def main() -> None:
+    s = spec()
+    pin_threads(s["threads"])
+    from rl_core import config as C
+    from rl_core.train import Arm, RunFiles
+
+    cfg = C.resolve({
+        "init": s["ckpt"], "task": s["task"],
+        "rollout": {"precision": s.get("precision", "fp32"), "max_new_tokens": s["L"], "group_size": s["G"]},
+        "train": {"batch_prompts": s["B"], "n_minibatches": s["N"], "lr": s["lr"], "seed": s["seed"],
+                  "threads": s["threads"], "steps": s["N"] * (s["warmup"] + s["steps"])},
+        "loss": {"objective": s.get("objective", "grpo"), "eps_low": 0.2, "eps_high": 0.27},
+    })
+    with tempfile.TemporaryDirectory() as tmp:
+        arm = Arm(cfg, RunFiles(Path(tmp)))
+        for _ in range(s["warmup"]):
+            arm.global_step_rows()
+        walls, cpus, tokens, rows_all = [], [], [], []
+        for _ in range(s["steps"]):
+            t0, c0 = time.perf_counter(), time.process_time()
+            rows, _ = arm.global_step_rows()
+            walls.append(time.perf_counter() - t0)
+            cpus.append(time.process_time() - c0)
+            tokens.append(rows[0]["response/tokens"])
+            rows_all.extend(rows)
+    emit({
+        "impl": "ours", "s_per_global_step": sum(walls) / len(walls), "walls": walls, "cpus": cpus,
+        "response_tokens_per_step": sum(tokens) / len(tokens),
+        "rollout_s": sum(r["perf/rollout_s"] for r in rows_all[:: s["N"]]) / len(walls),
+        "old_logp_s": sum(r["perf/old_logp_s"] for r in rows_all[:: s["N"]]) / len(walls),
+        "update_s": sum(r["perf/update_s"] for r in rows_all) / len(walls),
+        "reward_mean": sum(r["reward/mean"] for r in rows_all) / len(rows_all),
+    })
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""The `make bench` harness (rl_core.bench): its pure pieces, on synthetic results. Nothing here is timed."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from rl_core import bench
+from rl_core import config as C
+from rl_core.model import hf_config
+
+
+def test_flops_per_token_of_the_default_model_matches_a_hand_count():
+    cfg = hf_config(C.ModelConfig(), vocab_size=24, eos_token_id=1, pad_token_id=0)
+    # Per layer: q 128*128 + k, v 2 * 128*(2*32) + o 128*128 = 49,152; router 128*8 = 1,024;
+    # 2 active experts x 3 matrices x 128*128 = 98,304 -> 148,480; x 4 layers = 593,920; lm_head 128*24.
+    assert bench.active_params(cfg) == 593_920 + 3_072
+    # 6 x 596,992 + attention 12 x 4 layers x T=64 x (4 heads x 32) = 3,581,952 + 393,216.
+    assert bench.train_flops_per_token(cfg, 64) == 3_975_168
+
+
+def test_parse_result_takes_the_last_marked_line_and_rejects_none():
+    out = "noise\nBENCH_JSON {\"a\": 1}\nmore\nBENCH_JSON {\"a\": 2}\n"
+    assert bench.parse_result(out) == {"a": 2}
+    with pytest.raises(ValueError):
+        bench.parse_result("no result here")
+
+
+def test_a_missing_interpreter_is_reported_not_raised(tmp_path):
+    res = bench.run_helper(tmp_path / "nope" / "python", "rl_step_trl.py", {}, threads=1)
+    assert res["error"] == "not installed"
+
+
+def test_overhead_share_excludes_evals_and_counts_the_mirror():
+    arm = {"train_wall_s": 20.0, "rl_wall_s": 12.0, "eval_s_total": 3.0, "mirror_run_s": 1.0}
+    # outside = 20 - 12 - 3 + 1 = 6; share = 6 / (6 + 12) = 1/3; with 3x the RL steps 6 / (6 + 36).
+    assert bench.overhead(arm) == pytest.approx(1 / 3)
+    assert bench.overhead(arm, steps_scale=3.0) == pytest.approx(6 / 42)
+
+
+def synthetic_results(vllm: dict) -> dict:
+    rate = lambda r: {"tokens_per_s": r}  # noqa: E731
+    return {
+        "rl_step": {"ours_s": 1.0, "trl_s": 6.0},
+        "rollout": {"main": {"ours-fp32": rate(300.0), "ours-bf16": rate(200.0), "hf": rate(250.0)},
+                    "main_after": {"ours-fp32": rate(100.0), "ours-bf16": rate(200.0)}, "vllm": vllm},
+        "mfu": {"achieved_flops": 30e9, "peak_flops": 80e9},
+        "arm": {"train_wall_s": 20.0, "rl_wall_s": 12.0, "eval_s_total": 3.0, "mirror_run_s": 1.0,
+                "import_train_s": 1.2, "peak_rss_mb": 900.0},
+    }
+
+
+def test_table_ratios_and_goals():
+    rows = bench.table(synthetic_results({"vllm": "0.x", "results": {"float32": {"tokens_per_s": 100.0}},
+                                          "errors": {"bfloat16": "ValueError: no bf16"}}))
+    by = {r["measurement"].split(",")[0]: r for r in rows}
+    assert by["RL global step"]["ratio"] == 6.0 and by["RL global step"]["met"] is True
+    hf = [r for r in rows if "HF generate" in r["measurement"]]
+    assert [r["ratio"] for r in hf] == [1.2, 0.8] and [r["met"] for r in hf] == [True, False]
+    vllm = [r for r in rows if "vLLM" in r["measurement"]]
+    assert vllm[0]["ours"] == 200.0 and vllm[0]["ratio"] == 2.0  # the median of the runs before and after
+    assert vllm[1]["peer"].startswith("vllm: {'bfloat16'") and vllm[1]["met"] is None
+    assert by["train fwd+bwd GFLOP/s vs fp32 matmul peak"]["ratio"] == pytest.approx(0.375)
+    assert by["train fwd+bwd GFLOP/s vs fp32 matmul peak"]["met"] is False
+    text = bench.format_table(rows)
+    assert text.splitlines()[0].startswith("| measurement") and "6.00x" in text and "NO" in text
+
+
+def test_missing_peers_are_named_in_the_table():
+    res = synthetic_results({"error": "not installed"})
+    res["rl_step"]["trl_s"] = None
+    rows = bench.table(res)
+    assert rows[0]["peer"] == "trl: not installed" and rows[0]["met"] is False
+    assert sum(r["peer"] == "vllm: not installed" for r in rows) == 2
+
+
+def test_arm_config_is_the_mini_scale_at_eight_minibatches(tmp_path):
+    cfg = C.from_dict(bench.arm_config(tmp_path / "ckpt", threads=1))
+    assert (cfg.train.batch_prompts, cfg.rollout.group_size, cfg.train.n_minibatches) == (8, 8, 8)
+    assert cfg.train.steps == bench.ARM_STEPS and cfg.rollout.max_new_tokens == 48
+    assert cfg.model == C.ModelConfig()
+
+
+def test_helper_scripts_exist_and_share_the_marker():
+    sys.path.insert(0, str(bench.ROOT / "bench"))
+    import common
+
+    assert common.MARK == bench.MARK
+    for name in ("rl_step_ours.py", "rl_step_trl.py", "rollout.py", "rollout_vllm.py", "mfu.py", "arm.py"):
+        assert Path(bench.ROOT / "bench" / name).is_file(), name
