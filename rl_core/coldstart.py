@@ -49,40 +49,49 @@ from rl_core.tasks import (
 EVAL_SEED = 20251201  # the benchmark's sampling seed (the same as rl_core.train's)
 DOC_CHARS = 40  # a pretraining document is facts appended until it is at least this long
 WARMUP_FRAC = 0.05
+QA_DOC_FRAC = 0.25
 MIN_LR_FRAC = 0.1
 
 
 # ---------------------------------------------------------------------------------------------- data
 
 
-def problem_facts(prompt: str) -> list[str]:
-    """The facts a solution of `prompt` would use: its steps and the columns of each step."""
+def problem_facts(prompt: str) -> tuple[list[str], list[str]]:
+    """The facts a solution of `prompt` would use: its steps ("85*3=255") and their columns ("8*3+1=25")."""
     operands, ops = parse_expression(prompt)
-    value, facts = operands[0], []
+    value, steps, columns = operands[0], [], []
     for op, b in zip(ops, operands[1:], strict=True):
         new = apply_op(value, op, b)
-        facts.append(f"{value}{op}{b}={new}")
-        facts.extend(COLUMNS[op](value, b))
+        steps.append(f"{value}{op}{b}={new}")
+        columns.extend(COLUMNS[op](value, b))
         value = new
-    return facts
+    return steps, columns
 
 
 def pretrain_document(task: Task, rng: random.Random) -> str:
-    """One base document: facts of fresh random problems (never a training or benchmark solution)."""
+    """One base document of at least DOC_CHARS characters, from fresh random problems, of one of two kinds:
+
+    * facts: shuffled step and column facts ("85*3=255;8*3+1=25;..."), after an unrelated random prompt
+      half of the time;
+    * one-step questions (QA_DOC_FRAC of documents): "Q:85*3=255;Q:12+7=19;..." (no marker), so the base
+      has seen single operations posed as prompts, but never a multi-step answer or the answer marker.
+    """
     cfg = task.cfg
-    n_ops = lambda: rng.randint(cfg.min_operands, cfg.max_operands)  # noqa: E731
-    doc = sample_problem(rng, cfg, n_ops()).prompt if rng.random() < 0.5 else ""
+
+    def random_prompt() -> str:
+        return sample_problem(rng, cfg, rng.randint(cfg.min_operands, cfg.max_operands)).prompt
+
+    qa = rng.random() < QA_DOC_FRAC
+    head = "" if qa or rng.random() < 0.5 else random_prompt()
+    pool: list[str] = []
+    while len(head) + len(";".join(pool)) < DOC_CHARS:
+        steps, columns = problem_facts(random_prompt())
+        pool += [f"Q:{f}" for f in steps] if qa else steps + columns
+    rng.shuffle(pool)
     facts: list[str] = []
-    while len(doc) + sum(len(f) + 1 for f in facts) < DOC_CHARS:
-        facts += problem_facts(sample_problem(rng, cfg, n_ops()).prompt)
-    rng.shuffle(facts)
-    text, sep = doc, ""
-    for f in facts:
-        if len(text) >= DOC_CHARS:
-            break
-        text += sep + f
-        sep = ";"
-    return text
+    while len(head) + len(";".join(facts)) < DOC_CHARS:
+        facts.append(pool.pop())
+    return head + ";".join(facts)
 
 
 def pad_batch(seqs: list[list[int]], loss_from: list[int], pad_id: int

@@ -71,16 +71,17 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    """The verifiable arithmetic task and its held-out benchmark."""
+    """The verifiable arithmetic task and its held-out benchmark (rl_core.tasks: left-to-right chains)."""
 
-    min_operands: int = F(2, "Fewest operands in a problem.", ge=2)
+    min_operands: int = F(2, "Fewest operands in a problem (level = operands - 1).", ge=2)
     max_operands: int = F(4, "Most operands in a problem.", ge=2)
-    max_operand: int = F(99, "Largest operand of '+' and '-' (a '*' operand is one digit, 2..9).", ge=1)
-    max_value: int = F(999, "Largest running value: operands are drawn so no partial result exceeds it.",
+    max_operand: int = F(20, "Largest operand of '+' and '-' (a '*' operand is one digit, 2..9).", ge=1)
+    max_value: int = F(200, "Largest partial result: operands are drawn so no running value exceeds it.",
                        ge=1)
     ops: str = F("+-*", "Operators that may appear (subset of '+-*').")
-    n_train: int = F(4096, "Training prompts (a fixed set drawn from the seed).", ge=1)
-    n_bench: int = F(256, "Held-out benchmark prompts, disjoint from the training set.", ge=1)
+    n_train: int = F(4096, "Training prompts (a fixed set drawn from the seed; repeats only where a "
+                     "level's problem space is smaller than its share).", ge=1)
+    n_bench: int = F(256, "Held-out benchmark prompts: distinct, none of them a training prompt.", ge=1)
     seed: int = F(1234, "Seed of the problem sets (shared by every arm of a grid).", ge=0)
 
 
@@ -148,14 +149,15 @@ class EvalConfig:
 
 @dataclass
 class PipelineConfig:
-    """Base pretraining and the SFT cold starts (the `pretrain` and `sft` stages; RL runs ignore it)."""
+    """Base pretraining and the SFT cold starts (rl_core.coldstart; RL runs ignore it)."""
 
-    pretrain_steps: int = F(1500, "Next-token steps of base pretraining.", ge=0)
-    sft_steps: int = F(400, "SFT steps of each cold start on its teacher's solutions.", ge=0)
+    pretrain_steps: int = F(900, "Next-token steps of base pretraining.", ge=0)
+    sft_steps: int = F(250, "SFT steps of each cold start on its teacher's solutions.", ge=0)
     batch_size: int = F(64, "Sequences per pretraining/SFT step.", ge=1)
-    lr: float = F(3e-3, "Peak AdamW learning rate of pretraining.", gt=0)
-    sft_lr: float = F(1e-3, "Peak AdamW learning rate of SFT.", gt=0)
-    seed: int = F(0, "Seed of pretraining/SFT data order and init.", ge=0)
+    lr: float = F(3e-3, "Peak AdamW learning rate of pretraining (warm-up 5%, cosine to 10%).", gt=0)
+    sft_lr: float = F(5e-4, "Peak AdamW learning rate of SFT; low, so SFT keeps the base's arithmetic.",
+                      gt=0)
+    seed: int = F(0, "Seed of the base's init and of pretraining/SFT data and order.", ge=0)
 
 
 @dataclass

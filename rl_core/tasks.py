@@ -75,7 +75,7 @@ def _operand_range(op: str, value: int, cfg: TaskConfig) -> tuple[int, int]:
     if op == "-":
         return 0, min(cfg.max_operand, value)
     hi = min(9, cfg.max_operand, cfg.max_value // value if value else 9)
-    return min(2, hi), hi  # empty (lo > hi) when even x2 would exceed max_value
+    return min(2, cfg.max_operand), hi  # empty (lo > hi) when even x2 would exceed max_value
 
 
 def sample_problem(rng: random.Random, cfg: TaskConfig, n_operands: int) -> Problem:

