@@ -5,18 +5,19 @@
     python -m rl_core.coldstart eval --ckpt DIR --out FILE.json [config options]
 
 * **Base** (``pretrain``): next-token prediction on documents of the task's language that are not
-  solutions: independent arithmetic facts ("85*3=255", the steps a chain solution takes) and column facts
-  ("8*3+1=25", what a scratchpad writes), shuffled across problems and joined by ";". About half the
-  documents open with a benchmark-style prompt ("Q:...=") followed by unrelated facts, so the base knows
-  the prompt but has never seen the answer marker: it scores ~0 on the benchmark.
+  solutions (:func:`pretrain_document`): arithmetic facts ("85*3=255", the steps a chain takes; "8*3+1=25",
+  the columns a scratchpad writes) of fresh random problems, shuffled, sometimes after an unrelated prompt,
+  and one-step questions ("Q:85*3=255"). The base knows the arithmetic and the prompt but has never seen
+  a multi-step answer or the answer marker: it scores 0 on the benchmark.
 * **Cold starts** (``sft``): each teacher of :data:`rl_core.tasks.TEACHERS` solves every training prompt
   once (a fixed distillation set drawn from the seed); SFT minimises the cross-entropy of the response
-  tokens (``<eos>`` included), never of the prompt.
+  tokens (``<eos>`` included), never of the prompt. Every cold start gets the same steps and batch.
 
 Both stages: AdamW (betas 0.9/0.99, no weight decay), linear warm-up over the first 5% of steps then
-cosine decay to 10% of ``pipeline.lr``, gradient norm clipped at 1, ``pipeline.batch_size`` sequences per
-step, right-padded. Every random draw (init, data, order) comes from ``pipeline.seed``, so the same config
-gives bitwise the same weights on the same machine and thread count.
+cosine decay to 10% of the peak (``pipeline.lr`` / ``pipeline.sft_lr``), gradient norm clipped at 1,
+``pipeline.batch_size`` right-padded sequences per step. Every random draw (init, data, order) comes from
+``pipeline.seed`` (and the problem sets from ``task.seed``), so the same config gives bitwise the same
+weights on the same machine and ``train.threads``.
 """
 
 from __future__ import annotations
@@ -131,7 +132,7 @@ def sft_batches(data: list[tuple[list[int], list[int]]], seed: int, batch_size: 
     rng = random.Random(f"sft-order-{seed}")
     order: list[int] = []
     while True:
-        if len(order) < batch_size:
+        while len(order) < batch_size:
             order += rng.sample(range(len(data)), len(data))
         rows, order = [data[i] for i in order[:batch_size]], order[batch_size:]
         yield pad_batch([p + r for p, r in rows], [len(p) for p, _ in rows], pad_id)

@@ -155,7 +155,7 @@ class PipelineConfig:
     sft_steps: int = F(250, "SFT steps of each cold start on its teacher's solutions.", ge=0)
     batch_size: int = F(64, "Sequences per pretraining/SFT step.", ge=1)
     lr: float = F(3e-3, "Peak AdamW learning rate of pretraining (warm-up 5%, cosine to 10%).", gt=0)
-    sft_lr: float = F(5e-4, "Peak AdamW learning rate of SFT; low, so SFT keeps the base's arithmetic.",
+    sft_lr: float = F(1e-3, "Peak AdamW learning rate of SFT (2e-3 already erodes the base's arithmetic).",
                       gt=0)
     seed: int = F(0, "Seed of the base's init and of pretraining/SFT data and order.", ge=0)
 

@@ -1,11 +1,12 @@
 """A verifiable arithmetic task, its char-level tokenizer, three teachers and the benchmark.
 
-Problems are chains of 2..5 non-negative integers joined by operators from ``TaskConfig.ops`` and are
-evaluated strictly **left to right** (no precedence): ``12+7*3 = (12+7)*3 = 57``. Left to right keeps every
-solution step local (previous result, next operand), which is what a few-million-parameter model can
-learn on a CPU in minutes. Generation keeps values moderate and non-negative: a ``*`` operand is one
-digit (2..9), a ``-`` operand never exceeds the running value, a ``+`` operand is 0..max_operand. The
-difficulty ``level`` is the number of operations (operands - 1).
+A problem chains ``TaskConfig.min_operands..max_operands`` non-negative integers with operators from
+``TaskConfig.ops`` and is evaluated strictly **left to right** (no precedence): ``12+7*3 = (12+7)*3 = 57``.
+Left to right keeps every solution step local (previous result, next operand), which a sub-million-
+parameter model learns on a CPU in minutes. Operands are drawn so values stay moderate and non-negative:
+a ``+`` or ``-`` operand is 0..max_operand, a ``*`` operand one digit 2..9, and no partial result leaves
+[0, max_value]. The difficulty ``level`` is the number of operations (operands - 1); problem sets cycle
+through the levels, so any prefix of the benchmark is balanced.
 
 Format (one character = one token)::
 
@@ -202,8 +203,9 @@ def _slip(value: int, rng: random.Random) -> int:
 
 
 def solve(problem: Problem, style: str, rng: random.Random, slip_rate: float) -> str:
-    """One teacher solution (without <eos>). Each step slips with probability `slip_rate`; later steps
-    continue from the slipped value, so one slip makes the final answer wrong."""
+    """One teacher solution (without <eos>). Each step slips with probability `slip_rate`: its stated
+    result is wrong (a scratchpad's columns stay right) and later steps continue from it, so one slip makes
+    the final answer wrong."""
     operands, ops = parse_expression(problem.prompt)
     value, steps = operands[0], []
     for op, b in zip(ops, operands[1:], strict=True):
@@ -230,13 +232,13 @@ class Teacher:
         return solve(problem, self.style, rng, self.slip_rate)
 
 
-# Quality differs on purpose (the paper's cold starts come from teachers of different strength):
-# the direct teacher answers in one shot and slips most (error grows with the number of steps), the
-# chain teacher shows every partial result, the scratchpad teacher works digit by digit and slips least.
+# Quality differs on purpose (the paper's cold starts come from teachers of different strength). A slip
+# makes a step's result too large by a small amount and later steps build on it, so a teacher's accuracy
+# on a level-L problem is (1 - slip_rate) ** L: direct 85/72/61%, chain 90/81/73%, scratchpad 97/94/91%.
 TEACHERS = {
-    "direct": Teacher("direct", 0.15, "answer only; 15% slips per step"),
-    "chain": Teacher("chain", 0.06, "left-to-right partial results; 6% slips per step"),
-    "scratchpad": Teacher("scratchpad", 0.02, "column-wise work with carries; 2% slips per step"),
+    "direct": Teacher("direct", 0.15, "answer only, no work shown; slips 15% per step"),
+    "chain": Teacher("chain", 0.10, "left-to-right partial results; slips 10% per step"),
+    "scratchpad": Teacher("scratchpad", 0.03, "column-wise work with carries and borrows; slips 3% per step"),
 }
 
 
