@@ -23,9 +23,11 @@ more stable), and lower for KL (see ``METRICS[...].higher_is_better``).
 
 Verdicts, on per-arm IQM intervals over seeds (analysis.stability):
 
-* better: "agrees" when the better arm's interval lies entirely on the better side of each worse arm's;
-  "disagrees" when any worse arm's interval lies entirely on the better side; else
-  "inconclusive: CIs overlap".
+* better: "agrees" when the better arm's interval lies on the better side of each worse arm's by more
+  than `tolerance` (the metric's default: 0.05 for scores, about 2.5 standard errors of an avg@4 score on
+  128 problems); "disagrees" when any worse arm's interval lies on the better side by more than that;
+  else "inconclusive: CIs overlap". The margin matters most with one seed, whose interval is a point:
+  a 0.01 gap between two single runs is evaluation noise, not a finding.
 * similar: "agrees" when the spread (max - min) of the arms' IQMs is within `tolerance`; "disagrees"
   when it is not and some pair of intervals is disjoint; else "inconclusive: CIs overlap".
   different: the mirror image (agrees when a pair differs by more than `tolerance` with disjoint
@@ -75,7 +77,7 @@ METRICS = {
     "entropy_min_rel": Metric("entropy_min_rel", True, 0.25, True, ".2f"),
 }
 KINDS = {  # kind -> (required keys, optional keys)
-    "better": ({"metric", "better", "worse"}, set()),
+    "better": ({"metric", "better", "worse"}, {"tolerance", "relative"}),
     "similar": ({"metric", "arms"}, {"tolerance", "relative"}),
     "different": ({"metric", "arms"}, {"tolerance", "relative"}),
     "collapses": ({"arm"}, {"by_frac"}),
@@ -168,13 +170,16 @@ def _better(item: dict, per_run: pd.DataFrame, n_boot: int) -> tuple[str, str, s
     metric = METRICS[item["metric"]]
     sign = 1.0 if metric.higher_is_better else -1.0
     best = cis[refs[0]]
+    margin = float(item.get("tolerance", metric.tolerance))
+    if item.get("relative", metric.relative):
+        margin *= max(float(np.mean([abs(cis[r].point) for r in refs])), 1e-12)
     wins = losses = 0
     for ref in refs[1:]:
         other = cis[ref]
         lo_b, hi_b = sorted((sign * best.lo, sign * best.hi))
         lo_o, hi_o = sorted((sign * other.lo, sign * other.hi))
-        wins += lo_b > hi_o
-        losses += hi_b < lo_o
+        wins += lo_b > hi_o + margin
+        losses += hi_b + margin < lo_o
     verdict = "disagrees" if losses else ("agrees" if wins == len(refs) - 1 else OVERLAP)
     leader = max(refs, key=lambda r: sign * cis[r].point)
     observed = f"{'highest' if metric.higher_is_better else 'lowest'} {item['metric']}: {_name(leader, item)}"

@@ -214,6 +214,18 @@ def test_better_verdicts_clear_win_reversed_and_overlapping():
     assert verdict({"kind": "better", "metric": "mean_kl", "better": "r3", "worse": "plain"}, kl) == "agrees"
 
 
+def test_better_with_one_seed_needs_a_gap_beyond_the_tolerance():
+    # One seed per arm: intervals are points, so only a gap larger than the metric's tolerance (0.05 for
+    # scores) is an effect; 0.746 vs 0.752 is evaluation noise.
+    table = per_run_table({"a": [0.746], "b": [0.752], "c": [0.66]})
+    better = {"kind": "better", "metric": "final_score"}
+    assert verdict({**better, "better": "a", "worse": "b"}, table) == "inconclusive: CIs overlap"
+    assert verdict({**better, "better": "b", "worse": "c"}, table) == "agrees"
+    assert verdict({**better, "better": "c", "worse": "a"}, table) == "disagrees"
+    wide = {**better, "better": "b", "worse": "c", "tolerance": 0.1}
+    assert verdict(wide, table) == "inconclusive: CIs overlap"
+
+
 def test_similar_and_different_verdicts():
     table = per_run_table({"a": [0.50, 0.51, 0.49], "b": [0.51, 0.52, 0.50], "c": [0.30, 0.31, 0.29]})
     similar = {"kind": "similar", "metric": "final_score"}
