@@ -78,7 +78,9 @@ def test_missing_peers_are_named_in_the_table():
 
 def test_arm_config_is_the_mini_scale_at_eight_minibatches(tmp_path):
     cfg = C.from_dict(bench.arm_config(tmp_path / "ckpt", threads=1))
-    assert (cfg.train.batch_prompts, cfg.rollout.group_size, cfg.train.n_minibatches) == (8, 8, 8)
+    mini = C.yaml_load((bench.ROOT / "experiments" / "presets.yaml").read_text())["mini"]
+    assert cfg.train.batch_prompts == mini["train"]["batch_prompts"] and cfg.train.n_minibatches == 8
+    assert cfg.rollout.group_size == mini["rollout"]["group_size"]
     assert cfg.train.steps == bench.ARM_STEPS and cfg.rollout.max_new_tokens == 48
     assert cfg.model == C.ModelConfig()
 

@@ -108,7 +108,8 @@ def test_resolution_order_defaults_base_figure_arm_preset_seed(tmp_path):
 
 def test_preset_argument_overrides_the_grid_default_and_unknown_preset_fails(tmp_path):
     path = write_grid(tmp_path, tiny())
-    assert G.load_grid(path, "mini").runs[0].config.train.steps == 48
+    mini = G.load_grid(path, "mini").runs[0].config
+    assert mini.train.steps == 96 and mini.train.batch_prompts == 16  # experiments/presets.yaml: mini
     with pytest.raises(G.GridError, match=r"unknown preset 'huge' \(presets: \['full', 'mini', 'smoke'\]\)"):
         G.load_grid(path, "huge")
 
