@@ -162,6 +162,11 @@ def _name(ref: tuple[str, str], item: dict) -> str:
     return ref[1] if ref[0] == item["figure"] else "/".join(ref)
 
 
+def _tolerance(item: dict, metric: Metric) -> tuple[float, bool]:
+    """The item's (tolerance, relative), defaulting to the metric's."""
+    return float(item.get("tolerance", metric.tolerance)), bool(item.get("relative", metric.relative))
+
+
 def _better(item: dict, per_run: pd.DataFrame, n_boot: int) -> tuple[str, str, str]:
     refs = finding_arms(item)
     cis = _intervals(item, per_run, refs, n_boot)
@@ -170,8 +175,8 @@ def _better(item: dict, per_run: pd.DataFrame, n_boot: int) -> tuple[str, str, s
     metric = METRICS[item["metric"]]
     sign = 1.0 if metric.higher_is_better else -1.0
     best = cis[refs[0]]
-    margin = float(item.get("tolerance", metric.tolerance))
-    if item.get("relative", metric.relative):
+    margin, relative = _tolerance(item, metric)
+    if relative:
         margin *= max(float(np.mean([abs(cis[r].point) for r in refs])), 1e-12)
     wins = losses = 0
     for ref in refs[1:]:
@@ -193,8 +198,7 @@ def _spread(item: dict, per_run: pd.DataFrame, n_boot: int) -> tuple[str, str, s
     if cis is None:
         return "", "", MISSING
     metric = METRICS[item["metric"]]
-    tol = float(item.get("tolerance", metric.tolerance))
-    relative = bool(item.get("relative", metric.relative))
+    tol, relative = _tolerance(item, metric)
     points = np.array([cis[r].point for r in refs])
     spread = float(points.max() - points.min())
     if relative:

@@ -38,6 +38,7 @@ from rl_core.model import MoEPolicy, hf_config, load_pretrained, save_pretrained
 from rl_core.rollout import EmbeddedRolloutEngine
 from rl_core.tasks import (
     COLUMNS,
+    EVAL_SEED,
     TEACHERS,
     Task,
     apply_op,
@@ -47,7 +48,6 @@ from rl_core.tasks import (
     sample_problem,
 )
 
-EVAL_SEED = 20251201  # the benchmark's sampling seed (the same as rl_core.train's)
 DOC_CHARS = 40  # a pretraining document is facts appended until it is at least this long
 WARMUP_FRAC = 0.05
 QA_DOC_FRAC = 0.25

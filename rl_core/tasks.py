@@ -37,6 +37,7 @@ SPECIALS = ("<pad>", "<eos>", "<unk>")
 CHARS = "0123456789+-*=#;:Q,>"
 MARKER = "#"
 MAX_ANSWER_DIGITS = 15
+EVAL_SEED = 20251201  # one fixed benchmark seed: common random numbers across steps, arms, cold starts
 EVAL_BATCH = 256  # sequences per generate call: bounds the KV cache of the rollout engine
 _CANONICAL_INT = re.compile(r"-?(?:0|[1-9][0-9]*)")
 

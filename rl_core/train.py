@@ -35,17 +35,15 @@ from rl_core.model import load_pretrained
 from rl_core.objectives import OBJECTIVES, LossParams
 from rl_core.rollout import EmbeddedRolloutEngine
 from rl_core.step import collect, prompt_indices, update
-from rl_core.tasks import evaluate, make_task
-
-EVAL_SEED = 20251201  # one fixed seed for every benchmark: common random numbers across steps and arms
+from rl_core.tasks import EVAL_SEED, evaluate, make_task
 
 
-def make_rollout_engine(cfg: C.RunConfig, policy, precision: str | None = None):
+def make_rollout_engine(cfg: C.RunConfig, policy):
     if cfg.rollout.engine == "vllm":
         from rl_core.vllm_engine import VLLMRolloutEngine  # optional extra
 
-        return VLLMRolloutEngine(cfg.init, precision or cfg.rollout.precision)
-    return EmbeddedRolloutEngine.from_model(policy, precision or cfg.rollout.precision)
+        return VLLMRolloutEngine(cfg.init, cfg.rollout.precision)
+    return EmbeddedRolloutEngine.from_model(policy, cfg.rollout.precision)
 
 
 class RunFiles:
