@@ -25,25 +25,38 @@ def token_logprobs(model: MoEPolicy, input_ids: torch.Tensor, attention_mask: to
                    with_entropy: bool = False) -> Scores:
     """Score ``input_ids`` (B, T) under softmax(logits / temperature) in fp32.
 
-    logp[b, t] = log_softmax(logits[b, t-1] / T)[input_ids[b, t]]; logp[:, 0] = 0 and logp = 0 where
-    ``attention_mask`` is 0. The log-softmax is taken once over the (B, T-1, V) shifted logits; the
-    entropy -sum p log p of that same tensor is computed without grad (it is a diagnostic: the paper's
-    objectives have no entropy term), so it adds no (B, T, V) tensor to the autograd graph.
+    logp[b, t] = log_softmax(logits[b, t-1] / T)[input_ids[b, t]] where tokens t-1 and t are both real;
+    0 elsewhere (t = 0, pads, the first real token of a left-padded row). The model sees only the columns
+    [first, last] that hold a real token in some row (a mini-batch of short responses skips the global
+    batch's trailing pad columns); outputs are scattered back to (B, T). The log-softmax is taken once
+    over the shifted logits; the entropy -sum p log p of that same tensor is computed without grad (a
+    diagnostic: the paper's objectives have no entropy term), so it adds nothing to the autograd graph.
     """
-    logits, routing, routing_natural = model(input_ids, attention_mask, replay)
+    B, T = input_ids.shape
+    cols = attention_mask.bool().any(0).nonzero()
+    lo, hi = int(cols.min()), int(cols.max()) + 1
+    ids, mask = input_ids[:, lo:hi], attention_mask[:, lo:hi]
+    logits, routing, routing_natural = model(ids, mask, None if replay is None else replay[:, lo:hi])
     shifted = logits[:, :-1]
     if temperature != 1.0:
         shifted = shifted / temperature
-    logp_all = torch.log_softmax(shifted.float(), dim=-1)                       # (B, T-1, V)
-    picked = logp_all.gather(-1, input_ids[:, 1:, None]).squeeze(-1)              # (B, T-1)
-    zero_col = picked.new_zeros(picked.shape[0], 1)
-    real = attention_mask[:, 1:].bool()
-    logp = torch.cat([zero_col, torch.where(real, picked, torch.zeros_like(picked))], dim=1)
+    logp_all = torch.log_softmax(shifted.float(), dim=-1)                       # (B, T'-1, V)
+    picked = logp_all.gather(-1, ids[:, 1:, None]).squeeze(-1)                  # (B, T'-1)
+    real = mask[:, 1:].bool() & mask[:, :-1].bool()
+
+    def full(x: torch.Tensor, fill: float = 0) -> torch.Tensor:
+        """(B, T'-1 or T', ...) at columns [lo+1 or lo, hi) -> (B, T, ...) with ``fill`` outside."""
+        out = x.new_full((B, T, *x.shape[2:]), fill)
+        out[:, hi - x.shape[1]:hi] = x
+        return out
+
+    logp = full(torch.where(real, picked, torch.zeros_like(picked)))
     entropy = None
     if with_entropy:
         with torch.no_grad():
             ent = -(logp_all.exp() * logp_all).sum(-1)
-            entropy = torch.cat([zero_col.detach(), torch.where(real, ent, torch.zeros_like(ent))], dim=1)
+            entropy = full(torch.where(real, ent, torch.zeros_like(ent)))
+    routing, routing_natural = full(routing, -1), full(routing_natural, -1)
     return Scores(logp, entropy, routing, routing_natural)
 
 

@@ -9,8 +9,10 @@ Departures from the textbook / HF implementation, all deliberate:
 
 * Position ids come from the attention mask, ``(cumsum(mask) - 1).clamp(min=0)``: prompts are
   left-padded, responses right-padded, and the first real token of every row sits at position 0.
-* Attention is causal AND masks padded keys. A padded query keeps its own key so that no softmax row is
-  empty (its output is finite garbage, ignored downstream; empty rows would put NaNs in the KV values).
+* Pads are never computed (:class:`Layout`): every token-wise op runs on the real tokens packed as
+  (N, d); only attention scatters them to (B, H, T, D), causal AND masking padded keys (a padded query
+  keeps its own key so no softmax row is empty; its output is dropped). Logits are 0 and routing -1 at
+  pads. With responses of very different lengths this halves the FLOPs of a training step.
 * Routing replay (PAPER.md section 2): ``replay`` (B, T, L, k) forces the discrete top-k choice of a
   (token, layer) whose row is all >= 0; a row of -1 routes naturally. Gates are always the LIVE softmax
   probabilities gathered at the chosen ids and renormalised, so the router still gets gradients. Natural
@@ -119,8 +121,8 @@ def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, T, H, D), cos/sin (B, T, D) -> x rotated; rotate_half pairs dim i with i + D/2."""
-    cos, sin = cos.unsqueeze(2), sin.unsqueeze(2)
+    """x (..., H, D), cos/sin (..., D) -> x rotated; rotate_half pairs dim i with i + D/2."""
+    cos, sin = cos.unsqueeze(-2), sin.unsqueeze(-2)
     half = x.shape[-1] // 2
     rotated = torch.cat((-x[..., half:], x[..., :half]), dim=-1)
     return x * cos + rotated * sin
@@ -132,6 +134,26 @@ def attention_allowed(attention_mask: torch.Tensor) -> torch.Tensor:
     causal = torch.ones(T, T, dtype=torch.bool, device=attention_mask.device).tril()
     eye = torch.eye(T, dtype=torch.bool, device=attention_mask.device)
     return ((causal & attention_mask.bool()[:, None, :]) | eye)[:, None]
+
+
+class Layout:
+    """Where the real tokens of a padded (B, T) batch are: the model runs every token-wise op (embedding,
+    norms, projections, router, experts, lm_head) on the N real tokens only, packed as (N, ...), and
+    scatters to the padded layout just for attention. Pads cost no expert or projection FLOPs."""
+
+    def __init__(self, attention_mask: torch.Tensor):
+        self.B, self.T = attention_mask.shape
+        self.index = attention_mask.reshape(-1).nonzero().squeeze(1)  # (N,) flat positions of real tokens
+        self.allowed = attention_allowed(attention_mask)
+
+    def unpad(self, t: torch.Tensor) -> torch.Tensor:
+        """(B, T, ...) -> (N, ...)"""
+        return t.reshape(self.B * self.T, *t.shape[2:]).index_select(0, self.index)
+
+    def pad(self, t: torch.Tensor, fill: float = 0) -> torch.Tensor:
+        """(N, ...) -> (B, T, ...), ``fill`` at pads (differentiable in t)."""
+        out = t.new_full((self.B * self.T, *t.shape[1:]), fill)
+        return out.index_copy(0, self.index, t).view(self.B, self.T, *t.shape[1:])
 
 
 class Attention(nn.Module):
@@ -149,18 +171,19 @@ class Attention(nn.Module):
         self.q_norm = RMSNorm(D, cfg["rms_norm_eps"])
         self.k_norm = RMSNorm(D, cfg["rms_norm_eps"])
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                allowed: torch.Tensor) -> torch.Tensor:
-        """x (B, T, d), cos/sin (B, T, D), allowed (B, 1, T, T) -> (B, T, d)."""
-        B, T, _ = x.shape
-        q = apply_rope(self.q_norm(self.q_proj(x).view(B, T, self.n_heads, self.head_dim)), cos, sin)
-        k = apply_rope(self.k_norm(self.k_proj(x).view(B, T, self.n_kv, self.head_dim)), cos, sin)
-        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim)
-        # q head h reads kv head h // (H / Hkv), as HF's repeat_kv does.
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: Layout) -> torch.Tensor:
+        """x (N, d) real tokens, cos/sin (N, D) -> (N, d). Projections, norms and RoPE run on the N real
+        tokens; only the score/softmax/value product runs on the padded (B, H, T, D) layout."""
+        N, D = x.shape[0], self.head_dim
+        q = apply_rope(self.q_norm(self.q_proj(x).view(N, self.n_heads, D)), cos, sin)
+        k = apply_rope(self.k_norm(self.k_proj(x).view(N, self.n_kv, D)), cos, sin)
+        v = self.v_proj(x).view(N, self.n_kv, D)
+        # q head h reads kv head h // (H / Hkv), as HF's repeat_kv does. Pad slots hold zeros; no real
+        # query reads them (layout.allowed), a pad query reads only itself and is dropped by unpad.
         out = F.scaled_dot_product_attention(
-            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2),
-            attn_mask=allowed, scale=self.head_dim ** -0.5, enable_gqa=True)
-        return self.o_proj(out.transpose(1, 2).reshape(B, T, -1))
+            layout.pad(q).transpose(1, 2), layout.pad(k).transpose(1, 2), layout.pad(v).transpose(1, 2),
+            attn_mask=layout.allowed, scale=D ** -0.5, enable_gqa=True)
+        return self.o_proj(layout.unpad(out.transpose(1, 2)).reshape(N, -1))
 
 
 def route(router_logits: torch.Tensor, top_k: int,
@@ -227,12 +250,9 @@ class SparseMoeBlock(nn.Module):
         self.experts = Experts(cfg)
 
     def forward(self, x: torch.Tensor, replay: torch.Tensor | None):
-        """x (B, T, d), replay (B, T, k) | None -> out (B, T, d), ids (B, T, k), natural ids (B, T, k)."""
-        B, T, d = x.shape
-        flat = x.reshape(B * T, d)
-        ids, natural, gates = route(self.gate(flat), self.top_k,
-                                    None if replay is None else replay.reshape(B * T, -1))
-        return self.experts(flat, ids, gates).view(B, T, d), ids.view(B, T, -1), natural.view(B, T, -1)
+        """x (N, d), replay (N, k) | None -> out (N, d), ids (N, k), natural ids (N, k)."""
+        ids, natural, gates = route(self.gate(x), self.top_k, replay)
+        return self.experts(x, ids, gates), ids, natural
 
 
 class DecoderLayer(nn.Module):
@@ -243,8 +263,8 @@ class DecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg["hidden_size"], cfg["rms_norm_eps"])
         self.mlp = SparseMoeBlock(cfg)
 
-    def forward(self, x, cos, sin, allowed, replay):
-        x = x + self.self_attn(self.input_layernorm(x), cos, sin, allowed)
+    def forward(self, x, cos, sin, layout, replay):
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, layout)
         h, ids, natural = self.mlp(self.post_attention_layernorm(x), replay)
         return x + h, ids, natural
 
@@ -263,8 +283,9 @@ class Backbone(nn.Module):
 
 
 class PolicyOutput(NamedTuple):
-    logits: torch.Tensor           # (B, T, V) fp32
-    routing: torch.Tensor          # (B, T, L, k) long: experts used per token and layer (replayed or natural)
+    logits: torch.Tensor           # (B, T, V) fp32; 0 at pads (never computed)
+    routing: torch.Tensor          # (B, T, L, k) long: experts used per token and layer (replayed|natural),
+                                   # -1 at pads (never routed), as the rollout engine records them
     routing_natural: torch.Tensor  # (B, T, L, k) long: the router's own top-k (equals routing without replay)
 
 
@@ -299,17 +320,19 @@ class MoEPolicy(nn.Module):
         """input_ids (B, T) long, attention_mask (B, T) | None, replay (B, T, L, k) | None."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        layout = Layout(attention_mask)
         positions = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
-        cos, sin = rope_cos_sin(positions, self.head_dim, self.rope_theta)
-        allowed = attention_allowed(attention_mask)
-        x = self.model.embed_tokens(input_ids)
+        cos, sin = rope_cos_sin(layout.unpad(positions), self.head_dim, self.rope_theta)
+        x = self.model.embed_tokens(layout.unpad(input_ids))
+        replay = None if replay is None else layout.unpad(replay)
         routing, natural = [], []
         for i, layer in enumerate(self.model.layers):
-            x, ids, nat = layer(x, cos, sin, allowed, None if replay is None else replay[:, :, i])
+            x, ids, nat = layer(x, cos, sin, layout, None if replay is None else replay[:, i])
             routing.append(ids)
             natural.append(nat)
         logits = self.lm_head(self.model.norm(x)).float()
-        return PolicyOutput(logits, torch.stack(routing, dim=2), torch.stack(natural, dim=2))
+        return PolicyOutput(layout.pad(logits), layout.pad(torch.stack(routing, dim=1), -1),
+                            layout.pad(torch.stack(natural, dim=1), -1))
 
 
 def routing_disagreement(a: torch.Tensor, b: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

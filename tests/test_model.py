@@ -167,7 +167,9 @@ def test_replay_changes_nothing_when_top_k_equals_num_experts():
         keys = torch.rand(natural.routing.shape, generator=torch.Generator().manual_seed(1))
         replay = keys.argsort(-1)
         replayed = model(ids, mask, replay=replay)
-    assert torch.equal(replayed.routing, replay)
+    real = mask.bool()
+    assert torch.equal(replayed.routing[real], replay[real])
+    assert (replayed.routing[~real] == -1).all()  # pads are never routed
     # Not bitwise: the gate normaliser sums the same k probabilities in another order (a few fp32 ulps).
     assert rel_err(replayed.logits, natural.logits) <= 1e-6
 
@@ -192,13 +194,14 @@ def test_token_logprobs_and_entropy_match_their_definitions():
     scores = token_logprobs(model, ids, mask, temperature=T, with_entropy=True)
     with torch.no_grad():
         logp_all = torch.log_softmax(model(ids, mask).logits.double() / T, dim=-1)
-    ref = logp_all[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1) * mask[:, 1:]
-    ent = -(logp_all[:, :-1].exp() * logp_all[:, :-1]).sum(-1) * mask[:, 1:]
+    both_real = mask[:, 1:] * mask[:, :-1]  # a row's first real token has no context: logp 0
+    ref = logp_all[:, :-1].gather(-1, ids[:, 1:, None]).squeeze(-1) * both_real
+    ent = -(logp_all[:, :-1].exp() * logp_all[:, :-1]).sum(-1) * both_real
     assert torch.equal(scores.logp[:, 0], torch.zeros(3))
     assert torch.equal(scores.entropy[:, 0], torch.zeros(3))
     assert (scores.logp[:, 1:].double() - ref).abs().max() <= 1e-5
     assert (scores.entropy[:, 1:].double() - ent).abs().max() <= 1e-5
-    assert scores.entropy[mask.bool()][1:].min() > 0.1  # a non-degenerate distribution
+    assert scores.entropy[:, 1:][both_real.bool()].min() > 0.1  # a non-degenerate distribution
     assert scores.logp.requires_grad and not scores.entropy.requires_grad
 
 
@@ -209,3 +212,22 @@ def test_token_logprobs_replay_reproduces_logp_and_passes_routing_through():
         first = token_logprobs(model, ids, mask)
         again = token_logprobs(model, ids, mask, replay=first.routing)
     assert torch.equal(first.logp, again.logp) and torch.equal(again.routing, first.routing)
+
+
+def test_token_logprobs_skip_all_pad_columns_and_pads_never_reach_real_tokens():
+    """Extra all-pad columns (a short mini-batch of a long global batch) are trimmed away, and what a pad
+    slot holds cannot change a real token's score: pads are never computed (rl_core.model.Layout)."""
+    model = tiny()
+    ids, mask = left_padded_batch()
+    wide_ids = torch.cat([torch.zeros(3, 2, dtype=torch.long), ids, torch.zeros(3, 5, dtype=torch.long)], 1)
+    wide_mask = torch.cat([torch.zeros(3, 2, dtype=torch.long), mask, torch.zeros(3, 5, dtype=torch.long)], 1)
+    with torch.no_grad():
+        ref = token_logprobs(model, ids, mask, with_entropy=True)
+        wide = token_logprobs(model, wide_ids, wide_mask, with_entropy=True)
+        junk = wide_ids.masked_fill(~wide_mask.bool(), V - 1)  # other token ids in every pad slot
+        other = token_logprobs(model, junk, wide_mask, with_entropy=True)
+    assert torch.equal(wide.logp[:, 2:-5], ref.logp) and (wide.logp[:, :2] == 0).all()
+    assert (wide.logp[:, -5:] == 0).all() and (wide.routing[:, -5:] == -1).all()
+    assert torch.equal(wide.entropy[:, 2:-5], ref.entropy)
+    assert torch.equal(wide.routing[:, 2:-5], ref.routing)
+    assert torch.equal(other.logp, wide.logp) and torch.equal(other.routing, wide.routing)
