@@ -285,9 +285,11 @@ class EmbeddedRolloutEngine:
                  generator: torch.Generator) -> RolloutBatch:
         """Sample up to ``max_new_tokens`` per prompt from softmax(logits_fp32 / temperature).
 
-        One prefill of the left-padded prompts, then one forward per step for the whole batch. A row that
-        sampled EOS keeps running on pad tokens but records nothing. Stops when every row has finished
-        or after ``max_new_tokens``; R is the longest response produced.
+        One prefill of the left-padded prompts, then one forward per step for the rows still running. A
+        row that sampled EOS records nothing more; once a quarter of the computed rows have finished they
+        are dropped from the batch and the KV cache (continuous batching without refill), so decoding
+        costs what the live rows need. Stops when every row has finished or after ``max_new_tokens``; R
+        is the longest response produced.
         """
         if max_new_tokens < 1 or not prompts or min(map(len, prompts)) < 1:
             raise ValueError("generate needs max_new_tokens >= 1 and at least one non-empty prompt")
@@ -305,29 +307,36 @@ class EmbeddedRolloutEngine:
         logits, chosen = self._forward(prompt, positions, cache, 0, key_valid, last_only=True)
         routing[:, :P] = chosen.masked_fill(~prompt_mask.bool()[:, :, None, None], -1)
         next_pos = prompt_mask.sum(-1)                                           # (B,) position of col P
-        finished = torch.zeros(B, dtype=torch.bool)
+        stopped = torch.zeros(B, dtype=torch.bool)                               # sampled EOS, per row
+        rows = torch.arange(B)                                                   # the rows being computed
         for j in range(R):
             col = P + j
-            logp_all = torch.log_softmax(logits[:, -1].float() / temperature, dim=-1)   # (B, V)
+            logp_all = torch.log_softmax(logits[:, -1].float() / temperature, dim=-1)   # (n, V)
             if not bool(torch.isfinite(logp_all).all()):  # diverged weights: the trainer records it
                 raise FloatingPointError("rollout engine: non-finite logits (the policy diverged)")
             token = torch.multinomial(logp_all.exp(), 1, generator=generator).squeeze(-1)
-            alive = ~finished
+            finished = stopped[rows]
             token = token.masked_fill(finished, self.pad_token_id)
-            input_ids[:, col] = token
-            logp_behavior[:, col] = logp_all.gather(-1, token[:, None]).squeeze(-1).masked_fill(finished, 0.0)
-            response_mask[:, col] = alive
+            input_ids[rows, col] = token
+            logp_token = logp_all.gather(-1, token[:, None]).squeeze(-1)
+            logp_behavior[rows, col] = logp_token.masked_fill(finished, 0.0)
+            response_mask[rows, col] = ~finished
             finished = finished | (token == self.eos_token_id)
+            stopped[rows] = finished
             if j == R - 1 or bool(finished.all()):
                 break
+            if 4 * int(finished.sum()) >= len(rows):  # drop finished rows from the batch and the cache
+                keep = (~finished).nonzero().squeeze(1)
+                rows, token, finished, key_valid = rows[keep], token[keep], finished[keep], key_valid[keep]
+                cache, next_pos = (cache[0][:, keep], cache[1][:, keep]), next_pos[keep]
             logits, chosen = self._forward(token[:, None], (next_pos + j)[:, None], cache, col, key_valid)
-            routing[:, col] = chosen[:, 0].masked_fill(finished[:, None, None], -1)
+            routing[rows, col] = chosen[:, 0].masked_fill(finished[:, None, None], -1)
         end = col + 1
         return RolloutBatch(
             input_ids=input_ids[:, :end],
             attention_mask=torch.cat([prompt_mask, response_mask[:, P:end].long()], dim=1),
             response_mask=response_mask[:, :end], logp_behavior=logp_behavior[:, :end],
-            routing=routing[:, :end], finish_reason=["stop" if f else "length" for f in finished.tolist()],
+            routing=routing[:, :end], finish_reason=["stop" if f else "length" for f in stopped.tolist()],
             prompt_len=P)
 
 
