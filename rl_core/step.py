@@ -10,6 +10,10 @@ Replay per arm (PAPER.md section 2):
     r2:   the logp_old pass routes naturally and records e_pi_old; every update replays e_pi_old.
     r3:   the logp_old pass and every update replay the rollout engine's e_mu_old.
 Positions the rollout engine never processed (pads, the last sampled token) carry -1: routed naturally.
+
+Mini-batch 1 has no separate logp_old pass: its update is the first of the global step, at theta = theta_old,
+so pi_old of its rows IS that update's forward (detached), routing included (verl and TRL skip the pass
+the same way when on-policy). The pass scores mini-batches 2..N only; at N = 1 it disappears.
 """
 
 from __future__ import annotations
@@ -37,6 +41,7 @@ class Batch:
     routing_old: torch.Tensor  # (M, T, L, k) e_pi_old: training engine's natural routing at theta_old
     replay: torch.Tensor | None  # (M, T, L, k) what every update forward replays (None: route naturally)
     processed: torch.Tensor  # (M, T) bool: tokens the rollout engine ran through its router
+    old_pending: torch.Tensor  # (M,) bool: rows whose pi_old the first update fills in (mini-batch 1)
 
 
 def prompt_indices(n_train: int, seed: int, global_step: int, count: int) -> list[int]:
@@ -61,17 +66,20 @@ def _without_prompt(routing: torch.Tensor, prompt_len: int) -> torch.Tensor:
 
 @torch.no_grad()
 def _score_old(cfg: RunConfig, policy, ro: RolloutBatch, replay_r3: torch.Tensor):
-    """pi_old at theta_old, one mini-batch at a time: the same row slices and shapes as the updates, so
-    the first update of a global step reproduces logp_old bitwise (ratio exactly 1)."""
+    """pi_old at theta_old of mini-batches 2..N, one at a time: the same row slices and shapes as their
+    updates. Mini-batch 1's rows are left as NaN / -1 for its update to fill in (module docstring)."""
     size = cfg.train.batch_prompts * cfg.rollout.group_size
-    parts = []
-    for start in range(0, len(ro), size):
+    M, T = ro.input_ids.shape
+    logp = torch.full((M, T), float("nan"))
+    routing = torch.full(ro.routing.shape, -1, dtype=torch.long)
+    natural = routing.clone()
+    for start in range(size, M, size):
         rows = slice(start, start + size)
         replay = replay_r3[rows] if cfg.replay.mode == "r3" else None
-        parts.append(token_logprobs(policy, ro.input_ids[rows], ro.attention_mask[rows],
-                                    cfg.rollout.temperature, replay=replay))
-    return (torch.cat([p.logp for p in parts]), torch.cat([p.routing for p in parts]),
-            torch.cat([p.routing_natural for p in parts]))
+        out = token_logprobs(policy, ro.input_ids[rows], ro.attention_mask[rows], cfg.rollout.temperature,
+                             replay=replay)
+        logp[rows], routing[rows], natural[rows] = out.logp, out.routing, out.routing_natural
+    return logp, routing, natural
 
 
 def collect(cfg: RunConfig, policy, engine: RolloutEngine, task, problems: list,
@@ -91,9 +99,12 @@ def collect(cfg: RunConfig, policy, engine: RolloutEngine, task, problems: list,
     processed = ro.routing[..., 0, 0] >= 0
     replay_r3 = ro.routing if cfg.replay.replay_prompt else _without_prompt(ro.routing, ro.prompt_len)
     logp_old, routing_used, routing_old = _score_old(cfg, policy, ro, replay_r3)
+    # R2 on mini-batch 1 routes naturally (-1): at theta_old that is e_pi_old itself, bitwise.
     replay_r2 = routing_used if cfg.replay.replay_prompt else _without_prompt(routing_used, ro.prompt_len)
     replay = {"none": None, "r2": replay_r2, "r3": replay_r3}
-    batch = Batch(ro, rewards, advantages, logp_old, routing_old, replay[cfg.replay.mode], processed)
+    old_pending = torch.arange(len(ro)) < cfg.train.batch_prompts * G
+    batch = Batch(ro, rewards, advantages, logp_old, routing_old, replay[cfg.replay.mode], processed,
+                  old_pending)
     n_tokens = int(ro.response_mask.sum())
     metrics = {
         "perf/rollout_s": t_rollout,
@@ -138,6 +149,13 @@ def update(cfg: RunConfig, policy, opt: torch.optim.Optimizer, batch: Batch, row
     replay = None if batch.replay is None else batch.replay[rows]
     new = token_logprobs(policy, ro.input_ids[rows], ro.attention_mask[rows], cfg.rollout.temperature,
                          replay=replay, with_entropy=True)
+    if batch.old_pending.any():  # pi_old of those rows is this forward: valid only before any step
+        if not batch.old_pending[rows].all():
+            raise RuntimeError("the first update of a global step must be on mini-batch 1 (its pi_old is "
+                               "that update's forward at theta_old)")
+        batch.logp_old[rows] = new.logp.detach()
+        batch.routing_old[rows] = new.routing_natural
+        batch.old_pending[rows] = False
     mask = ro.response_mask[rows]
     out = objective.loss(new.logp, batch.logp_old[rows], ro.logp_behavior[rows], batch.advantages[rows],
                        mask, params)

@@ -86,6 +86,35 @@ def test_off_policy_first_minibatch_has_ratio_one_later_ones_are_stale(cold_star
     assert sum(r["clip/frac"] > 0 for r in rows if r["minibatch"] > 1) >= 3
 
 
+@pytest.mark.parametrize("mode", ["none", "r2", "r3"])
+def test_first_minibatch_pi_old_from_its_update_equals_a_separate_old_pass(cold_start, tmp_path, mode):
+    """Mini-batch 1 skips the no-grad logp_old pass (rl_core.step): what its update records must be
+    exactly what that pass would have given at theta_old, with the replay the pass would have used."""
+    from rl_core.engine import token_logprobs
+    from rl_core.step import collect, update
+    from rl_core.train import Arm, RunFiles
+
+    cfg = cfg_for(cold_start, "train.n_minibatches=2", f"replay.mode={mode}", "train.lr=1e-2",
+                  "rollout.precision=fp8")
+    arm = Arm(cfg, RunFiles(tmp_path))
+    problems = arm.task.train_problems[:8]
+    batch, _ = collect(cfg, arm.policy, arm.engine, arm.task, problems, arm.objective,
+                       torch.Generator().manual_seed(0))
+    first, second = torch.arange(0, 16), torch.arange(16, 32)
+    ro = batch.rollout
+    assert torch.isnan(batch.logp_old[first]).all() and not torch.isnan(batch.logp_old[second]).any()
+    with torch.no_grad():
+        replay = batch.replay[first] if mode == "r3" else None
+        ref = token_logprobs(arm.policy, ro.input_ids[first], ro.attention_mask[first], replay=replay)
+    with pytest.raises(RuntimeError, match="mini-batch 1"):  # before any weight changes
+        update(cfg, arm.policy, arm.opt, batch, second, arm.objective, arm.params)
+    metrics, finite = update(cfg, arm.policy, arm.opt, batch, first, arm.objective, arm.params)
+    assert finite and metrics["grad/norm"] > 0
+    assert torch.equal(batch.logp_old[first], ref.logp)
+    assert torch.equal(batch.routing_old[first], ref.routing_natural)
+    assert not batch.old_pending.any()
+
+
 def test_same_config_and_seed_give_bitwise_identical_metrics(cold_start, tmp_path):
     cfg = cfg_for(cold_start, "train.n_minibatches=2", "replay.mode=r3")
     run(cfg, tmp_path / "a")
