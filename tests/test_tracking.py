@@ -194,3 +194,22 @@ def test_retry_backs_off_while_locked_then_succeeds():
 def test_importing_tracking_leaves_torch_out():
     code = "import sys, rl_core.tracking; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+def test_grid_command_mirrors_the_parent_and_every_run_in_one_process_then_keeps_them(store):
+    """`python -m rl_core.tracking grid` (the workflow's one mirror job): every run gets a child and its
+    mlflow_run.json; a second call, nothing having changed, rewrites no run."""
+    results, grid, grid_dir, parent = store
+    runs = [grid.run("on_policy", "minirl_r3", 0), grid.run("off_policy_n2", "minirl_r2", 0)]
+    dirs = [write_run(grid_dir, r, 12) for r in runs]
+    cmd = [sys.executable, "-m", "rl_core.tracking", "grid", "--grid-dir", str(grid_dir), "--grid", grid.name,
+           *map(str, dirs)]
+    first = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    again = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    assert (first["runs"], first["mirrored"], again["mirrored"], again["unchanged"]) == (2, 2, 0, 2)
+    written = json.loads((grid_dir / "mlflow_parent.json").read_text())
+    assert written["parent_run_id"] == parent["parent_run_id"]
+    for run, d in zip(runs, dirs, strict=True):
+        df = children(parent["tracking_uri"], parent["experiment_id"], run.arm)
+        df = df[df["tags.figure"] == run.figure]
+        assert list(df["run_id"]) == [json.loads((d / "mlflow_run.json").read_text())["run_id"]]

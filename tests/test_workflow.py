@@ -55,9 +55,8 @@ def test_dry_run_of_paper_lists_every_arm_of_every_figure_once(tmp_path):
     expected = Counter((r.figure, r.arm) for r in load_grid(REPO / "experiments" / "paper.yaml").runs)
     assert len(expected) == 26 and set(expected.values()) == {1}
     assert arm_jobs(jobs) == expected
-    assert arm_jobs(jobs, "mlflow_run") == expected
     rules = Counter(j["rule"] for j in jobs)
-    once = {"pretrain": 1, "sft": 3, "coldstart_eval": 4, "mlflow_parent": 1, "report": 1, "index": 1}
+    once = {"pretrain": 1, "sft": 3, "coldstart_eval": 4, "mlflow": 1, "report": 1, "index": 1}
     assert {k: rules[k] for k in once} == once
     assert not (tmp_path / "results").exists()  # a dry run writes no results
 
@@ -117,8 +116,7 @@ def test_adding_an_arm_plans_only_its_jobs(done_workspace):
 
     jobs = dry_run_with(done_workspace, add_arm)
     assert arm_jobs(jobs) == {("on_policy", "minirl_no_is"): 1}
-    assert arm_jobs(jobs, "mlflow_run") == {("on_policy", "minirl_no_is"): 1}
-    assert Counter(j["rule"] for j in jobs) == Counter(["rl_run", "mlflow_run", *DOWNSTREAM])
+    assert Counter(j["rule"] for j in jobs) == Counter(["rl_run", "mlflow", *DOWNSTREAM])
 
 
 def test_changing_one_arms_config_reruns_that_arm_only(done_workspace):
@@ -127,7 +125,7 @@ def test_changing_one_arms_config_reruns_that_arm_only(done_workspace):
 
     jobs = dry_run_with(done_workspace, edit)
     assert arm_jobs(jobs) == {("off_policy_n2", "minirl_r2"): 1}
-    assert Counter(j["rule"] for j in jobs) == Counter(["rl_run", "mlflow_run", *DOWNSTREAM])
+    assert Counter(j["rule"] for j in jobs) == Counter(["rl_run", "mlflow", *DOWNSTREAM])
     rl = next(j for j in jobs if j["rule"] == "rl_run")
     assert "Params have changed" in rl["reason"]
 
@@ -138,7 +136,7 @@ def test_an_rl_knob_in_the_grid_base_does_not_rebuild_the_cold_starts(done_works
 
     jobs = dry_run_with(done_workspace, edit)
     assert len(arm_jobs(jobs)) == 4
-    assert not {"pretrain", "sft", "coldstart_eval", "mlflow_parent"} & {j["rule"] for j in jobs}
+    assert not {"pretrain", "sft", "coldstart_eval"} & {j["rule"] for j in jobs}
 
 
 def test_a_new_seed_plans_one_run_per_arm(done_workspace):

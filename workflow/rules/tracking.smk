@@ -1,38 +1,28 @@
 # MLflow mirror of the run files (rl_core.tracking): one experiment per grid, a parent run per grid, a
-# child run per (figure, arm, seed). Files stay the contract; a mirror job only reads a finished run dir
-# and writes mlflow_run.json beside it. Local rules: on a cluster they run where the sqlite store lives.
+# child run per (figure, arm, seed). Files stay the contract: the mirror only reads finished run dirs and
+# writes mlflow_parent.json and, beside each run, mlflow_run.json. One job per grid (not per arm): opening
+# MLflow costs ~2 s, paid once. Re-mirroring is idempotent (a run whose files did not change is kept), so
+# when one arm re-runs, this job re-runs and rewrites only that arm. A local rule: on a cluster it runs
+# where the sqlite store lives.
 
 localrules:
-    mlflow_parent,
-    mlflow_run,
+    mlflow,
 
 
-rule mlflow_parent:
+rule mlflow:
+    input:
+        summaries=[run_file(r, "summary.json") for r in GRID.runs],
+        done=[run_file(r, "DONE") for r in GRID.runs],
     output:
-        f"{GDIR}/mlflow_parent.json",
+        parent=f"{GDIR}/mlflow_parent.json",
+        runs=[run_file(r, "mlflow_run.json") for r in GRID.runs],
     log:
-        f"{LOGS}/mlflow/parent.log",
+        f"{LOGS}/mlflow.log",
     params:
-        grid_dir=lambda w, output: os.path.dirname(output[0]),
+        grid_dir=lambda w, output: os.path.dirname(output.parent),
         grid=GRID.name,
         uri=TRACKING_URI,
+        run_dirs=lambda w, input: " ".join(shlex.quote(os.path.dirname(d)) for d in input.done),
     shell:
-        "{PYTHON} -m rl_core.tracking parent --grid-dir {params.grid_dir} --grid {params.grid} "
-        "--uri={params.uri:q} --out {output} > {log} 2>&1"
-
-
-rule mlflow_run:
-    input:
-        summary=f"{GDIR}/runs/{{figure}}/{{arm}}/seed{{seed}}/summary.json",
-        done=f"{GDIR}/runs/{{figure}}/{{arm}}/seed{{seed}}/DONE",
-        parent=f"{GDIR}/mlflow_parent.json",
-    output:
-        f"{GDIR}/runs/{{figure}}/{{arm}}/seed{{seed}}/mlflow_run.json",
-    log:
-        f"{LOGS}/mlflow/{{figure}}/{{arm}}/seed{{seed}}.log",
-    params:
-        run_dir=lambda w, input: os.path.dirname(input.done),
-        uri=TRACKING_URI,
-    shell:
-        "{PYTHON} -m rl_core.tracking run --run-dir {params.run_dir} --parent-file {input.parent} "
-        "--uri={params.uri:q} --out {output} > {log} 2>&1"
+        "{PYTHON} -m rl_core.tracking grid --grid-dir {params.grid_dir} --grid {params.grid} "
+        "--uri={params.uri:q} {params.run_dirs} > {log} 2>&1"
