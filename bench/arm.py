@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/arm.py SPEC_JSON      (run by rl_core.bench; prints BENCH_JSON {...})
 
-SPEC: config (a RunConfig tree, `init` included), threads, workdir. Measures, in this order:
+SPEC: config (a RunConfig tree, `init` included), threads, workdir, grid_runs. Measures, in this order:
 
 1. `python -m rl_core.train --out RUN --config-json CONFIG --meta-json META` as a child process: its wall
    time (process start, imports, model load, evals, RL steps, checkpoints, run files) and its peak RSS
@@ -10,8 +10,9 @@ SPEC: config (a RunConfig tree, `init` included), threads, workdir. Measures, in
    rl_wall_s is the time inside global steps.
 2. The benchmark evals, listed separately: one rl_core.train.run_eval timed in this process (after a
    warm-up) times the number of eval rows the arm wrote.
-3. The MLflow mirror of that run (`python -m rl_core.tracking parent` once per grid, `run` per arm) into a
-   fresh sqlite store, each as a child process.
+3. The MLflow mirror of that run as the workflow does it (`python -m rl_core.tracking grid`, one process
+   per grid) into a fresh sqlite store: the run's own part (runs_s) plus the process's fixed part (start,
+   imports, store, parent) shared by the `grid_runs` runs of the grid (SPEC; paper.yaml has 26).
 4. Interpreter start (`python -c pass`) and `import rl_core.train` (child wall minus interpreter start).
 """
 
@@ -69,17 +70,19 @@ def main() -> None:
     eval_s = time.perf_counter() - t0
 
     uri = f"sqlite:///{(work / 'mlflow.db').resolve()}"
-    parent = work / "parent.json"
-    mirror_parent_s = wall([py, "-m", "rl_core.tracking", "parent", "--grid-dir", str(work / "runs"),
-                            "--grid", "bench", "--uri", uri, "--out", str(parent)])
-    mirror_run_s = wall([py, "-m", "rl_core.tracking", "run", "--run-dir", str(run_dir), "--parent-file",
-                         str(parent), "--uri", uri, "--out", str(work / "run.json")])
+    t0 = time.perf_counter()
+    proc = subprocess.run([py, "-m", "rl_core.tracking", "grid", "--grid-dir", str(work / "runs"), "--grid",
+                           "bench", "--uri", uri, str(run_dir)], check=True, capture_output=True, text=True)
+    mirror_wall_s = time.perf_counter() - t0
+    mirror = json.loads(proc.stdout.splitlines()[-1])
+    mirror_share_s = mirror["runs_s"] + (mirror_wall_s - mirror["runs_s"]) / s["grid_runs"]
     python_start_s = min(wall([py, "-c", "pass"]) for _ in range(3))
     import_train_s = min(wall([py, "-c", "import rl_core.train"]) for _ in range(3)) - python_start_s
     emit({
         "train_wall_s": train_wall, "rl_wall_s": summary["rl_wall_s"], "status": summary["status"],
         "steps": summary["steps_done"], "n_evals": n_evals, "eval_s_each": eval_s,
-        "eval_s_total": eval_s * n_evals, "mirror_parent_s": mirror_parent_s, "mirror_run_s": mirror_run_s,
+        "eval_s_total": eval_s * n_evals, "mirror_wall_s": mirror_wall_s, "mirror_run_s": mirror["runs_s"],
+        "mirror_share_s": mirror_share_s, "grid_runs": s["grid_runs"],
         "python_start_s": python_start_s, "import_train_s": import_train_s, "peak_rss_mb": peak_rss_mb,
         "checkpoint_mb": ckpt_bytes / 2**20,
     })

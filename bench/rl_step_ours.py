@@ -23,6 +23,7 @@ def main() -> None:
     s = spec()
     pin_threads(s["threads"])
     from rl_core import config as C
+    from rl_core.step import prompt_indices
     from rl_core.train import Arm, RunFiles
 
     cfg = C.resolve({
@@ -36,8 +37,12 @@ def main() -> None:
         arm = Arm(cfg, RunFiles(Path(tmp)))
         for _ in range(s["warmup"]):
             arm.global_step_rows()
-        walls, cpus, tokens, rows_all = [], [], [], []
+        walls, cpus, tokens, prompt_tokens, rows_all = [], [], [], [], []
         for _ in range(s["steps"]):
+            idx = prompt_indices(len(arm.task.train_problems), cfg.train.seed, arm.global_step,
+                                 s["N"] * s["B"])
+            prompt_tokens.append(s["G"] * sum(len(arm.task.encode_prompt(arm.task.train_problems[i]))
+                                              for i in idx))
             t0, c0 = time.perf_counter(), time.process_time()
             rows, _ = arm.global_step_rows()
             walls.append(time.perf_counter() - t0)
@@ -47,6 +52,7 @@ def main() -> None:
     emit({
         "impl": "ours", "s_per_global_step": sum(walls) / len(walls), "walls": walls, "cpus": cpus,
         "response_tokens_per_step": sum(tokens) / len(tokens),
+        "prompt_tokens_per_step": sum(prompt_tokens) / len(prompt_tokens),
         "rollout_s": sum(r["perf/rollout_s"] for r in rows_all[:: s["N"]]) / len(walls),
         "old_logp_s": sum(r["perf/old_logp_s"] for r in rows_all[:: s["N"]]) / len(walls),
         "update_s": sum(r["perf/update_s"] for r in rows_all) / len(walls),

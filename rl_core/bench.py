@@ -10,11 +10,13 @@ RATIOS are meaningful: both sides of a ratio are measured in turns in the same r
 for a core while other jobs run is left out on both sides; bench.json keeps the wall-clock figures too.
 
 1. rl_step: seconds per global step (B prompts x G samples x up to L tokens, N optimizer steps) of
-   rl_core.train.Arm vs trl.GRPOTrainer on the same checkpoint, reward, B, G, L, N, loss (grpo), beta=0.
+   rl_core.train.Arm vs trl.GRPOTrainer on the same checkpoint, reward, B, G, L, N, loss (grpo), beta=0;
+   and the limit: the step's weight-matmul FLOPs over the measured matmul peak (:func:`step_bound`).
 2. rollout: tokens/s of the embedded rollout engine vs transformers `generate` and vLLM (CPU build), the
    same prompts and exactly L new tokens per sequence (EOS disabled on every side).
 3. mfu: FLOP/s of the training engine's forward+backward over the measured fp32 matmul peak.
-4. arm: one arm at the `mini` scale end to end: share of wall time outside RL steps, peak RSS.
+4. arm: one arm at the `mini` scale end to end: share of wall time outside RL steps (evals excluded, the
+   grid's one MLflow mirror process shared by its runs), peak RSS.
 
 All of it starts from a small cold start built here (ModelConfig defaults: the `mini` model), cached under
 OUT/coldstart. Writes OUT/bench.json (every raw figure plus the table) and prints the table.
@@ -46,8 +48,8 @@ RL_STEP = {"B": 8, "G": 8, "L": 48, "N": 4, "warmup": 1, "steps": 3, "lr": 1e-12
 ROLLOUT = {"prompts": 16, "G": 8, "L": 48, "reps": 5}
 MFU = {"B": 64, "T": 64, "rounds": 3, "peak_n": 1024}
 VLLM_DTYPES = {"ours-fp32": "float32", "ours-bf16": "bfloat16"}  # our rollout precision -> vLLM dtype
-ARM_STEPS = 16  # two global steps at N = 8; the full `mini` arm is MINI_STEPS
-MINI_STEPS = 48
+ARM_STEPS = 16  # two global steps at N = 8; the full `mini` arm has the preset's train.steps
+PAPER_GRID = ROOT / "experiments" / "paper.yaml"
 
 
 # ------------------------------------------------------------------------------------------ FLOPs
@@ -70,6 +72,16 @@ def train_flops_per_token(cfg: dict, T: int) -> int:
     computes the full T x T score matrix, so causal masking saves nothing here."""
     attn = 12 * cfg["num_hidden_layers"] * T * cfg["num_attention_heads"] * cfg["head_dim"]
     return 6 * active_params(cfg) + attn
+
+
+def step_bound(cfg: dict, prompt_tokens: float, response_tokens: float, N: int) -> float:
+    """FLOPs a global step cannot do without: the weight matmuls of active parameters (2 per weight and
+    token forward, 6 forward+backward) over the real tokens only. Rollout: every prompt and generated
+    token once; pi_old pass: mini-batches 2..N forward; updates: all tokens forward+backward. Attention,
+    norms, softmax, sampling and the optimizer are left out, so time = FLOPs / matmul peak is a lower
+    bound no implementation on this machine can beat."""
+    tokens = prompt_tokens + response_tokens
+    return active_params(cfg) * tokens * (2 + 2 * (N - 1) / N + 6)
 
 
 # ------------------------------------------------------------------------------------------ helpers
@@ -137,6 +149,11 @@ def bench_rl_step(ckpt: Path, threads: int, peers: Path, rounds: int = 2) -> dic
         out[f"{side}_cpu_s"] = median([w for r in ok for w in r["cpus"]]) if ok else None
         out[f"{side}_s"] = out[f"{side}_cpu_s" if threads == 1 else f"{side}_wall_s"]
         out[f"{side}_tokens"] = median([r["response_tokens_per_step"] for r in ok]) if ok else None
+    ok = [r for r in out["ours"] if "error" not in r]
+    if ok:
+        cfg = json.loads((Path(ckpt) / "config.json").read_text())
+        out["bound_flops"] = step_bound(cfg, median([r["prompt_tokens_per_step"] for r in ok]),
+                                        out["ours_tokens"], RL_STEP["N"])
     return out
 
 
@@ -164,27 +181,41 @@ def bench_mfu(ckpt: Path, threads: int) -> dict:
                       threads)
 
 
+def mini_steps() -> int:
+    """train.steps of the `mini` preset: the length of a real arm, to project the overhead onto."""
+    return C.resolve(_mini()).train.steps
+
+
+def _mini() -> dict:
+    presets = ROOT / "experiments" / "presets.yaml"
+    return (C.yaml_load(presets.read_text()) or {}).get("mini", {}) if presets.exists() else {}
+
+
 def arm_config(ckpt: Path, threads: int) -> dict:
     """The `mini` preset scale (experiments/presets.yaml when present) at N = 8, shortened to ARM_STEPS."""
-    presets = ROOT / "experiments" / "presets.yaml"
-    mini = (C.yaml_load(presets.read_text()) or {}).get("mini", {}) if presets.exists() else {}
+    mini = _mini()
     over = {"init": str(ckpt), "task": TASK, "train": {"n_minibatches": 8, "steps": ARM_STEPS,
                                                        "threads": threads}}
     return C.to_dict(C.resolve({"train": {"batch_prompts": 8}, "rollout": {"group_size": 8}}, mini, over))
 
 
 def bench_arm(ckpt: Path, threads: int, work: Path) -> dict:
-    spec = {"config": arm_config(ckpt, threads), "threads": threads, "workdir": str(work)}
-    return run_helper(Path(sys.executable), "arm.py", spec, threads)
+    from rl_core.grid import load_grid
+
+    spec = {"config": arm_config(ckpt, threads), "threads": threads, "workdir": str(work),
+            "grid_runs": len(load_grid(PAPER_GRID).runs)}
+    out = run_helper(Path(sys.executable), "arm.py", spec, threads)
+    return out if "error" in out else {**out, "mini_steps": mini_steps()}
 
 
 # ------------------------------------------------------------------------------------------ table
 
 
 def overhead(arm: dict, steps_scale: float = 1.0) -> float:
-    """Share of an arm's wall outside RL steps, evals excluded, per-arm MLflow mirror included; RL time
-    (and the checkpoints, one per checkpoint_every) scaled by `steps_scale` for a longer arm."""
-    outside = arm["train_wall_s"] - arm["rl_wall_s"] - arm["eval_s_total"] + arm["mirror_run_s"]
+    """Share of an arm's wall outside RL steps, evals excluded, its share of the grid's MLflow mirror
+    included; RL time scaled by `steps_scale` for a longer arm (the fixed part, checkpoints included, is
+    not: one more checkpoint per 16 steps costs ~15 ms)."""
+    outside = arm["train_wall_s"] - arm["rl_wall_s"] - arm["eval_s_total"] + arm["mirror_share_s"]
     total = outside + arm["rl_wall_s"] * (steps_scale - 1) + arm["rl_wall_s"]
     return outside / total
 
@@ -222,6 +253,14 @@ def table(res: dict) -> list[dict]:
         ratio = t / o if o and t else None
         rows.append(_row("RL global step, s (B8 G8 L48 N4)", o, t if t else "trl: not installed", ratio,
                          ">= 5x", ratio is not None and ratio >= 5))
+        mf = res.get("mfu")
+        if o and mf and "error" not in mf and rl.get("ours"):
+            bound = rl["bound_flops"] / mf["peak_flops"]
+            rows.append(_row("RL step, s: ours vs the limit (weight FLOPs / matmul peak)", o, bound,
+                             o / bound, "-", None))
+            if t:
+                rows.append(_row("RL step, s: TRL vs the limit (the most any trainer can beat TRL by)", t,
+                                 bound, t / bound, ">= 5x possible?", t / bound >= 5))
     ro = res.get("rollout")
     if ro and "error" not in ro["main"]:
         m, rate = ro["main"], ro.get("rate", "tokens_per_s")
@@ -238,10 +277,11 @@ def table(res: dict) -> list[dict]:
                          mf["peak_flops"] / 1e9, r, ">= 0.5", r >= 0.5))
     arm = res.get("arm")
     if arm and "error" not in arm:
-        short, full = overhead(arm), overhead(arm, MINI_STEPS / ARM_STEPS)
+        steps = arm["mini_steps"]
+        short, full = overhead(arm), overhead(arm, steps / ARM_STEPS)
         rows.append(_row(f"orchestration overhead, {ARM_STEPS}-step arm", short, None, None, "< 3%",
                          short < 0.03))
-        rows.append(_row(f"orchestration overhead, {MINI_STEPS}-step mini arm (projected)", full, None, None,
+        rows.append(_row(f"orchestration overhead, {steps}-step mini arm (projected)", full, None, None,
                          "< 3%", full < 0.03))
         rows.append(_row("import rl_core.train, s", arm["import_train_s"], None, None, "-", None))
         rows.append(_row("peak RSS, mini arm (N=8), MiB", arm["peak_rss_mb"], None, None, "-", None))

@@ -34,7 +34,7 @@ def test_a_missing_interpreter_is_reported_not_raised(tmp_path):
 
 
 def test_overhead_share_excludes_evals_and_counts_the_mirror():
-    arm = {"train_wall_s": 20.0, "rl_wall_s": 12.0, "eval_s_total": 3.0, "mirror_run_s": 1.0}
+    arm = {"train_wall_s": 20.0, "rl_wall_s": 12.0, "eval_s_total": 3.0, "mirror_share_s": 1.0}
     # outside = 20 - 12 - 3 + 1 = 6; share = 6 / (6 + 12) = 1/3; with 3x the RL steps 6 / (6 + 36).
     assert bench.overhead(arm) == pytest.approx(1 / 3)
     assert bench.overhead(arm, steps_scale=3.0) == pytest.approx(6 / 42)
@@ -43,12 +43,12 @@ def test_overhead_share_excludes_evals_and_counts_the_mirror():
 def synthetic_results(vllm: dict) -> dict:
     rate = lambda r: {"tokens_per_s": r}  # noqa: E731
     return {
-        "rl_step": {"ours_s": 1.0, "trl_s": 6.0},
+        "rl_step": {"ours_s": 1.0, "trl_s": 6.0, "ours": [{}], "bound_flops": 20e9},
         "rollout": {"main": {"ours-fp32": rate(300.0), "ours-bf16": rate(200.0), "hf": rate(250.0)},
                     "main_after": {"ours-fp32": rate(100.0), "ours-bf16": rate(200.0)}, "vllm": vllm},
         "mfu": {"achieved_flops": 30e9, "peak_flops": 80e9},
-        "arm": {"train_wall_s": 20.0, "rl_wall_s": 12.0, "eval_s_total": 3.0, "mirror_run_s": 1.0,
-                "import_train_s": 1.2, "peak_rss_mb": 900.0},
+        "arm": {"train_wall_s": 20.0, "rl_wall_s": 12.0, "eval_s_total": 3.0, "mirror_share_s": 1.0,
+                "import_train_s": 1.2, "peak_rss_mb": 900.0, "mini_steps": 48},
     }
 
 
@@ -57,6 +57,13 @@ def test_table_ratios_and_goals():
                                           "errors": {"bfloat16": "ValueError: no bf16"}}))
     by = {r["measurement"].split(",")[0]: r for r in rows}
     assert by["RL global step"]["ratio"] == 6.0 and by["RL global step"]["met"] is True
+    # the limit: 20 GFLOP at an 80 GFLOP/s peak = 0.25 s; ours 1 s is 4x above it, TRL 6 s is 24x
+    limit = [r for r in rows if "limit" in r["measurement"]]
+    assert [r["peer"] for r in limit] == [0.25, 0.25] and [r["ratio"] for r in limit] == [4.0, 24.0]
+    assert limit[1]["met"] is True
+    over = [r for r in rows if r["measurement"].startswith("orchestration")]
+    # outside = 20 - 12 - 3 + 1 = 6: 6 / 18 for the 16-step arm, 6 / (6 + 36) at 48 steps
+    assert [r["ours"] for r in over] == [pytest.approx(1 / 3), pytest.approx(6 / 42)]
     hf = [r for r in rows if "HF generate" in r["measurement"]]
     assert [r["ratio"] for r in hf] == [1.2, 0.8] and [r["met"] for r in hf] == [True, False]
     vllm = [r for r in rows if "vLLM" in r["measurement"]]
@@ -76,6 +83,13 @@ def test_missing_peers_are_named_in_the_table():
     assert sum(r["peer"] == "vllm: not installed" for r in rows) == 2
 
 
+def test_step_bound_counts_weight_flops_of_rollout_old_pass_and_updates():
+    cfg = hf_config(C.ModelConfig(), vocab_size=24, eos_token_id=1, pad_token_id=0)
+    # 100 tokens: rollout 2, pi_old pass on 3 of 4 mini-batches 2 * 3/4, updates 6 -> 9.5 per weight.
+    assert bench.step_bound(cfg, 40, 60, 4) == pytest.approx(596_992 * 100 * 9.5)
+    assert bench.step_bound(cfg, 40, 60, 1) == pytest.approx(596_992 * 100 * 8)  # N = 1: no pass
+
+
 def test_arm_config_is_the_mini_scale_at_eight_minibatches(tmp_path):
     cfg = C.from_dict(bench.arm_config(tmp_path / "ckpt", threads=1))
     mini = C.yaml_load((bench.ROOT / "experiments" / "presets.yaml").read_text())["mini"]
@@ -83,6 +97,7 @@ def test_arm_config_is_the_mini_scale_at_eight_minibatches(tmp_path):
     assert cfg.rollout.group_size == mini["rollout"]["group_size"]
     assert cfg.train.steps == bench.ARM_STEPS and cfg.rollout.max_new_tokens == 48
     assert cfg.model == C.ModelConfig()
+    assert bench.mini_steps() == mini["train"]["steps"]
 
 
 def test_helper_scripts_exist_and_share_the_marker():
