@@ -167,12 +167,22 @@ def _tolerance(item: dict, metric: Metric) -> tuple[float, bool]:
     return float(item.get("tolerance", metric.tolerance)), bool(item.get("relative", metric.relative))
 
 
-def _better(item: dict, per_run: pd.DataFrame, n_boot: int) -> tuple[str, str, str]:
+def _compared(item: dict, per_run: pd.DataFrame, n_boot: int):
+    """(arms, their intervals, the metric, the numbers line) of a comparison; None if an arm has no runs."""
     refs = finding_arms(item)
     cis = _intervals(item, per_run, refs, n_boot)
     if cis is None:
-        return "", "", MISSING
+        return None
     metric = METRICS[item["metric"]]
+    numbers = " vs ".join(f"{_name(r, item)} {_fmt(cis[r], metric.fmt)}" for r in refs)
+    return refs, cis, metric, numbers
+
+
+def _better(item: dict, per_run: pd.DataFrame, n_boot: int) -> tuple[str, str, str]:
+    compared = _compared(item, per_run, n_boot)
+    if compared is None:
+        return "", "", MISSING
+    refs, cis, metric, numbers = compared
     sign = 1.0 if metric.higher_is_better else -1.0
     best = cis[refs[0]]
     margin, relative = _tolerance(item, metric)
@@ -188,16 +198,14 @@ def _better(item: dict, per_run: pd.DataFrame, n_boot: int) -> tuple[str, str, s
     verdict = "disagrees" if losses else ("agrees" if wins == len(refs) - 1 else OVERLAP)
     leader = max(refs, key=lambda r: sign * cis[r].point)
     observed = f"{'highest' if metric.higher_is_better else 'lowest'} {item['metric']}: {_name(leader, item)}"
-    numbers = " vs ".join(f"{_name(r, item)} {_fmt(cis[r], metric.fmt)}" for r in refs)
     return observed, numbers, verdict
 
 
 def _spread(item: dict, per_run: pd.DataFrame, n_boot: int) -> tuple[str, str, str]:
-    refs = finding_arms(item)
-    cis = _intervals(item, per_run, refs, n_boot)
-    if cis is None:
+    compared = _compared(item, per_run, n_boot)
+    if compared is None:
         return "", "", MISSING
-    metric = METRICS[item["metric"]]
+    refs, cis, metric, numbers = compared
     tol, relative = _tolerance(item, metric)
     points = np.array([cis[r].point for r in refs])
     spread = float(points.max() - points.min())
@@ -212,7 +220,6 @@ def _spread(item: dict, per_run: pd.DataFrame, n_boot: int) -> tuple[str, str, s
         verdict = "disagrees" if within else ("agrees" if disjoint else OVERLAP)
     unit = " (relative)" if relative else ""
     observed = f"spread of {item['metric']} {spread:.3g}{unit} vs tolerance {tol:g}"
-    numbers = " vs ".join(f"{_name(r, item)} {_fmt(cis[r], metric.fmt)}" for r in refs)
     return observed, numbers, verdict
 
 

@@ -90,9 +90,9 @@ def _table(headers: list[str], rows: list[str]) -> str:
 
 
 def run_links(runs: pd.DataFrame, out_dir: Path) -> tuple[str, str]:
-    """(HTML links to each seed's config.json, the seeds' MLflow run ids) of one arm."""
+    """(HTML links to each seed's config.json, the seeds' MLflow run ids) of one arm's runs (by seed)."""
     links, ids = [], []
-    for r in runs.sort_values("seed").itertuples():
+    for r in runs.itertuples():
         href = html.escape(rel_link(Path(r.run_dir) / "config.json", out_dir))
         links.append(f'<a href="{href}">seed {r.seed}</a>')
         if isinstance(r.mlflow_run_id, str) and r.mlflow_run_id:
@@ -100,19 +100,24 @@ def run_links(runs: pd.DataFrame, out_dir: Path) -> tuple[str, str]:
     return " ".join(links), "<br>".join(ids) or "—"
 
 
+def arm_groups(arms: list[tuple[str, str]], per_arm: pd.DataFrame, per_run: pd.DataFrame):
+    """(arm key, label, its per-arm summary row or None, its runs by seed) for every arm, in order."""
+    for arm, label in arms:
+        sel = per_arm[per_arm["arm"] == arm]
+        row = None if sel.empty else sel.iloc[0].to_dict()
+        yield arm, label, row, per_run[per_run["arm"] == arm].sort_values("seed")
+
+
 def arm_table_html(arms: list[tuple[str, str]], per_arm: pd.DataFrame, per_run: pd.DataFrame,
                    out_dir: Path) -> str:
     """The stability table of one figure: one row per (arm key, label), in order."""
     headers = ["Arm", "Seeds", "Status", "Collapsed", *[h for _, h, _ in ARM_COLUMNS], "Config", "MLflow run"]
     rows = []
-    for arm, label in arms:
-        sel = per_arm[per_arm["arm"] == arm]
-        runs = per_run[per_run["arm"] == arm]
+    for arm, label, row, runs in arm_groups(arms, per_arm, per_run):
         name = f"{html.escape(label)}<br><span class=muted>{html.escape(arm)}</span>"
-        if sel.empty:
+        if row is None:
             rows.append(f"<tr>{_cell(name, raw=True)}<td colspan={len(headers) - 1}>no runs</td></tr>")
             continue
-        row = sel.iloc[0].to_dict()
         links, ids = run_links(runs, out_dir)
         cells = [_cell(name, raw=True), _cell(row["n_seeds"], "num"), _cell(status_text(row)),
                  _cell(collapse_text(runs))]
@@ -170,13 +175,10 @@ def arm_table_md(arms: list[tuple[str, str]], per_arm: pd.DataFrame, per_run: pd
                  out_dir: Path) -> str:
     headers = ["Arm", "Seeds", "Status", "Collapsed", *[h for _, h, _ in ARM_COLUMNS], "Config", "MLflow run"]
     rows = []
-    for arm, label in arms:
-        sel = per_arm[per_arm["arm"] == arm]
-        runs = per_run[per_run["arm"] == arm].sort_values("seed")
-        if sel.empty:
+    for arm, label, row, runs in arm_groups(arms, per_arm, per_run):
+        if row is None:
             rows.append([f"{label} (`{arm}`)", 0, "no runs", *[""] * (len(headers) - 3)])
             continue
-        row = sel.iloc[0].to_dict()
         links = " ".join(f"[seed {r.seed}]({rel_link(Path(r.run_dir) / 'config.json', out_dir)})"
                          for r in runs.itertuples())
         ids = ", ".join(f"`{r.mlflow_run_id}`" for r in runs.itertuples()
