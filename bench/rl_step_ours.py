@@ -23,7 +23,6 @@ def main() -> None:
     s = spec()
     pin_threads(s["threads"])
     from rl_core import config as C
-    from rl_core.step import prompt_indices
     from rl_core.train import Arm, RunFiles
 
     cfg = C.resolve({
@@ -39,10 +38,7 @@ def main() -> None:
             arm.global_step_rows()
         walls, cpus, tokens, prompt_tokens, rows_all = [], [], [], [], []
         for _ in range(s["steps"]):
-            idx = prompt_indices(len(arm.task.train_problems), cfg.train.seed, arm.global_step,
-                                 s["N"] * s["B"])
-            prompt_tokens.append(s["G"] * sum(len(arm.task.encode_prompt(arm.task.train_problems[i]))
-                                              for i in idx))
+            prompt_tokens.append(s["G"] * sum(len(arm.task.encode_prompt(p)) for p in arm.problems()))
             t0, c0 = time.perf_counter(), time.process_time()
             rows, _ = arm.global_step_rows()
             walls.append(time.perf_counter() - t0)

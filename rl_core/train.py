@@ -126,14 +126,19 @@ class Arm:
         L = cfg.loss
         self.params = LossParams(L.is_cap, L.is_cap_on, L.eps_low, L.eps_high, float(self.mb))
 
+    def problems(self) -> list:
+        """The N x B problems of the next global step (a pure function of the seed and the step)."""
+        t = self.cfg.train
+        idx = prompt_indices(len(self.task.train_problems), t.seed, self.global_step,
+                             t.n_minibatches * t.batch_prompts)
+        return [self.task.train_problems[i] for i in idx]
+
     def global_step_rows(self) -> tuple[list[dict], bool]:
         """Rollout, N updates in fixed order, weight sync. Returns (metric rows, finite)."""
         cfg, N = self.cfg, self.cfg.train.n_minibatches
         t0 = time.perf_counter()
-        idx = prompt_indices(len(self.task.train_problems), cfg.train.seed, self.global_step,
-                             N * cfg.train.batch_prompts)
         gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + self.global_step)
-        problems = [self.task.train_problems[i] for i in idx]
+        problems = self.problems()
         batch, gmetrics = collect(cfg, self.policy, self.engine, self.task, problems, self.objective, gen)
         rows, finite = [], True
         for j in range(N):  # mini-batch j: prompts j*B..(j+1)*B-1 with all their G samples
