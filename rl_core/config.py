@@ -90,8 +90,15 @@ class RolloutConfig:
     """The engine that samples (mu_old)."""
 
     engine: str = F("embedded", "Rollout backend.", choices=("embedded", "vllm"))
-    precision: str = F("bf16", "Weights and compute precision of the rollout engine.",
-                       choices=("fp32", "bf16", "fp8"))
+    precision: str = F("bf16", "Number format of the rollout engine, named after what servers run: fp32; "
+                       "bf16; fp8 = W8A8 e4m3, 128x128 weight blocks, per-token 1x128 activation groups "
+                       "(Qwen's FP8 checkpoints); fp8_w8a16 = e4m3 weights, one scale per output channel, "
+                       "bf16 activations; mxfp4 = W4A16, OCP MX e2m1 with an e8m0 scale per 32 inputs "
+                       "(gpt-oss). Router, embeddings and lm_head stay bf16 (fp32 at fp32).",
+                       choices=("fp32", "bf16", "fp8", "fp8_w8a16", "mxfp4"))
+    kv_cache: str = F("auto", "KV cache format: auto = the compute precision (vLLM's kv_cache_dtype=auto); "
+                      "fp8 = e4m3 with a per-tensor scale of 1.0 (vLLM's kv_cache_dtype=fp8 without "
+                      "calibrated scales).", choices=("auto", "fp8"))
     temperature: float = F(1.0, "Sampling temperature (both engines score with the same temperature).", gt=0)
     max_new_tokens: int = F(48, "Response length limit.", ge=1)
     group_size: int = F(8, "G: responses sampled per prompt.", ge=2)
@@ -102,7 +109,9 @@ class TrainConfig:
     """The engine that trains (pi_old, pi_theta) and the optimisation schedule."""
 
     engine: str = F("torch", "Training backend.", choices=("torch", "megatron"))
-    precision: str = F("fp32", "Training engine compute precision.", choices=("fp32", "bf16"))
+    precision: str = F("fp32", "Training engine precision: fp32 (the exact reference) or bf16 the way "
+                       "Megatron trains (bf16 matmuls and attention; fp32 master weights, optimizer state, "
+                       "RMSNorm, router softmax, log-softmax and loss).", choices=("fp32", "bf16"))
     batch_prompts: int = F(8, "B: prompts per mini-batch (a mini-batch holds B x G responses).", ge=1)
     n_minibatches: int = F(1, "N: mini-batches (optimizer steps) per rollout batch; 1 is on-policy.", ge=1)
     steps: int = F(60, "Gradient steps in the run (a multiple of N).", ge=1)

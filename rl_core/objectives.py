@@ -21,6 +21,7 @@ Paper index: MiniRL and variants, Zheng et al. 2025 (arXiv 2512.01374); GRPO, Sh
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -80,15 +81,20 @@ def aggregate(per_token: Tensor, mask: Tensor, mode: str, constant: float | None
 # ------------------------------------------------------------------------------------- IS weights
 
 
-def _weight_full(ratio: Tensor, disc: Tensor, cap: float) -> tuple[Tensor, Tensor]:
-    """w = min(pi_theta/mu_old, C) = min(ratio * disc, C); truncated where the product exceeds C."""
-    full = ratio * disc
-    return full.clamp(max=cap), full > cap
+def _weight_full(log_ratio: Tensor, log_disc: Tensor, cap: float) -> tuple[Tensor, Tensor]:
+    """w = min(pi_theta/mu_old, C) = exp(min(log r + log d, log C)); truncated where the sum exceeds log C.
+
+    Summed in log space: the product of the two exponentials overflows and underflows separately
+    (log r = 90, log d = -110: inf * 0 = NaN in fp32) where the weight itself is an ordinary number.
+    """
+    log_full = log_ratio + log_disc
+    return log_full.clamp(max=math.log(cap)).exp(), log_full > math.log(cap)
 
 
-def _weight_discrepancy(ratio: Tensor, disc: Tensor, cap: float) -> tuple[Tensor, Tensor]:
-    """w = min(pi_old/mu_old, C) * pi_theta/pi_old: only the train-inference factor is capped."""
-    return disc.clamp(max=cap) * ratio, disc > cap
+def _weight_discrepancy(log_ratio: Tensor, log_disc: Tensor, cap: float) -> tuple[Tensor, Tensor]:
+    """w = min(pi_old/mu_old, C) * pi_theta/pi_old = exp(min(log d, log C) + log r): only the
+    train-inference factor is capped (summed in log space, as above)."""
+    return (log_disc.clamp(max=math.log(cap)) + log_ratio).exp(), log_disc > math.log(cap)
 
 
 IS_WEIGHTS = {"full": _weight_full, "discrepancy": _weight_discrepancy}
@@ -197,7 +203,7 @@ def minirl(logp_new: Tensor, logp_old: Tensor, logp_behavior: Tensor, advantages
     m, new, old, log_ratio, log_disc, adv = _inputs(logp_new, logp_old, logp_behavior, advantages, mask)
     ratio = log_ratio.exp()
     if use_is:
-        weight, truncated = IS_WEIGHTS[p.is_cap_on](ratio, log_disc.exp(), p.is_cap)
+        weight, truncated = IS_WEIGHTS[p.is_cap_on](log_ratio, log_disc, p.is_cap)
     else:
         weight, truncated = torch.ones_like(ratio), torch.zeros_like(m)
     keep = _clip_keep(ratio, adv, p.eps_low, p.eps_high) if clip else torch.ones_like(m)

@@ -357,3 +357,23 @@ def test_registry_matches_config_choices():
         get_objective("ppo")
     with pytest.raises(KeyError, match="discrepancy"):
         LossParams(is_cap_on="both")
+
+
+@pytest.mark.parametrize("cap_on", ["full", "discrepancy"])
+def test_is_weight_is_finite_where_the_two_factors_overflow_and_underflow_separately(cap_on):
+    # log r = 90 (pi_theta/pi_old = e^90 overflows fp32), log d = -110 (pi_old/mu_old = e^-110 underflows):
+    # full: w = exp(min(90 - 110, log 5)) = e^-20;  discrepancy: exp(min(-110, log 5) + 90) = e^-20.
+    # The product of the two exponentials is inf * 0 = NaN in fp32.
+    f = torch.float32
+    assert torch.isnan(torch.tensor(90.0, dtype=f).exp() * torch.tensor(-110.0, dtype=f).exp())
+    new = torch.tensor([[-1.0]], dtype=f, requires_grad=True)
+    old = new.detach() - 90.0
+    behavior = old + 110.0
+    out = minirl(new, old, behavior, torch.tensor([1.0], dtype=f), torch.ones(1, 1, dtype=torch.bool),
+                 LossParams(is_cap_on=cap_on, eps_high=1e30, n_responses=1.0))
+    out.loss.backward()
+    expected = math.exp(-20.0)
+    torch.testing.assert_close(out.stats["is/weight_mean"], torch.tensor(expected, dtype=f))
+    torch.testing.assert_close(out.loss, torch.tensor(expected * 1.0, dtype=f))   # -w * A * logp_new
+    torch.testing.assert_close(new.grad, torch.tensor([[-expected]], dtype=f))    # d(-w A logp)/dlogp
+    assert out.stats["is/truncated_frac"] == 0
