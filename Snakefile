@@ -4,7 +4,9 @@
     snakemake -n --configfile experiments/paper.yaml      # list the jobs without running anything
 
 Snakemake's config IS the grid file given with --configfile (checked by rl_core.grid against
-workflow/schemas/grid.schema.yaml and the typed RunConfig before any job starts). Options beside it:
+workflow/schemas/grid.schema.yaml and the typed RunConfig before any job starts). One run's config is
+defaults <- preset <- grid base <- figure base <- arm config <- seed (the more specific layer wins).
+Options beside it:
 
     --config preset=NAME       scale preset of experiments/presets.yaml (default: the grid's `preset`)
              results=DIR       results root (default: results)

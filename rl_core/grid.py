@@ -19,12 +19,17 @@ says HOW BIG. The structure is checked against ``workflow/schemas/grid.schema.ya
         axes: {train.n_minibatches: [2, 4]} # optional, crossed with the arms (see expand_axes)
     findings: []                      # conclusions to check (items defined by the analysis package)
 
-One run's config is ``defaults <- grid base <- figure base <- arm config <- preset``, then the seed. Every
-run is resolved through the typed RunConfig while the grid loads, so a misspelt key fails before any job
-starts, and the message names the file, the figure, the arm and the key.
+One run's config is ``defaults <- preset <- grid base <- figure base <- arm config <- seed``: the more
+specific layer wins, so a preset sizes every run but never erases what the grid compares (an
+``axes: {train.lr: [...]}`` sweep keeps its three lrs under any preset). A key that the grid, the figure or
+the arm sets over the preset is listed per run (:attr:`RunSpec.over_preset`, shown by
+``python -m rl_core.grid``). Every run is resolved through the typed RunConfig while the grid loads, so a
+misspelt key fails before any job starts, and the message names the file, the figure, the arm and the key.
+The grid's ``findings:`` are validated too (:mod:`analysis.finding_schema`): an unknown arm, figure, kind
+or metric fails while the grid loads.
 
 The base model and the cold starts are shared by every arm of a grid: their config is
-``defaults <- grid base <- preset``, and an arm may not change the sections that define them
+``defaults <- preset <- grid base``, and an arm may not change the sections that define them
 (:data:`SHARED_SECTIONS`), unless it brings its own checkpoint (``init``).
 
 Imports no torch (STYLE habit 9): Snakemake calls this module while it builds the DAG.
@@ -92,6 +97,8 @@ class RunSpec:
     preset: str
     config: RunConfig
     paper_figure: int | None = None
+    #: "key=value" for each key the grid base, figure base or arm sets over a value of the preset.
+    over_preset: tuple[str, ...] = ()
 
     @property
     def run_dir(self) -> str:
@@ -217,7 +224,7 @@ def grid_from_dict(data: Any, source: str = "<grid>", preset: str | None = None,
     data["preset"] = preset
     scale = preset_map[preset] or {}
     base = data.get("base") or {}
-    base_config = _resolve(source, "base", base, scale)
+    base_config = _resolve(source, "base", scale, base)
     seeds = data.get("seeds") or [0]
     runs: list[RunSpec] = []
     for fig_key, fig in data["figures"].items():
@@ -230,7 +237,7 @@ def _figure_runs(source: str, grid: str, preset: str, fig_key: str, fig: dict, b
                  base_config: RunConfig, seeds: list[int]) -> list[RunSpec]:
     where = f"figure '{fig_key}'"
     fig_base = fig.get("base") or {}
-    _resolve(source, f"{where}, base", base, fig_base, scale)
+    _resolve(source, f"{where}, base", scale, base, fig_base)
     try:
         arms = expand_axes(fig.get("arms") or {}, fig.get("axes") or {})
     except GridError as e:
@@ -238,14 +245,27 @@ def _figure_runs(source: str, grid: str, preset: str, fig_key: str, fig: dict, b
     runs = []
     for arm_key, arm in arms.items():
         at = f"{where}, arm '{arm_key}'"
-        cfg = _resolve(source, at, base, fig_base, arm.get("config") or {}, scale)
+        layers = (base, fig_base, arm.get("config") or {})
+        cfg = _resolve(source, at, scale, *layers)
         _check_shared(source, at, cfg, base_config)
+        over = over_preset(scale, layers, cfg)
         for seed in seeds:
             seeded = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))
             runs.append(RunSpec(grid=grid, figure=fig_key, figure_title=fig["title"], arm=arm_key,
                                 label=arm["label"], seed=seed, preset=preset, config=seeded,
-                                paper_figure=fig.get("paper_figure")))
+                                paper_figure=fig.get("paper_figure"), over_preset=over))
     return runs
+
+
+def over_preset(scale: dict, layers: tuple[dict, ...], cfg: RunConfig) -> tuple[str, ...]:
+    """"key=value" for every preset key that a grid layer sets to another value (the grid's value wins)."""
+    preset_flat = flatten(scale or {})
+    set_by_grid: set[str] = set()
+    for layer in layers:
+        set_by_grid |= set(flatten(layer or {}))
+    resolved = flatten(cfg)
+    return tuple(f"{k}={resolved[k]!r}" if isinstance(resolved[k], str) else f"{k}={resolved[k]}"
+                 for k in sorted(set_by_grid & set(preset_flat)) if resolved[k] != preset_flat[k])
 
 
 def _resolve(source: str, where: str, *layers: dict) -> RunConfig:
@@ -360,6 +380,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     for r in grid.runs:
         print(f"{r.figure:24s} {r.arm:28s} seed{r.seed:<3d} {r.meta['config_hash']}  {r.label}")
+        if r.over_preset:
+            print(f"{'':24s}   over preset {grid.preset}: {', '.join(r.over_preset)}")
     print(f"{grid.name}: {len(grid.runs)} runs, preset {grid.preset}, cold starts {grid.cold_starts}")
     return 0
 

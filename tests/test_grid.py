@@ -1,5 +1,5 @@
 """Grid files: schema and typed-config errors name file/figure/arm/key; paper.yaml expands to the paper's
-arms; the resolution order defaults <- base <- figure base <- arm <- preset <- seed."""
+arms; the resolution order defaults <- preset <- base <- figure base <- arm <- seed."""
 
 import subprocess
 import sys
@@ -92,18 +92,49 @@ def test_smoke_grid_runs_the_dag_shapes_ci_needs():
 # ---------------------------------------------------------------------------------------- resolution
 
 
-def test_resolution_order_defaults_base_figure_arm_preset_seed(tmp_path):
+def test_resolution_order_defaults_preset_base_figure_arm_seed(tmp_path):
     data = tiny(base={"loss": {"is_cap": 3.0}, "train": {"lr": 0.1}})
     data["seeds"] = [7]
-    data["base"] = {"loss": {"is_cap": 2.0, "eps_low": 0.1}, "train": {"lr": 0.5, "steps": 99}}
+    data["base"] = {"loss": {"is_cap": 2.0, "eps_low": 0.1}, "train": {"lr": 0.5, "steps": 96}}
     data["figures"]["f"]["arms"]["a"]["config"] = {"loss": {"is_cap": 4.0}, "train": {"seed": 123}}
-    cfg = G.load_grid(write_grid(tmp_path, data)).runs[0].config
+    run = G.load_grid(write_grid(tmp_path, data)).runs[0]
+    cfg = run.config
     assert cfg.loss.eps_low == 0.1      # grid base over defaults
     assert cfg.train.lr == 0.1          # figure base over grid base
     assert cfg.loss.is_cap == 4.0       # arm over figure base
-    assert cfg.train.steps == 8         # the preset (smoke) last, over the grid base
+    assert cfg.train.steps == 96        # the grid base over the preset (smoke: 8)
+    assert cfg.train.batch_prompts == 2  # the preset (smoke) over the defaults where the grid is silent
     assert cfg.train.seed == 7          # the seeds axis owns train.seed
     assert cfg.loss.eps_high == 0.27    # untouched default
+    assert run.over_preset == ("train.steps=96",)
+
+
+def test_an_lr_axis_under_the_mini_preset_keeps_three_lrs(tmp_path):
+    """The preset used to be applied after the arms and ran all three arms at its lr 3e-4."""
+    data = tiny(axes={"train.lr": [1e-4, 1e-3, 3e-3]})
+    del data["figures"]["f"]["arms"]
+    runs = G.load_grid(write_grid(tmp_path, data), "mini").runs
+    assert [r.config.train.lr for r in runs] == [1e-4, 1e-3, 3e-3]
+    assert len({r.meta["config_hash"] for r in runs}) == 3
+    assert [r.over_preset for r in runs] == [("train.lr=0.0001",), ("train.lr=0.001",), ("train.lr=0.003",)]
+    assert {r.config.train.steps for r in runs} == {96}  # the rest of the preset still applies
+
+
+def test_an_arms_group_size_survives_the_preset(tmp_path):
+    data = tiny()
+    data["figures"]["f"]["arms"]["g16"] = {"label": "G16", "config": {"rollout": {"group_size": 16}}}
+    for preset, default_g in (("smoke", 4), ("mini", 8), ("full", 16)):
+        runs = {r.arm: r for r in G.load_grid(write_grid(tmp_path, data), preset).runs}
+        assert runs["a"].config.rollout.group_size == default_g and runs["a"].over_preset == ()
+        assert runs["g16"].config.rollout.group_size == 16
+        assert runs["g16"].over_preset == (() if preset == "full" else ("rollout.group_size=16",))
+
+
+def test_cli_shows_what_the_grid_sets_over_the_preset(tmp_path):
+    data = tiny(axes={"train.lr": [1e-4]})
+    out = subprocess.run([sys.executable, "-m", "rl_core.grid", str(write_grid(tmp_path, data)), "--preset",
+                          "mini"], capture_output=True, text=True, cwd=REPO, check=True).stdout
+    assert "over preset mini: train.lr=0.0001" in out
 
 
 def test_preset_argument_overrides_the_grid_default_and_unknown_preset_fails(tmp_path):
@@ -119,7 +150,8 @@ def test_base_model_config_ignores_figures_and_arms(tmp_path):
     data["base"] = {"model": {"rope_theta": 500.0, "num_experts": 6}}
     grid = G.load_grid(write_grid(tmp_path, data))
     assert grid.base_config.model.rope_theta == 500.0 and grid.base_config.loss.objective == "minirl"
-    assert grid.base_config.model.num_experts == 4  # the preset is applied last
+    assert grid.base_config.model.num_experts == 6  # the grid base over the preset (smoke: 4)
+    assert grid.base_config.model.num_experts_per_tok == 2  # the preset where the grid is silent
     assert grid.base_config.model.hidden_size == 32  # the smoke preset
     sft = grid.stage_config("sft", "direct")
     assert sft["cold_start"] == "direct" and set(sft) == {"model", "task", "pipeline", "train", "cold_start"}
