@@ -30,7 +30,10 @@ or metric fails while the grid loads.
 
 The base model and the cold starts are shared by every arm of a grid: their config is
 ``defaults <- preset <- grid base``, and an arm may not change the sections that define them
-(:data:`SHARED_SECTIONS`), unless it brings its own checkpoint (``init``).
+(:data:`SHARED_SECTIONS`), unless it brings its own checkpoint (``init``). A run with its own ``init``
+starts from no cold start: its meta (meta.json, the MLflow tag, the report) records ``cold_start`` as
+``(own init)``, whatever the config's ``cold_start`` field says, and no SFT job is planned for it; the
+trainer then checks its ``model.*`` against the checkpoint's config.json (rl_core.train.check_init).
 
 Imports no torch (STYLE habit 9): Snakemake calls this module while it builds the DAG.
 """
@@ -77,6 +80,8 @@ TEACHERS: tuple[str, ...] = next(f.metadata["choices"] for f in dataclasses.fiel
 #: does not rebuild the base model and the cold starts.
 STAGE_SECTIONS = {"pretrain": ("model", "task", "pipeline"), "sft": ("model", "task", "pipeline"),
                   "eval": ("model", "task", "pipeline", "eval", "rollout")}
+#: What meta.json records as `cold_start` for a run that brings its own `init` checkpoint.
+OWN_INIT = "(own init)"
 _ARM_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")
 
 
@@ -112,7 +117,7 @@ class RunSpec:
         return {"grid": self.grid, "figure": self.figure, "figure_title": self.figure_title,
                 "arm": self.arm, "label": self.label, "seed": self.seed, "preset": self.preset,
                 "config_hash": config_hash(self.config), "paper_figure": self.paper_figure,
-                "cold_start": self.config.cold_start}
+                "cold_start": OWN_INIT if self.config.init else self.config.cold_start}
 
     def config_json(self, init: str = "") -> str:
         """The resolved config as compact JSON; `init` fills the checkpoint when the arm left it empty."""

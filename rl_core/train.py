@@ -11,6 +11,9 @@ Run files (the contract with the workflow and the analysis):
     ckpt/state.pt  policy + optimizer + counters + number of metric rows, every checkpoint_every steps
     DONE           written last
 
+Before any work: every model.* field must equal the init checkpoint's config.json (the architecture comes
+from the checkpoint; check_init refuses a mismatch, naming the key, both values and the checkpoint).
+
 Re-running the same command resumes from ckpt/ (metric rows past the checkpoint are dropped, so none
 is duplicated or missing); a checkpoint of a different config is ignored and the run starts fresh.
 NaN/Inf in the loss or the gradient norm stops the arm with status "diverged": a result, not a crash.
@@ -31,7 +34,7 @@ import torch
 
 from rl_core import config as C
 from rl_core.backends import check_capabilities
-from rl_core.model import load_pretrained
+from rl_core.model import config_value, load_pretrained
 from rl_core.objectives import OBJECTIVES, LossParams
 from rl_core.rollout import EmbeddedRolloutEngine
 from rl_core.step import collect, prompt_indices, update
@@ -171,12 +174,39 @@ def _due(step: int, every: int, n: int, last: int) -> bool:
     return step % every < n or step >= last
 
 
+#: ModelConfig field -> its config.json name where the two differ (the rest share the name; config_value
+#: also reads transformers 5's spellings num_local_experts and rope_parameters.rope_theta).
+HF_NAMES = {"init_std": "initializer_range"}
+
+
+def check_init(cfg: C.RunConfig) -> None:
+    """The architecture comes from the init checkpoint's config.json, so every model.* field of the run's
+    config must equal it: a model.* the run cannot honour is refused, not recorded as if it had been."""
+    path = Path(cfg.init) / "config.json" if cfg.init else None
+    if path is None or not path.is_file():
+        raise C.ConfigError(f"init: {cfg.init!r} is not a Hugging Face checkpoint directory (no config.json)")
+    try:
+        hf = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise C.ConfigError(f"init: {path} is not a readable JSON config ({e})") from None
+    for key, mine in C.flatten(cfg.model).items():
+        try:
+            theirs = config_value(hf, HF_NAMES.get(key, key))
+        except (KeyError, TypeError):
+            theirs = "(absent)"
+        if theirs != mine:
+            raise C.ConfigError(
+                f"model.{key}: the run's config says {mine!r} but the init checkpoint {path} "
+                f"says {theirs!r}; "
+                f"the architecture comes from the checkpoint, so set model.{key}={theirs!r} (or drop the "
+                f"override) to run from it")
+
+
 def run(cfg: C.RunConfig, out: Path, meta: dict | None = None) -> dict:
     """Train one arm; returns the summary written to summary.json."""
     t_start = time.time()
     check_capabilities(cfg)  # a backend lacking what the arm needs fails here, before any work
-    if not cfg.init or not (Path(cfg.init) / "config.json").is_file():
-        raise C.ConfigError(f"init: {cfg.init!r} is not a Hugging Face checkpoint directory (no config.json)")
+    check_init(cfg)
     torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
     out.mkdir(parents=True, exist_ok=True)
