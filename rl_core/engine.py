@@ -2,6 +2,17 @@
 
 This is where ``logp_old`` (no grad, at theta_old) and ``logp_new`` (with grad, at theta) come from; the
 routing it returns is what R2 records, and ``replay`` is how R2/R3 force it (rl_core.model).
+
+Precision (``train.precision``):
+
+* ``fp32``: everything fp32, the exact reference.
+* ``bf16``: as Megatron trains: the parameters (master weights) and AdamW's state stay fp32; the forward
+  runs under ``torch.autocast(bfloat16)``, so every matmul (projections, router logits, experts, lm_head)
+  and attention takes bf16 inputs and accumulates in fp32; RMSNorm and the router softmax compute in
+  fp32 (rl_core.model casts explicitly), and the log-softmax, entropy and the loss are fp32. Gradients
+  flow back to the fp32 parameters. One departure from Megatron: the residual stream between layers is
+  fp32 here (autocast keeps the adds in fp32), where Megatron keeps it bf16 unless
+  ``fp32_residual_connection``; the matmul inputs, which carry most of the rounding, are bf16 in both.
 """
 
 from __future__ import annotations
@@ -20,10 +31,19 @@ class Scores(NamedTuple):
     routing_natural: torch.Tensor  # (B, T, L, k) long: the router's own top-k (e_pi even under replay)
 
 
+PRECISIONS = ("fp32", "bf16")
+
+
+def _bf16(precision: str) -> bool:
+    if precision not in PRECISIONS:
+        raise ValueError(f"train.precision: {precision!r} is not one of {list(PRECISIONS)}")
+    return precision == "bf16"
+
+
 def token_logprobs(model: MoEPolicy, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                    temperature: float = 1.0, replay: torch.Tensor | None = None,
-                   with_entropy: bool = False) -> Scores:
-    """Score ``input_ids`` (B, T) under softmax(logits / temperature) in fp32.
+                   with_entropy: bool = False, precision: str = "fp32") -> Scores:
+    """Score ``input_ids`` (B, T) under softmax(logits / temperature) in fp32 (forward at ``precision``).
 
     logp[b, t] = log_softmax(logits[b, t-1] / T)[input_ids[b, t]] where tokens t-1 and t are both real;
     0 elsewhere (t = 0, pads, the first real token of a left-padded row). The model sees only the columns
@@ -36,7 +56,8 @@ def token_logprobs(model: MoEPolicy, input_ids: torch.Tensor, attention_mask: to
     cols = attention_mask.bool().any(0).nonzero()
     lo, hi = int(cols.min()), int(cols.max()) + 1
     ids, mask = input_ids[:, lo:hi], attention_mask[:, lo:hi]
-    logits, routing, routing_natural = model(ids, mask, None if replay is None else replay[:, lo:hi])
+    with torch.autocast(input_ids.device.type, dtype=torch.bfloat16, enabled=_bf16(precision)):
+        logits, routing, routing_natural = model(ids, mask, None if replay is None else replay[:, lo:hi])
     shifted = logits[:, :-1]
     if temperature != 1.0:
         shifted = shifted / temperature

@@ -77,7 +77,7 @@ def _score_old(cfg: RunConfig, policy, ro: RolloutBatch, replay_r3: torch.Tensor
         rows = slice(start, start + size)
         replay = replay_r3[rows] if cfg.replay.mode == "r3" else None
         out = token_logprobs(policy, ro.input_ids[rows], ro.attention_mask[rows], cfg.rollout.temperature,
-                             replay=replay)
+                             replay=replay, precision=cfg.train.precision)
         logp[rows], routing[rows], natural[rows] = out.logp, out.routing, out.routing_natural
     return logp, routing, natural
 
@@ -148,7 +148,7 @@ def update(cfg: RunConfig, policy, opt: torch.optim.Optimizer, batch: Batch, row
     ro = batch.rollout
     replay = None if batch.replay is None else batch.replay[rows]
     new = token_logprobs(policy, ro.input_ids[rows], ro.attention_mask[rows], cfg.rollout.temperature,
-                         replay=replay, with_entropy=True)
+                         replay=replay, with_entropy=True, precision=cfg.train.precision)
     if batch.old_pending.any():  # pi_old of those rows is this forward: valid only before any step
         if not batch.old_pending[rows].all():
             raise RuntimeError("the first update of a global step must be on mini-batch 1 (its pi_old is "
