@@ -42,98 +42,24 @@ the numbers column says how many seeds stand behind each value.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 import pandas as pd
 
+from analysis.finding_schema import (  # noqa: F401  (re-exported: the schema lives without pandas)
+    COMMON,
+    KINDS,
+    METRICS,
+    FindingError,
+    Metric,
+    finding_arms,
+    resolve,
+    validate_findings,
+)
 from analysis.stability import Interval, arm_interval
 
-
-class FindingError(ValueError):
-    """A malformed finding; the message names the finding and the key."""
-
-
-@dataclass(frozen=True)
-class Metric:
-    """A per-run stability column that findings can compare."""
-
-    column: str
-    higher_is_better: bool
-    tolerance: float  # default of `similar` / `different`
-    relative: bool  # whether that tolerance is relative to the mean IQM
-    fmt: str
-
-
-METRICS = {
-    "peak_score": Metric("peak_score", True, 0.05, False, ".3f"),
-    "final_score": Metric("final_score", True, 0.05, False, ".3f"),
-    "collapse_step": Metric("survival_step", True, 0.2, True, ".0f"),
-    "max_kl": Metric("max_kl", False, 0.5, True, ".2e"),
-    "mean_kl": Metric("mean_kl", False, 0.5, True, ".2e"),
-    "final_reward": Metric("final_reward", True, 0.05, False, ".3f"),
-    "final_length": Metric("final_length", True, 0.15, True, ".1f"),
-    "entropy_max_rel": Metric("entropy_max_rel", False, 0.25, True, ".2f"),
-    "entropy_min_rel": Metric("entropy_min_rel", True, 0.25, True, ".2f"),
-}
-KINDS = {  # kind -> (required keys, optional keys)
-    "better": ({"metric", "better", "worse"}, {"tolerance", "relative"}),
-    "similar": ({"metric", "arms"}, {"tolerance", "relative"}),
-    "different": ({"metric", "arms"}, {"tolerance", "relative"}),
-    "collapses": ({"arm"}, {"by_frac"}),
-    "stable": ({"arm"}, {"by_frac"}),
-}
-COMMON = {"id", "claim", "figure", "kind"}
 MISSING = "inconclusive: missing arms/runs"
 OVERLAP = "inconclusive: CIs overlap"
 SPLIT = "inconclusive: seeds split"
-
-
-def validate_findings(findings: list, figures: dict | None = None) -> list[dict]:
-    """Check every item against the schema (and, given the grid's `figures`, that its arms exist)."""
-    if not isinstance(findings, list):
-        raise FindingError(f"findings: expected a list, got {type(findings).__name__}")
-    seen = set()
-    for i, item in enumerate(findings):
-        where = f"findings[{i}] ({item.get('id', '?') if isinstance(item, dict) else item!r})"
-        if not isinstance(item, dict):
-            raise FindingError(f"{where}: expected a mapping")
-        kind = item.get("kind")
-        if kind not in KINDS:
-            raise FindingError(f"{where}: kind {kind!r} is not one of {sorted(KINDS)}")
-        required, optional = KINDS[kind]
-        missing = sorted((COMMON | required) - set(item))
-        unknown = sorted(set(item) - COMMON - required - optional)
-        if missing or unknown:
-            raise FindingError(f"{where}: missing keys {missing}" if missing else
-                               f"{where}: unknown key '{unknown[0]}' for kind {kind!r}")
-        if item["id"] in seen:
-            raise FindingError(f"{where}: duplicate id {item['id']!r}")
-        seen.add(item["id"])
-        if "metric" in required and item["metric"] not in METRICS:
-            raise FindingError(f"{where}: metric {item['metric']!r} is not one of {sorted(METRICS)}")
-        if kind in ("similar", "different") and len(item["arms"]) < 2:
-            raise FindingError(f"{where}: 'arms' needs at least two arms")
-        if figures is not None:
-            for figure, arm in finding_arms(item):
-                if arm not in (figures.get(figure) or {}).get("arms", {}):
-                    raise FindingError(f"{where}: arm '{figure}/{arm}' is not in the grid's figures")
-    return findings
-
-
-def resolve(ref: str, figure: str) -> tuple[str, str]:
-    """``arm`` or ``figure/arm`` -> (figure, arm)."""
-    return tuple(ref.split("/", 1)) if "/" in ref else (figure, ref)
-
-
-def finding_arms(item: dict) -> list[tuple[str, str]]:
-    """The (figure, arm) pairs an item names, in order."""
-    refs = []
-    if "better" in item:
-        worse = item["worse"]
-        refs = [item["better"], *(worse if isinstance(worse, list) else [worse])]
-    refs += list(item.get("arms", [])) + ([item["arm"]] if "arm" in item else [])
-    return [resolve(str(r), item["figure"]) for r in refs]
 
 
 def _runs_of(per_run: pd.DataFrame, figure: str, arm: str) -> pd.DataFrame:

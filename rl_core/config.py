@@ -36,8 +36,39 @@ YamlLoader.add_implicit_resolver(
     list("-+0123456789."))
 
 
+class DuplicateKeyError(yaml.YAMLError):
+    """A key given twice in one YAML mapping (PyYAML would silently keep the last one)."""
+
+    def __init__(self, key: Any, line: int, first_line: int):
+        self.key, self.line, self.first_line = key, line, first_line
+        super().__init__(f"line {line}: duplicate key '{key}' (first given on line {first_line})")
+
+
+class StrictYamlLoader(YamlLoader):
+    """YamlLoader that refuses a key given twice in one mapping, naming the line of each.
+
+    A ``<<`` merge key may still bring keys that the mapping then overrides (that is what merges are for).
+    """
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue
+                key, line = self.construct_object(key_node, deep=True), key_node.start_mark.line + 1
+                try:
+                    if key in seen:
+                        raise DuplicateKeyError(key, line, seen[key])
+                    seen[key] = line
+                except TypeError:  # an unhashable key: the base class reports it
+                    continue
+        return super().construct_mapping(node, deep)
+
+
 def yaml_load(text: str):
-    return yaml.load(text, Loader=YamlLoader)
+    """YAML 1.2 floats; a duplicate key raises DuplicateKeyError (a yaml.YAMLError) naming its line."""
+    return yaml.load(text, Loader=StrictYamlLoader)
 
 
 class ConfigError(ValueError):
@@ -245,6 +276,25 @@ def _cross_checks(cfg: RunConfig) -> None:
     if cfg.train.steps % cfg.train.n_minibatches:
         raise ConfigError(f"train.steps: {cfg.train.steps} is not a multiple of "
                           f"train.n_minibatches={cfg.train.n_minibatches}")
+    if cfg.eval.n_problems > cfg.task.n_bench:
+        raise ConfigError(f"eval.n_problems: {cfg.eval.n_problems} exceeds task.n_bench={cfg.task.n_bench} "
+                          f"(the benchmark has only that many problems)")
+    longest = prompt_length_bound(cfg.task) + cfg.rollout.max_new_tokens
+    if longest > m.max_position_embeddings:
+        raise ConfigError(f"rollout.max_new_tokens: {cfg.rollout.max_new_tokens} + the longest prompt "
+                          f"({prompt_length_bound(cfg.task)} tokens at task.max_operands="
+                          f"{cfg.task.max_operands}, task.max_operand={cfg.task.max_operand}) = {longest} "
+                          f"exceeds model.max_position_embeddings={m.max_position_embeddings}")
+
+
+def prompt_length_bound(task: TaskConfig) -> int:
+    """Most tokens a prompt of rl_core.tasks can have (one character = one token): ``Q:`` + the first
+    operand (at most min(max_operand, max_value)) + per further operand an operator and at most
+    max(digits of max_operand, 1) digits (a ``*`` operand is one digit) + ``=``. tests/test_config.py checks
+    it against drawn prompts."""
+    first = len(str(min(task.max_operand, task.max_value)))
+    later = 1 + max(len(str(task.max_operand)), 1)
+    return 2 + first + (task.max_operands - 1) * later + 1
 
 
 def deep_merge(base: dict, over: dict) -> dict:

@@ -53,8 +53,10 @@ from typing import Any
 import jsonschema
 import yaml
 
+from analysis.finding_schema import FindingError, validate_findings
 from rl_core.config import (
     ConfigError,
+    DuplicateKeyError,
     RunConfig,
     config_hash,
     deep_merge,
@@ -62,6 +64,7 @@ from rl_core.config import (
     resolve,
     to_dict,
     unflatten,
+    yaml_load,
 )
 
 REPO = Path(__file__).resolve().parents[1]
@@ -177,13 +180,21 @@ class Grid:
 # ------------------------------------------------------------------------------------------- loading
 
 
-def _read_yaml(path: Path, what: str) -> Any:
+def read_yaml(path: str | Path, what: str = "grid file") -> Any:
+    """A grid or presets file; a missing file, bad YAML or a key given twice in one mapping (two arms of
+    one name, ...) is a GridError naming the file and the line."""
+    path = Path(path)
     if not path.is_file():
         raise GridError(f"{path}: no such {what}")
     try:
-        return yaml.safe_load(path.read_text())
-    except yaml.YAMLError as e:
-        raise GridError(f"{path}: not valid YAML: {e}") from e
+        return yaml_load(path.read_text())
+    except DuplicateKeyError as e:
+        raise GridError(f"{path}, {e}") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise GridError(f"{path}: not valid YAML: {e}") from None
+
+
+_read_yaml = read_yaml
 
 
 def load_presets(path: str | Path | None = None) -> dict[str, dict]:
@@ -234,6 +245,13 @@ def grid_from_dict(data: Any, source: str = "<grid>", preset: str | None = None,
     runs: list[RunSpec] = []
     for fig_key, fig in data["figures"].items():
         runs += _figure_runs(source, data["name"], preset, fig_key, fig, base, scale, base_config, seeds)
+    expanded: dict[str, dict] = {}
+    for r in runs:
+        expanded.setdefault(r.figure, {"arms": {}})["arms"][r.arm] = r.label
+    try:
+        validate_findings(data.get("findings") or [], expanded)
+    except FindingError as e:
+        raise GridError(f"{source}: {e}") from None
     return Grid(name=data["name"], description=data.get("description", ""), preset=preset, seeds=seeds,
                 source=source, data=data, base_config=base_config, runs=runs)
 

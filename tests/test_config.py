@@ -95,3 +95,39 @@ def test_every_field_is_documented():
     assert len(rows) > 40
     undocumented = [key for key, _, doc in rows if not doc]
     assert undocumented == []
+
+
+def test_eval_may_not_ask_for_more_problems_than_the_benchmark_has():
+    with pytest.raises(C.ConfigError, match=r"eval\.n_problems: 300 exceeds task\.n_bench=256"):
+        C.resolve({"eval": {"n_problems": 300}})
+    assert C.resolve({"eval": {"n_problems": 256}}).eval.n_problems == 256
+
+
+def test_longest_prompt_plus_response_must_fit_the_position_embeddings():
+    bound = C.prompt_length_bound(C.TaskConfig())  # Q: + 2 digits + 3 x (op + 2 digits) + = -> 14
+    assert bound == 14
+    C.resolve({"rollout": {"max_new_tokens": 256 - 14}})
+    with pytest.raises(C.ConfigError, match=r"rollout\.max_new_tokens: 243 \+ the longest prompt \(14 tokens"
+                                            r".* = 257 exceeds model\.max_position_embeddings=256"):
+        C.resolve({"rollout": {"max_new_tokens": 243}})
+
+
+@pytest.mark.parametrize("task", [{}, {"max_operand": 9, "max_operands": 6},
+                                  {"max_operand": 150, "max_value": 999, "ops": "+-"},
+                                  {"max_operand": 5, "ops": "*", "max_value": 50}])
+def test_prompt_length_bound_holds_for_drawn_prompts(task):
+    from rl_core.tasks import make_task
+
+    cfg = C.resolve({"task": {"n_train": 400, "n_bench": 40, **task}, "eval": {"n_problems": 40}}).task
+    t = make_task(cfg)
+    longest = max(len(t.encode_prompt(p)) for p in t.train_problems + t.bench_problems)
+    assert longest <= C.prompt_length_bound(cfg)
+    assert longest >= C.prompt_length_bound(cfg) - 3  # a bound, but not a loose one
+
+
+def test_a_duplicate_key_in_a_config_file_names_the_line(tmp_path):
+    path = tmp_path / "arm.yaml"
+    path.write_text("loss:\n  is_cap: 2\n  is_cap: 3\n")
+    with pytest.raises(C.ConfigError, match=r"arm\.yaml: not valid YAML: line 3: duplicate key 'is_cap' "
+                                            r"\(first given on line 2\)"):
+        C.load(path)

@@ -274,3 +274,57 @@ def test_workflow_options_are_split_from_the_grid_and_cli_seeds_become_ints():
                                               "tracking_uri": None})
     assert grid == {"name": "x", "seeds": [0, 1]}
     assert options == {"results": "out", "tracking_uri": ""}
+
+
+# ------------------------------------------------------------------ duplicate keys and findings at load
+
+
+def test_two_arms_of_one_name_fail_naming_the_file_and_the_line(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("name: d\npreset: smoke\nfigures:\n  f:\n    title: F\n    arms:\n"
+                    "      a: {label: A}\n      a: {label: A2, config: {replay: {mode: r3}}}\n")
+    with pytest.raises(G.GridError, match=r"dup\.yaml, line 8: duplicate key 'a' \(first given on line 7\)"):
+        G.load_grid(path)
+
+
+def test_a_duplicate_key_inside_an_arm_config_fails_too(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("name: d\nfigures:\n  f:\n    title: F\n    arms:\n      a:\n        label: A\n"
+                    "        config: {loss: {is_cap: 2, is_cap: 3}}\n")
+    with pytest.raises(G.GridError, match=r"line 8: duplicate key 'is_cap'"):
+        G.load_grid(path)
+
+
+def test_yaml_merge_keys_may_still_be_overridden(tmp_path):
+    path = tmp_path / "merge.yaml"
+    path.write_text("name: m\npreset: smoke\nbase: &b {loss: {is_cap: 2.0}}\nfigures:\n  f:\n    title: F\n"
+                    "    arms:\n      a: {label: A, config: {<<: *b, train: {lr: 1e-3}}}\n")
+    cfg = G.load_grid(path).runs[0].config
+    assert cfg.loss.is_cap == 2.0 and cfg.train.lr == 1e-3  # YAML 1.2 float, not the string '1e-3'
+
+
+@pytest.mark.parametrize("finding, message", [
+    ({"id": "x", "claim": "c", "figure": "f", "kind": "stable", "arm": "nope"}, r"arm 'f/nope' is not in"),
+    ({"id": "x", "claim": "c", "figure": "g", "kind": "stable", "arm": "a"}, r"figure 'g' is not one of"),
+    ({"id": "x", "claim": "c", "figure": "f", "kind": "collapse", "arm": "a"}, r"kind 'collapse' is not"),
+    ({"id": "x", "claim": "c", "figure": "f", "kind": "better", "metric": "final_scroe", "better": "a",
+      "worse": "a-lr=0.001"}, r"metric 'final_scroe' is not one of"),
+    ({"id": "x", "claim": "c", "figure": "f", "kind": "stable", "arm": "a", "by_frac": 2}, r"'by_frac'"),
+])
+def test_a_bad_finding_fails_grid_loading(tmp_path, finding, message):
+    data = tiny()
+    data["findings"] = [finding]
+    with pytest.raises(G.GridError, match=r"g\.yaml: findings\[0\] \('x'\): " + message):
+        G.load_grid(write_grid(tmp_path, data))
+
+
+def test_findings_may_name_arms_made_by_axes(tmp_path):
+    data = tiny(axes={"train.lr": [1e-3, 3e-3]})
+    data["findings"] = [{"id": "x", "claim": "c", "figure": "f", "kind": "better", "metric": "final_score",
+                         "better": "a-lr=0.001", "worse": "a-lr=0.003"}]
+    assert len(G.load_grid(write_grid(tmp_path, data)).runs) == 2
+
+
+def test_importing_grid_leaves_pandas_out():
+    code = "import sys, rl_core.grid; sys.exit('pandas' in sys.modules or 'numpy' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0

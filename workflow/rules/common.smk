@@ -9,7 +9,7 @@ from pathlib import Path
 import yaml
 from snakemake.exceptions import WorkflowError
 
-from rl_core.grid import TEACHERS, GridError, grid_from_dict, split_workflow_options
+from rl_core.grid import TEACHERS, GridError, grid_from_dict, read_yaml, split_workflow_options
 
 _grid_data, OPTIONS = split_workflow_options(config)
 if not _grid_data.get("figures"):
@@ -18,6 +18,8 @@ if not _grid_data.get("figures"):
         "own grid file)"
     )
 try:
+    for _path in workflow.overwrite_configfiles:  # Snakemake's own loader keeps the last of a duplicate key
+        read_yaml(_path)
     GRID = grid_from_dict(
         _grid_data,
         source=", ".join(str(p) for p in workflow.overwrite_configfiles) or "<--config>",
