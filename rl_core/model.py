@@ -39,6 +39,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from rl_core.config import ModelConfig
+from rl_core.export import write_side_files
 
 EXPERT_PROJS = ("gate_proj", "up_proj", "down_proj")
 
@@ -377,9 +378,11 @@ def from_hub_layout(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 
 def save_pretrained(model: MoEPolicy, out_dir: str | Path, tokenizer=None) -> Path:
-    """Write config.json, model.safetensors (hub layout) and, if given, tokenizer.json.
+    """Write config.json, model.safetensors (hub layout) and, if given, tokenizer.json with the side files
+    that AutoTokenizer and generate() need (rl_core.export: tokenizer_config, generation_config).
 
-    ``tokenizer`` is a ``tokenizers.Tokenizer`` or a path to a tokenizer.json to copy.
+    ``tokenizer`` is a ``tokenizers.Tokenizer`` or a path to a tokenizer.json to copy (its folder's own
+    side files are copied too, where it has them).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -391,6 +394,8 @@ def save_pretrained(model: MoEPolicy, out_dir: str | Path, tokenizer=None) -> Pa
             shutil.copyfile(tokenizer, out / "tokenizer.json")
         else:
             tokenizer.save(str(out / "tokenizer.json"))
+        source = Path(tokenizer).parent if isinstance(tokenizer, str | Path) else None
+        write_side_files(out, model.config, source)
     return out
 
 

@@ -9,6 +9,7 @@ Run files (the contract with the workflow and the analysis):
     metrics.jsonl  one JSON row per gradient step, plus eval rows (step 0, every eval.every, the last)
     summary.json   status ("completed" | "diverged"), steps_done, diverged_step, reason, timings, scores
     ckpt/state.pt  policy + optimizer + counters + number of metric rows, every checkpoint_every steps
+    policy/        the final policy as a Hugging Face checkpoint (transformers / vLLM load it as is)
     DONE           written last
 
 Before any work: every model.* field must equal the init checkpoint's config.json (the architecture comes
@@ -34,7 +35,7 @@ import torch
 
 from rl_core import config as C
 from rl_core.backends import check_capabilities
-from rl_core.model import config_value, load_pretrained
+from rl_core.model import config_value, load_pretrained, save_pretrained
 from rl_core.objectives import OBJECTIVES, LossParams
 from rl_core.rollout import EmbeddedRolloutEngine
 from rl_core.step import collect, prompt_indices, update
@@ -56,6 +57,7 @@ class RunFiles:
         self.out = out
         self.metrics = out / "metrics.jsonl"
         self.ckpt = out / "ckpt" / "state.pt"
+        self.last_eval: dict = {}  # the latest eval row written (the progress line shows its score)
 
     def rows(self) -> int:
         return sum(1 for _ in self.metrics.open()) if self.metrics.exists() else 0
@@ -65,6 +67,9 @@ class RunFiles:
         self.metrics.write_text("".join(lines[:n_rows]))
 
     def append(self, row: dict) -> None:
+        row = {**row, "perf/time": time.time()}  # wall clock, unix s: MLflow's metric timestamps
+        if "eval/score" in row:
+            self.last_eval = row
         with self.metrics.open("a") as f:
             f.write(json.dumps(row, allow_nan=True) + "\n")
 
@@ -102,10 +107,21 @@ def _resume(files: RunFiles, cfg_hash: str, policy, opt) -> tuple[int, int, floa
     return 0, 0, 0.0
 
 
-def _progress(tag: str, step: int, total: int, rows: list[dict]) -> None:
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}" if seconds >= 3600 \
+        else f"{seconds // 60}:{seconds % 60:02d}"
+
+
+def _progress(tag: str, step: int, total: int, rows: list[dict], last_eval: dict, elapsed: float,
+              steps_per_s: float) -> None:
+    """One plain line per global step: progress, time, the latest eval score, the step's metrics."""
     r = rows[-1]
-    print(f"[{tag}] step {step}/{total} reward {r['reward/mean']:.3f} len {r['response/length_mean']:.1f} "
-          f"kl {r['kl/train_infer_k1']:.2e} clip {r['clip/frac']:.3f} "
+    eta = _clock((total - step) / steps_per_s) if steps_per_s > 0 else "?"
+    score = f"{last_eval['eval/score']:.3f} @{last_eval['step']}" if last_eval else "-"
+    print(f"[{tag}] step {step}/{total} {_clock(elapsed)} elapsed, eta {eta} | eval {score} | "
+          f"reward {r['reward/mean']:.3f} len {r['response/length_mean']:.1f} "
+          f"kl_k3 {r['kl/train_infer_k3']:.2e} clip {r['clip/frac']:.3f} "
           f"{r['perf/tokens_per_s']:.0f} tok/s", flush=True)
 
 
@@ -218,6 +234,7 @@ def run(cfg: C.RunConfig, out: Path, meta: dict | None = None) -> dict:
     tag = f"{meta['figure']}/{meta['arm']}/seed{meta['seed']}" if meta else out.name
     kill_at = int(os.environ.get("RLCORE_KILL_AT_STEP", "0"))  # fault injection for the resume test
     arm, N, total = Arm(cfg, files), cfg.train.n_minibatches, cfg.train.steps
+    step0, t_loop = arm.step, time.time()  # the ETA's rate counts this process's steps only (resume)
     if arm.step == 0:
         files.append(run_eval(cfg, arm.policy, arm.task, 0))
     status, reason, diverged_step = "completed", "", None
@@ -229,7 +246,8 @@ def run(cfg: C.RunConfig, out: Path, meta: dict | None = None) -> dict:
             break
         for r in rows:
             files.append(r)
-        _progress(tag, arm.step, total, rows)
+        _progress(tag, arm.step, total, rows, files.last_eval, time.time() - t_start,
+                  (arm.step - step0) / (time.time() - t_loop))
         if not finite:
             status, reason, diverged_step = "diverged", "non-finite loss, gradient norm or weights", arm.step
             break
@@ -239,6 +257,8 @@ def run(cfg: C.RunConfig, out: Path, meta: dict | None = None) -> dict:
             files.append(run_eval(cfg, arm.policy, arm.task, arm.step))
         if _due(arm.step, cfg.checkpoint_every, N, total):
             arm.checkpoint()
+    # The policy the arm produced, as a Hugging Face checkpoint (loadable in transformers, servable).
+    save_pretrained(arm.policy, out / "policy", Path(cfg.init) / "tokenizer.json")
     summary = summarise(files, status, reason, arm.step, diverged_step, time.time() - t_start, arm.rl_wall)
     files.write_json("summary.json", summary)
     (out / "DONE").write_text("")
