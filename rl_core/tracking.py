@@ -2,12 +2,19 @@
 
 What lands in MLflow, for browsing and comparing in ``mlflow ui``:
 
-* one **experiment per grid** (named after the grid), with one **parent run** per grid (tag ``role=grid``);
-* one **child run** per (figure, arm, seed) (tag ``mlflow.parentRunId``), named ``{figure}/{arm}/seed{seed}``:
+* one **experiment per grid** (named after the grid; tagged as model development, so the UI opens on its
+  training runs), with one **parent run** per grid (tag ``role=grid``), which carries the grid's report
+  (``report.html``, ``report.md``, the figures and CSVs, logged by ``report`` after analysis.report);
+* one **child run** per (figure, arm, seed) (tag ``mlflow.parentRunId``), named ``{figure}/{arm}/{seed}``:
   params = the flat resolved config (``config.json`` through :func:`rl_core.config.flatten`); metrics =
   every numeric field of every ``metrics.jsonl`` row at ``step`` = the row's gradient step, plus the
   summary's numbers as ``summary/<key>``; tags grid, figure, arm, label, seed, preset, status,
   config_hash, cold_start; artifacts config.json, meta.json, summary.json.
+
+Times are training times, not mirroring times (:func:`run_times`): a child ends when its last metric row
+was written (the row's ``perf/time``, unix seconds; else summary.json's modification time) and starts
+``summary.wall_s`` before that, so its duration in MLflow is the run's wall time; each metric's timestamp is
+its row's ``perf/time`` (rows without one are spread evenly over the run). The parent spans its children.
 
 Store: by default the embedded ``sqlite:///<abs results>/mlflow.db`` with artifacts in
 ``<results>/mlartifacts/<grid>`` (``mlflow ui --backend-store-uri sqlite:///results/mlflow.db``); a
@@ -24,6 +31,7 @@ database is locked (:func:`retry`), so mirror jobs may run in parallel.
     python -m rl_core.tracking grid --grid-dir results/{grid} --grid NAME [--uri URI] RUN_DIR ...
     python -m rl_core.tracking parent --grid-dir results/{grid} --grid NAME [--uri URI] --out FILE
     python -m rl_core.tracking run --run-dir DIR --parent-file FILE [--uri URI] --out FILE
+    python -m rl_core.tracking report --parent-file FILE --report-dir DIR [--uri URI]
 
 ``grid`` (the workflow's one mirror job per grid) does ``parent`` then ``run`` for every RUN_DIR in one
 process, writing {grid-dir}/mlflow_parent.json and RUN_DIR/mlflow_run.json: opening MLflow costs ~2 s
@@ -55,14 +63,18 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 from rl_core.config import flatten  # noqa: E402
 
 #: Bump when what a mirror writes changes: every run is then mirrored again.
-MIRROR_VERSION = "1"
-#: Keys of a metrics row that index it rather than measure something.
-INDEX_KEYS = ("step", "global_step", "minibatch")
+MIRROR_VERSION = "2"
+#: Keys of a metrics row that index it rather than measure something (perf/time: its wall clock).
+INDEX_KEYS = ("step", "global_step", "minibatch", "perf/time")
 MAX_METRICS_PER_BATCH = 1000  # MlflowClient.log_batch limits
 MAX_PARAMS_PER_BATCH = 100
 RUN_FILES = ("config.json", "meta.json", "summary.json", "metrics.jsonl")
 ARTIFACTS = ("config.json", "meta.json", "summary.json")
 _BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. :/]")
+EXPERIMENT_KIND = "custom_model_development"
+#: Files of analysis.report logged into the parent run (artifact folder ``report/``).
+REPORT_FILES = ("report.html", "report.md", "report.json", "stability.csv", "stability_runs.csv",
+                "findings.csv")
 
 
 # --------------------------------------------------------------------------------------- the store
@@ -125,19 +137,23 @@ def _write_json(path: str | Path, data: dict) -> None:
 # -------------------------------------------------------------------------------------- the parent
 
 
-def mirror_parent(grid_dir: str | Path, grid: str, uri: str = "", out: str | Path | None = None) -> dict:
-    """Find or create the grid's experiment and parent run; write their ids to `out`."""
+def mirror_parent(grid_dir: str | Path, grid: str, uri: str = "", out: str | Path | None = None,
+                  start_ms: int | None = None) -> dict:
+    """Find or create the grid's experiment and parent run (started at `start_ms`, default now); write
+    their ids to `out`."""
     results = Path(grid_dir).resolve().parent
     uri = uri or default_uri(results)
     client = retry(MlflowClient, tracking_uri=uri)  # opening the store reads it too
     exp_id = ensure_experiment(client, grid, artifact_location(results, grid, uri))
+    # A model-development experiment: the UI opens on its runs, not on the GenAI traces view.
+    retry(client.set_experiment_tag, exp_id, "mlflow.experimentKind", EXPERIMENT_KIND)
     found = retry(client.search_runs, [exp_id], filter_string=f"tags.role = 'grid' and tags.grid = '{grid}'",
                   run_view_type=ViewType.ACTIVE_ONLY, max_results=1)
     if found:
         run_id = found[0].info.run_id
     else:
         tags = {"role": "grid", "grid": grid, "grid_dir": str(Path(grid_dir).resolve())}
-        run = retry(client.create_run, exp_id, run_name=grid, tags=tags)
+        run = retry(client.create_run, exp_id, run_name=grid, tags=tags, start_time=start_ms)
         run_id = run.info.run_id
         retry(client.set_terminated, run_id, "FINISHED")
     record = {"grid": grid, "tracking_uri": uri, "experiment_id": exp_id, "experiment_name": grid,
@@ -193,20 +209,43 @@ def metric_key(key: str) -> str:
     return _BAD_KEY_CHARS.sub("_", str(key))
 
 
-def metric_entities(rows: list[dict], summary: dict, t0_ms: int) -> list[Metric]:
-    """Every numeric field of every row at its gradient step; the summary's numbers as summary/<key>."""
+def _finite(value: Any) -> float | None:
+    number = _number(value)
+    return number if number is not None and math.isfinite(number) else None
+
+
+def run_times(rows: list[dict], summary: dict, fallback_end_s: float) -> tuple[int, int, list[int]]:
+    """(start, end, one timestamp per row), in ms since the epoch, of a run's training (see the module
+    docstring): end = the last row's ``perf/time`` (else `fallback_end_s`), start = end - wall_s."""
+    times = [_finite(r.get("perf/time")) for r in rows]
+    known = [t for t in times if t is not None]
+    end_s = known[-1] if known else fallback_end_s
+    wall_s = _finite(summary.get("wall_s"))
+    if wall_s is None or wall_s < 0:
+        wall_s = end_s - known[0] if known else 0.0
+    end_ms = int(round(end_s * 1000))
+    start_ms = end_ms - int(round(wall_s * 1000))
+    n = max(len(rows), 1)
+    stamps = [int(round(t * 1000)) if t is not None else start_ms + (end_ms - start_ms) * (i + 1) // n
+              for i, t in enumerate(times)]
+    return start_ms, end_ms, stamps
+
+
+def metric_entities(rows: list[dict], summary: dict, stamps_ms: list[int], end_ms: int) -> list[Metric]:
+    """Every numeric field of every row at its gradient step and timestamp; the summary's numbers as
+    summary/<key> at the last step and the run's end."""
     out = []
-    for i, row in enumerate(rows):
+    for i, (row, stamp) in enumerate(zip(rows, stamps_ms, strict=True)):
         step = row.get("step", row.get("global_step", i))
         step = int(step) if isinstance(step, int | float) and math.isfinite(step) else i
         for key, value in row.items():
             number = _number(value)
             if key not in INDEX_KEYS and number is not None:
-                out.append(Metric(metric_key(key), number, t0_ms + i, step))
+                out.append(Metric(metric_key(key), number, stamp, step))
     last = summary.get("steps_done") if isinstance(summary.get("steps_done"), int) else 0
     for key, value in summary.items():
         if isinstance(value, int | float) and not isinstance(value, bool):
-            out.append(Metric(metric_key(f"summary/{key}"), float(value), t0_ms + len(rows), last))
+            out.append(Metric(metric_key(f"summary/{key}"), float(value), end_ms, last))
     return out
 
 
@@ -244,20 +283,23 @@ def _find_children(client: MlflowClient, exp_id: str, meta: dict) -> list:
 def _create_child(client: MlflowClient, exp_id: str, run_dir: Path, tags: dict,
                   digest: str) -> tuple[str, int]:
     config, summary = _read(run_dir / "config.json"), _read(run_dir / "summary.json")
-    name = f"{tags.get('figure')}/{tags.get('arm')}/seed{tags.get('seed')}"
-    run = retry(client.create_run, exp_id, run_name=name, tags={**tags, "run_dir": str(run_dir)})
+    rows = read_rows(run_dir / "metrics.jsonl")
+    start_ms, end_ms, stamps = run_times(rows, summary, (run_dir / "summary.json").stat().st_mtime)
+    name = f"{tags.get('figure')}/{tags.get('arm')}/{tags.get('seed')}"
+    run = retry(client.create_run, exp_id, run_name=name, tags={**tags, "run_dir": str(run_dir)},
+                start_time=start_ms)
     run_id = run.info.run_id
     params = [Param(k, str(v)) for k, v in flatten(config).items()]
     for chunk in _chunks(params, MAX_PARAMS_PER_BATCH):
         retry(client.log_batch, run_id, params=chunk)
-    metrics = metric_entities(read_rows(run_dir / "metrics.jsonl"), summary, int(time.time() * 1000))
+    metrics = metric_entities(rows, summary, stamps, end_ms)
     for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
         retry(client.log_batch, run_id, metrics=chunk)
     for name in ARTIFACTS:
         if (run_dir / name).is_file():
             retry(client.log_artifact, run_id, str(run_dir / name))
     retry(client.set_tag, run_id, "digest", digest)  # last: marks the mirror complete
-    retry(client.set_terminated, run_id, "FINISHED")
+    retry(client.set_terminated, run_id, "FINISHED", end_time=end_ms)
     return run_id, len(metrics)
 
 
@@ -294,15 +336,44 @@ def mirror_run(run_dir: str | Path, parent_file: str | Path, uri: str = "",
 # ------------------------------------------------------------------------------------ command line
 
 
+def _span(run_dirs: list[str | Path]) -> tuple[int | None, int | None]:
+    """(earliest start, latest end) in ms of the finished runs among `run_dirs` (None when there are none)."""
+    spans = []
+    for d in map(Path, run_dirs):
+        if (d / "summary.json").is_file():
+            start, end, _ = run_times(read_rows(d / "metrics.jsonl"), _read(d / "summary.json"),
+                                      (d / "summary.json").stat().st_mtime)
+            spans.append((start, end))
+    return (min(s for s, _ in spans), max(e for _, e in spans)) if spans else (None, None)
+
+
 def mirror_grid(grid_dir: str | Path, grid: str, run_dirs: list[str | Path], uri: str = "") -> dict:
-    """The parent and every run of a grid in one process; returns counts and seconds per part."""
+    """The parent and every run of a grid in one process; returns counts and seconds per part.
+    A new parent starts with the grid's earliest run; the parent ends with its latest."""
     t0 = time.perf_counter()
     parent_file = Path(grid_dir) / "mlflow_parent.json"
-    mirror_parent(grid_dir, grid, uri, parent_file)
+    start_ms, end_ms = _span(run_dirs)
+    parent = mirror_parent(grid_dir, grid, uri, parent_file, start_ms)
     t1 = time.perf_counter()
     actions = [mirror_run(d, parent_file, uri, Path(d) / "mlflow_run.json")["action"] for d in run_dirs]
+    if end_ms is not None:
+        client = retry(MlflowClient, tracking_uri=parent["tracking_uri"])
+        retry(client.set_terminated, parent["parent_run_id"], "FINISHED", end_time=end_ms)
     return {"runs": len(run_dirs), "mirrored": actions.count("mirrored"),
             "unchanged": actions.count("unchanged"), "parent_s": t1 - t0, "runs_s": time.perf_counter() - t1}
+
+
+def log_report(parent_file: str | Path, report_dir: str | Path, uri: str = "") -> dict:
+    """Log a grid's report (REPORT_FILES and the figures fig_*.png of `report_dir`) into its parent run,
+    under ``report/``; returns the parent run id and the files logged."""
+    parent = json.loads(Path(parent_file).read_text())
+    client = retry(MlflowClient, tracking_uri=uri or parent["tracking_uri"])
+    report_dir = Path(report_dir)
+    files = [report_dir / n for n in REPORT_FILES if (report_dir / n).is_file()]
+    files += sorted(report_dir.glob("fig_*.png"))
+    for path in files:
+        retry(client.log_artifact, parent["parent_run_id"], str(path), "report")
+    return {"parent_run_id": parent["parent_run_id"], "logged": [p.name for p in files]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -316,6 +387,10 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("parent", help="create (or find) the grid's experiment and parent run")
     p.add_argument("--grid-dir", required=True, help="results/{grid}")
     p.add_argument("--grid", required=True, help="grid name (the experiment's name)")
+    rep = sub.add_parser("report", help="log a grid's report into its parent run")
+    rep.add_argument("--parent-file", required=True, help="the JSON that `parent` (or `grid`) wrote")
+    rep.add_argument("--report-dir", required=True, help="analysis.report's output folder")
+    rep.add_argument("--uri", default="", help="tracking URI (default: the parent file's)")
     r = sub.add_parser("run", help="mirror one finished run directory as a child run")
     r.add_argument("--run-dir", required=True)
     r.add_argument("--parent-file", required=True, help="the JSON that `parent` wrote")
@@ -325,6 +400,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "grid":
         record = mirror_grid(args.grid_dir, args.grid, args.run_dirs, args.uri)
+    elif args.command == "report":
+        record = log_report(args.parent_file, args.report_dir, args.uri)
     elif args.command == "parent":
         record = mirror_parent(args.grid_dir, args.grid, args.uri, args.out)
     else:

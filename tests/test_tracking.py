@@ -168,13 +168,27 @@ def test_a_mirror_outwaits_a_writer_that_holds_the_store_past_sqlites_timeout(st
 
 
 def test_metric_rows_become_metrics_at_their_step():
-    rows = [{"step": 4, "a": 1, "b": None, "ok": True, "name": "x"}, {"step": 5, "a/b c": 2.5}]
-    ms = T.metric_entities(rows, {"status": "completed", "steps_done": 6, "wall_s": 2}, t0_ms=1000)
+    rows = [{"step": 4, "a": 1, "b": None, "ok": True, "name": "x", "perf/time": 10.0},
+            {"step": 5, "a/b c": 2.5}]
+    ms = T.metric_entities(rows, {"status": "completed", "steps_done": 6, "wall_s": 2}, [1000, 1500], 2000)
     got = {(m.key, m.step): m.value for m in ms}
     assert got[("a", 4)] == 1.0 and math.isnan(got[("b", 4)]) and got[("ok", 4)] == 1.0
     assert got[("a/b c", 5)] == 2.5 and got[("summary/wall_s", 6)] == 2.0
-    assert not any(k == "name" or k == "step" for k, _ in got)
+    assert not any(k in ("name", "step", "perf/time") for k, _ in got)
+    assert {m.key: m.timestamp for m in ms if m.step == 5} == {"a/b c": 1500}
+    assert {m.timestamp for m in ms if m.key.startswith("summary/")} == {2000}
     assert T.metric_key("loss/pg*") == "loss/pg_"
+
+
+def test_run_times_come_from_the_rows_and_the_summary_wall_time():
+    # Rows stamped at 100.0, 101.5, 103.0 s; wall 5.25 s (start-up before the first row included):
+    # end = the last row's time, start = end - wall.
+    rows = [{"step": i, "perf/time": 100.0 + 1.5 * i} for i in range(3)]
+    start, end, stamps = T.run_times(rows, {"wall_s": 5.25}, fallback_end_s=999.0)
+    assert (start, end, stamps) == (97_750, 103_000, [100_000, 101_500, 103_000])
+    # Rows without perf/time (older runs): end = the fallback (summary.json's mtime), rows spread evenly.
+    start, end, stamps = T.run_times([{"step": 0}, {"step": 1}], {"wall_s": 4.0}, fallback_end_s=50.0)
+    assert (start, end, stamps) == (46_000, 50_000, [48_000, 50_000])
 
 
 def test_retry_backs_off_while_locked_then_succeeds():
@@ -213,3 +227,40 @@ def test_grid_command_mirrors_the_parent_and_every_run_in_one_process_then_keeps
         df = children(parent["tracking_uri"], parent["experiment_id"], run.arm)
         df = df[df["tags.figure"] == run.figure]
         assert list(df["run_id"]) == [json.loads((d / "mlflow_run.json").read_text())["run_id"]]
+
+
+def test_child_duration_is_the_run_wall_time_and_metrics_carry_training_timestamps(store):
+    """Acceptance: MLflow shows the run's training time, not the time it was copied in."""
+    results, grid, grid_dir, parent = store
+    run = grid.run("on_policy", "minirl", 0)
+    d = write_run(grid_dir, run, 10)
+    t0 = 1_700_000_000.0  # the run trained long before this mirror
+    rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+    (d / "metrics.jsonl").write_text("".join(json.dumps({**r, "perf/time": t0 + 2.5 * i}) + "\n"
+                                             for i, r in enumerate(rows)))
+    summary = {**json.loads((d / "summary.json").read_text()), "wall_s": 31.234}
+    (d / "summary.json").write_text(json.dumps(summary))
+    rec = T.mirror_run(d, grid_dir / "mlflow_parent.json")
+
+    info = MlflowClient(parent["tracking_uri"]).get_run(rec["run_id"]).info
+    assert info.run_name == "on_policy/minirl/0"
+    assert info.end_time == int((t0 + 2.5 * 9) * 1000)  # the last row's time
+    assert (info.end_time - info.start_time) / 1000 == pytest.approx(summary["wall_s"], abs=1e-3)
+    history = MlflowClient(parent["tracking_uri"]).get_metric_history(rec["run_id"], "reward/mean")
+    assert sorted(m.timestamp for m in history) == [int((t0 + 2.5 * i) * 1000) for i in range(10)]
+    exp = MlflowClient(parent["tracking_uri"]).get_experiment(parent["experiment_id"])
+    assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on its runs
+
+
+def test_the_report_is_logged_into_the_parent_run(store, tmp_path):
+    results, grid, grid_dir, parent = store
+    for name in ("report.html", "report.md", "stability.csv", "fig_on_policy.png"):
+        (tmp_path / name).write_text(name)
+    out = subprocess.run([sys.executable, "-m", "rl_core.tracking", "report", "--parent-file",
+                          str(grid_dir / "mlflow_parent.json"), "--report-dir", str(tmp_path)],
+                         check=True, capture_output=True, text=True).stdout
+    assert json.loads(out)["parent_run_id"] == parent["parent_run_id"]
+    logged = {a.path for a in MlflowClient(parent["tracking_uri"]).list_artifacts(parent["parent_run_id"],
+                                                                                   "report")}
+    assert logged == {"report/report.html", "report/report.md", "report/stability.csv",
+                      "report/fig_on_policy.png"}
