@@ -26,7 +26,8 @@ Verdicts, on per-arm IQM intervals over seeds (analysis.stability):
 * better: "agrees" when the better arm's interval lies on the better side of each worse arm's by more
   than `tolerance` (the metric's default: 0.05 for scores, about 2.5 standard errors of an avg@4 score on
   128 problems); "disagrees" when any worse arm's interval lies on the better side by more than that;
-  else "inconclusive: CIs overlap". The margin matters most with one seed, whose interval is a point:
+  else "inconclusive: CIs overlap" (with one seed per arm: "inconclusive: one seed per arm (a point, no
+  interval): gap within tolerance"). The margin matters most with one seed, whose interval is a point:
   a 0.01 gap between two single runs is evaluation noise, not a finding.
 * similar: "agrees" when the spread (max - min) of the arms' IQMs is within `tolerance`; "disagrees"
   when it is not and some pair of intervals is disjoint; else "inconclusive: CIs overlap".
@@ -59,6 +60,13 @@ from analysis.stability import Interval, arm_interval
 
 MISSING = "inconclusive: missing arms/runs"
 OVERLAP = "inconclusive: CIs overlap"
+POINTS = "inconclusive: one seed per arm (a point, no interval): gap within tolerance"
+
+
+def _undecided(cis: dict) -> str:
+    """Why a comparison decided nothing: overlapping intervals, or, with one seed per arm, points closer
+    than the tolerance (there are no intervals to overlap)."""
+    return POINTS if all(ci.n == 1 for ci in cis.values()) else OVERLAP
 SPLIT = "inconclusive: seeds split"
 
 
@@ -121,7 +129,7 @@ def _better(item: dict, per_run: pd.DataFrame, n_boot: int) -> tuple[str, str, s
         lo_o, hi_o = sorted((sign * other.lo, sign * other.hi))
         wins += lo_b > hi_o + margin
         losses += hi_b + margin < lo_o
-    verdict = "disagrees" if losses else ("agrees" if wins == len(refs) - 1 else OVERLAP)
+    verdict = "disagrees" if losses else ("agrees" if wins == len(refs) - 1 else _undecided(cis))
     leader = max(refs, key=lambda r: sign * cis[r].point)
     observed = f"{'highest' if metric.higher_is_better else 'lowest'} {item['metric']}: {_name(leader, item)}"
     return observed, numbers, verdict
@@ -141,9 +149,9 @@ def _spread(item: dict, per_run: pd.DataFrame, n_boot: int) -> tuple[str, str, s
     disjoint = any(cis[a].lo > cis[b].hi or cis[b].lo > cis[a].hi for a, b in pairs)
     within = spread <= tol
     if item["kind"] == "similar":
-        verdict = "agrees" if within else ("disagrees" if disjoint else OVERLAP)
+        verdict = "agrees" if within else ("disagrees" if disjoint else _undecided(cis))
     else:
-        verdict = "disagrees" if within else ("agrees" if disjoint else OVERLAP)
+        verdict = "disagrees" if within else ("agrees" if disjoint else _undecided(cis))
     unit = " (relative)" if relative else ""
     observed = f"spread of {item['metric']} {spread:.3g}{unit} vs tolerance {tol:g}"
     return observed, numbers, verdict

@@ -219,11 +219,12 @@ def test_better_with_one_seed_needs_a_gap_beyond_the_tolerance():
     # scores) is an effect; 0.746 vs 0.752 is evaluation noise.
     table = per_run_table({"a": [0.746], "b": [0.752], "c": [0.66]})
     better = {"kind": "better", "metric": "final_score"}
-    assert verdict({**better, "better": "a", "worse": "b"}, table) == "inconclusive: CIs overlap"
+    assert verdict({**better, "better": "a", "worse": "b"}, table) == \
+        "inconclusive: one seed per arm (a point, no interval): gap within tolerance"
     assert verdict({**better, "better": "b", "worse": "c"}, table) == "agrees"
     assert verdict({**better, "better": "c", "worse": "a"}, table) == "disagrees"
     wide = {**better, "better": "b", "worse": "c", "tolerance": 0.1}
-    assert verdict(wide, table) == "inconclusive: CIs overlap"
+    assert verdict(wide, table).startswith("inconclusive: one seed per arm")
 
 
 def test_similar_and_different_verdicts():
