@@ -35,9 +35,11 @@ import torch
 
 from rl_core import config as C
 from rl_core.backends import check_capabilities
+from rl_core.cli import check_checkpoint, config_from_args, guard, json_arg
 from rl_core.model import config_value, load_pretrained, save_pretrained
 from rl_core.objectives import OBJECTIVES, LossParams
 from rl_core.rollout import EmbeddedRolloutEngine
+from rl_core.rundir import hold_lock, load_checkpoint, save_checkpoint, say, set_aside
 from rl_core.step import collect, prompt_indices, update
 from rl_core.tasks import EVAL_SEED, evaluate, make_task
 
@@ -47,7 +49,7 @@ def make_rollout_engine(cfg: C.RunConfig, policy):
         from rl_core.vllm_engine import VLLMRolloutEngine  # optional extra
 
         return VLLMRolloutEngine(cfg.init, cfg.rollout.precision)
-    return EmbeddedRolloutEngine.from_model(policy, cfg.rollout.precision)
+    return EmbeddedRolloutEngine.from_model(policy, cfg.rollout.precision, cfg.rollout.kv_cache)
 
 
 class RunFiles:
@@ -60,11 +62,11 @@ class RunFiles:
         self.last_eval: dict = {}  # the latest eval row written (the progress line shows its score)
 
     def rows(self) -> int:
-        return sum(1 for _ in self.metrics.open()) if self.metrics.exists() else 0
+        return sum(1 for _ in self.metrics.open("rb")) if self.metrics.exists() else 0
 
     def truncate(self, n_rows: int) -> None:
-        lines = self.metrics.read_text().splitlines(keepends=True) if self.metrics.exists() else []
-        self.metrics.write_text("".join(lines[:n_rows]))
+        lines = self.metrics.read_bytes().splitlines(keepends=True) if self.metrics.exists() else []
+        self.metrics.write_bytes(b"".join(lines[:n_rows]))
 
     def append(self, row: dict) -> None:
         row = {**row, "perf/time": time.time()}  # wall clock, unix s: MLflow's metric timestamps
@@ -79,10 +81,7 @@ class RunFiles:
         os.replace(tmp, self.out / name)
 
     def save_ckpt(self, state: dict) -> None:
-        self.ckpt.parent.mkdir(exist_ok=True)
-        tmp = self.ckpt.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.ckpt)
+        save_checkpoint(state, self.ckpt)  # keeps the one before as ckpt/state.prev.pt
 
 
 def run_eval(cfg: C.RunConfig, policy, task, step: int) -> dict:
@@ -93,16 +92,36 @@ def run_eval(cfg: C.RunConfig, policy, task, step: int) -> dict:
     return {"step": step, "eval/score": res["score"], "eval/response_length": res["response_length"]}
 
 
+CKPT_KEYS = ("policy", "opt", "step", "global_step", "rl_wall", "rows", "config_hash")
+
+
 def _resume(files: RunFiles, cfg_hash: str, policy, opt) -> tuple[int, int, float]:
-    """Load the checkpoint if it belongs to this config; return (step, global_step, rl_wall)."""
-    if files.ckpt.exists():
-        state = torch.load(files.ckpt, weights_only=False)
-        if state["config_hash"] == cfg_hash:
-            policy.load_state_dict(state["policy"])
-            opt.load_state_dict(state["opt"])
-            files.truncate(state["rows"])
-            return state["step"], state["global_step"], state["rl_wall"]
-        files.ckpt.unlink()
+    """Load the newest usable checkpoint (rl_core.rundir.load_checkpoint); return (step, global_step,
+    rl_wall). Without one the run starts from scratch, saying so when it drops metric rows."""
+    mine = policy.state_dict()
+
+    def why_not(state: dict) -> str:
+        if set(CKPT_KEYS) - set(state):
+            return f"lacks {sorted(set(CKPT_KEYS) - set(state))}"
+        if state["config_hash"] != cfg_hash:
+            return f"is of another config (hash {state['config_hash']}, this run {cfg_hash})"
+        theirs = state["policy"]
+        if not isinstance(theirs, dict) or set(theirs) != set(mine) or any(
+                getattr(theirs[k], "shape", None) != mine[k].shape for k in mine):
+            return "does not fit the policy's parameters"
+        if state["rows"] > files.rows():
+            return f"is ahead of {files.metrics} ({state['rows']} rows recorded, {files.rows()} present)"
+        return ""
+
+    state = load_checkpoint(files.ckpt.parent, why_not)
+    if state is not None:
+        policy.load_state_dict(state["policy"])
+        opt.load_state_dict(state["opt"])
+        files.truncate(state["rows"])
+        return state["step"], state["global_step"], state["rl_wall"]
+    if files.rows():
+        say(f"{files.out}: no usable checkpoint; restarting from scratch "
+            f"(dropping {files.rows()} metric rows)")
     files.truncate(0)
     return 0, 0, 0.0
 
@@ -131,7 +150,10 @@ class Arm:
     def __init__(self, cfg: C.RunConfig, files: RunFiles):
         t = cfg.train
         self.cfg, self.files = cfg, files
-        self.task = make_task(cfg.task)
+        try:
+            self.task = make_task(cfg.task)
+        except ValueError as e:  # a problem space too small for n_train / n_bench
+            raise C.ConfigError(str(e)) from None
         self.policy = load_pretrained(cfg.init)
         self.opt = torch.optim.AdamW(self.policy.parameters(), lr=t.lr, betas=(t.beta1, t.beta2),
                                      weight_decay=t.weight_decay)
@@ -219,21 +241,33 @@ def check_init(cfg: C.RunConfig) -> None:
 
 
 def run(cfg: C.RunConfig, out: Path, meta: dict | None = None) -> dict:
-    """Train one arm; returns the summary written to summary.json."""
+    """Train one arm; returns the summary written to summary.json.
+
+    Before any work: the backends' capabilities, model.* against the init checkpoint, the checkpoint's
+    files; then RUN_DIR/.lock is held to the end (a second trainer refuses), results of another config
+    are set aside (rl_core.rundir.set_aside), and the policy, task and checkpoint are loaded before DONE is
+    removed, so a run that cannot start leaves a finished directory as it was.
+    """
     t_start = time.time()
     check_capabilities(cfg)  # a backend lacking what the arm needs fails here, before any work
     check_init(cfg)
+    check_checkpoint(cfg.init)
     torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
-    out.mkdir(parents=True, exist_ok=True)
+    with hold_lock(out):
+        set_aside(out, C.to_dict(cfg))
+        return _train(cfg, out, meta, t_start)
+
+
+def _train(cfg: C.RunConfig, out: Path, meta: dict | None, t_start: float) -> dict:
     files = RunFiles(out)
+    arm, N, total = Arm(cfg, files), cfg.train.n_minibatches, cfg.train.steps
     (out / "DONE").unlink(missing_ok=True)
     files.write_json("config.json", C.to_dict(cfg))
     if meta:
         files.write_json("meta.json", meta)
     tag = f"{meta['figure']}/{meta['arm']}/seed{meta['seed']}" if meta else out.name
     kill_at = int(os.environ.get("RLCORE_KILL_AT_STEP", "0"))  # fault injection for the resume test
-    arm, N, total = Arm(cfg, files), cfg.train.n_minibatches, cfg.train.steps
     step0, t_loop = arm.step, time.time()  # the ETA's rate counts this process's steps only (resume)
     if arm.step == 0:
         files.append(run_eval(cfg, arm.policy, arm.task, 0))
@@ -277,20 +311,21 @@ def summarise(files: RunFiles, status, reason, steps_done, diverged_step, wall_s
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def _main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m rl_core.train", description=__doc__.split("\n")[0])
     C.add_config_args(ap)
     ap.add_argument("--out", required=True, type=Path, help="run directory")
     ap.add_argument("--meta-json", help="grid/figure/arm/label/seed of this run, written to meta.json")
     args = ap.parse_args(argv)
-    try:
-        cfg = C.config_from_args(args)
-        summary = run(cfg, args.out, json.loads(args.meta_json) if args.meta_json else None)
-    except C.ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+    cfg = config_from_args(args)
+    summary = run(cfg, args.out, json_arg("--meta-json", args.meta_json))
     print(json.dumps(summary))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The command line; a bad file or argument is one line on stderr and exit code 2 (rl_core.cli)."""
+    return guard(_main, argv)
 
 
 if __name__ == "__main__":

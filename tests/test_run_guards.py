@@ -80,3 +80,128 @@ def test_cli_mismatch_is_one_line_exit_2(tmp_path):
                           cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1 and "model.num_hidden_layers" in proc.stderr
+
+
+# ------------------------------------------------------------------ run directories and checkpoints
+
+
+@pytest.fixture(scope="module")
+def cold(tmp_path_factory):
+    """A tiny cold start (the one of tests/test_train.py)."""
+    import torch
+    from test_train import TINY
+
+    from rl_core import coldstart
+
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("cold")
+    cfg = C.resolve(TINY)
+    coldstart.pretrain(cfg, root / "base")
+    coldstart.sft(cfg, "direct", root / "base", root / "sft")
+    return root / "sft"
+
+
+def tiny_cfg(cold, *overrides):
+    from test_train import TINY
+
+    return C.resolve(TINY, {"init": str(cold)}, overrides=["train.steps=6", *overrides])
+
+
+def steps_and_values(run_dir):
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if not k.startswith("perf/")} for r in rows]
+
+
+def test_each_checkpoint_keeps_the_one_before(cold, tmp_path):
+    import torch
+
+    run(tiny_cfg(cold), tmp_path / "r")
+    ckpt = tmp_path / "r" / "ckpt"
+    steps = [torch.load(ckpt / n, weights_only=False)["step"] for n in ("state.pt", "state.prev.pt")]
+    assert steps == [6, 4]
+
+
+def test_a_truncated_checkpoint_is_set_aside_and_the_run_resumes_from_the_previous(cold, tmp_path, capsys):
+    cfg = tiny_cfg(cold)
+    run(cfg, tmp_path / "clean")
+    run(cfg, tmp_path / "r")
+    state = tmp_path / "r" / "ckpt" / "state.pt"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # a copy cut short
+    (tmp_path / "r" / "DONE").unlink()
+    capsys.readouterr()
+    assert run(cfg, tmp_path / "r")["status"] == "completed"
+    err = capsys.readouterr().err
+    assert f"checkpoint {state}: cannot be read" in err and "resuming from" in err and "(step 4)" in err
+    assert (state.parent / "state.pt.corrupt").exists()
+    assert steps_and_values(tmp_path / "r") == steps_and_values(tmp_path / "clean")  # steps 5-6 redone
+
+
+def test_with_no_usable_checkpoint_the_run_restarts_from_scratch_and_says_so(cold, tmp_path, capsys):
+    cfg = tiny_cfg(cold)
+    run(cfg, tmp_path / "r")
+    for name in ("state.pt", "state.prev.pt"):
+        (tmp_path / "r" / "ckpt" / name).write_bytes(b"not a checkpoint")
+    (tmp_path / "r" / "DONE").unlink()
+    capsys.readouterr()
+    run(cfg, tmp_path / "r")
+    err = capsys.readouterr().err
+    assert "no usable checkpoint; restarting from scratch" in err
+    assert sorted(p.name for p in (tmp_path / "r" / "ckpt").iterdir()) == [
+        "state.prev.pt", "state.prev.pt.corrupt", "state.pt", "state.pt.corrupt"]
+    assert [r["step"] for r in steps_and_values(tmp_path / "r") if "minibatch" in r] == list(range(1, 7))
+
+
+def test_a_second_trainer_on_the_same_directory_refuses_at_once(cold, tmp_path, capsys):
+    from rl_core.rundir import hold_lock
+    from rl_core.train import main
+
+    out = tmp_path / "r"
+    with hold_lock(out):  # the first trainer (flock conflicts between two open files, in one process too)
+        assert main(["--out", str(out), "--config-json", C.to_json(tiny_cfg(cold))]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(out) in err and f"pid {os.getpid()}" in err
+    assert sorted(p.name for p in out.iterdir()) == [".lock"]  # nothing else written
+
+
+def test_a_finished_run_of_another_config_is_moved_aside_not_wiped(cold, tmp_path, capsys):
+    out = tmp_path / "r"
+    run(tiny_cfg(cold), out)
+    before = (out / "metrics.jsonl").read_text()
+    capsys.readouterr()
+    run(tiny_cfg(cold, "loss.eps_high=0.3"), out)
+    (aside,) = tmp_path.glob("r.replaced-*")
+    assert f"{out}: holds a finished run of another config; moved it to {aside}" in capsys.readouterr().err
+    assert (aside / "DONE").exists() and (aside / "metrics.jsonl").read_text() == before
+    assert json.loads((aside / "config.json").read_text())["loss"]["eps_high"] == 0.27
+    assert json.loads((out / "config.json").read_text())["loss"]["eps_high"] == 0.3
+
+
+def test_a_truncated_init_checkpoint_is_named_before_any_work(cold, tmp_path, capsys):
+    import shutil
+
+    from rl_core.train import main
+
+    broken = tmp_path / "broken"
+    shutil.copytree(cold, broken)
+    weights = broken / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:1000])
+    assert main(["--out", str(tmp_path / "r"), "--config-json", C.to_json(tiny_cfg(broken))]) == 2
+    assert f"error: init: {weights} cannot be read" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--config-json", "{not json"], "--config-json: not valid JSON"),
+    (["--config-json", "[1, 2]"], "--config-json: expected a JSON object"),
+    (["--config", "/no/such.yaml"], "--config: no such file /no/such.yaml"),
+    (["--meta-json", "{", "init=/x"], "--meta-json: not valid JSON"),
+    (["init=/x"], "init: '/x' is not a Hugging Face checkpoint"),
+    (["loss.objective=ppo"], "loss.objective: 'ppo' is not one of"),
+    (["train.lr"], "override 'train.lr': expected KEY=VALUE"),
+])
+def test_bad_arguments_are_one_line_exit_2(tmp_path, capsys, args, named):
+    from rl_core.train import main
+
+    assert main(["--out", str(tmp_path / "r"), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and named in err, err

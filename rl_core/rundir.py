@@ -1,0 +1,128 @@
+"""A run directory's guards: one trainer at a time, nothing wiped silently, checkpoints that survive a fault.
+
+* :func:`hold_lock`: ``RUN_DIR/.lock`` is held (``fcntl.flock``) for the whole run; a second trainer on
+  the same directory refuses at once, naming the directory and the holder's pid.
+* :func:`set_aside`: a run directory that holds the results of another config (finished or not) is moved
+  to ``RUN_DIR.replaced-<UTC time>/`` with a message, never wiped. (analysis.load only reads ``seed<n>``
+  directories, so the set-aside copy stays out of the report.)
+* :func:`save_checkpoint` / :func:`load_checkpoint`: ``ckpt/state.pt`` and the one before it,
+  ``ckpt/state.prev.pt``. A checkpoint that cannot be read (truncated, corrupt, of another config, or
+  ahead of the metrics file) is named in a message and renamed ``*.corrupt``; the run resumes from the
+  previous one, or from scratch when none is usable.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+
+from rl_core.cli import UsageError
+
+#: Files whose presence means the directory holds results (not just a lock or a config).
+RESULTS = ("metrics.jsonl", "summary.json", "DONE", "ckpt", "policy")
+STATE, PREV = "state.pt", "state.prev.pt"
+
+
+class RunDirBusy(UsageError):
+    """Another trainer holds the run directory."""
+
+
+def say(message: str) -> None:
+    print(message, file=sys.stderr, flush=True)
+
+
+@contextmanager
+def hold_lock(out: Path) -> Iterator[None]:
+    """Hold ``out/.lock`` (created if needed) until the block ends; RunDirBusy at once if it is held."""
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / ".lock"
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+        os.close(fd)
+        raise RunDirBusy(f"{out}: another trainer (pid {holder}) is running in this run directory "
+                         f"(it holds {path}); wait for it to end or stop it") from None
+    try:
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def set_aside(out: Path, config: dict) -> Path | None:
+    """Move the results of another config out of `out` (to ``out.replaced-<time>``); return where, or None
+    when `out` holds no results or results of this very config (those resume)."""
+    if not any((out / name).exists() for name in RESULTS):
+        return None
+    try:
+        old = json.loads((out / "config.json").read_text())
+    except (OSError, ValueError):
+        old = None
+    if old == json.loads(json.dumps(config)):
+        return None
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    dest = out.with_name(f"{out.name}.replaced-{stamp}")
+    n = 1
+    while dest.exists():
+        n += 1
+        dest = out.with_name(f"{out.name}.replaced-{stamp}-{n}")
+    dest.mkdir()
+    for entry in out.iterdir():
+        if entry.name != ".lock":
+            os.replace(entry, dest / entry.name)
+    what = "a finished run" if (dest / "DONE").exists() else "an unfinished run"
+    why = "another config" if old is not None else "an unknown config (no readable config.json)"
+    say(f"{out}: holds {what} of {why}; moved it to {dest} and starting this config from scratch")
+    return dest
+
+
+def save_checkpoint(state: dict, path: Path) -> None:
+    """Write `path` atomically, keeping the checkpoint it replaces as ``state.prev.pt`` beside it."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    if path.exists():
+        os.replace(path, path.with_name(PREV))
+    os.replace(tmp, path)
+
+
+def _set_aside_corrupt(path: Path, why: str) -> None:
+    dest = path.with_name(path.name + ".corrupt")
+    os.replace(path, dest)
+    say(f"checkpoint {path}: {why}; renamed it {dest.name}")
+
+
+def load_checkpoint(ckpt_dir: Path, accept: Callable[[dict], str]) -> dict | None:
+    """The newest usable checkpoint state of ``ckpt_dir`` (state.pt, else state.prev.pt), or None.
+
+    `accept(state)` returns "" when the state fits this run, else why not; a state that does not load or is
+    not accepted is renamed ``*.corrupt`` with a message naming it.
+    """
+    for name in (STATE, PREV):
+        path = ckpt_dir / name
+        if not path.exists():
+            continue
+        try:
+            state = torch.load(path, weights_only=False, map_location="cpu")
+        except Exception as e:  # a truncated zip, a bad pickle, an empty file: each its own type
+            _set_aside_corrupt(path, f"cannot be read ({type(e).__name__}: {str(e)[:120]})")
+            continue
+        why = accept(state) if isinstance(state, dict) else f"holds a {type(state).__name__}, not a state"
+        if why:
+            _set_aside_corrupt(path, why)
+            continue
+        if name == PREV:
+            say(f"checkpoint {ckpt_dir / STATE}: not usable; resuming from {path} (step {state['step']})")
+        return state
+    return None
