@@ -2,7 +2,8 @@
 
 Per run (:func:`run_stability`): ``peak_score`` (and ``peak_step``) and ``final_score`` (the last finite
 eval score; a run that diverged keeps the last score it had, and counts as collapsed), the collapse step by
-the named rule below, ``max_kl`` / ``mean_kl`` of the train-inference KL over all logged steps,
+the named rule below, ``max_kl`` / ``mean_kl`` of the train-inference KL over all logged steps (the
+rule's ``kl_metric``, k1) and ``max_kl_k3`` / ``mean_kl_k3`` (the k3 estimator, what reports show),
 ``entropy_max_rel`` / ``entropy_min_rel`` (max and min entropy over the initial entropy, the median of
 the first ``kl_baseline_steps`` values: > 1 explodes, < 1 crashes), ``final_reward`` (mean of the last
 FINAL_REWARD_WINDOW logged rewards) and ``final_length`` (the last eval response length).
@@ -47,8 +48,11 @@ ENTROPY = "entropy/mean"
 LENGTH = "eval/response_length"
 #: Per-run columns aggregated per arm (point = IQM, with _lo/_hi interval columns).
 FINAL_REWARD_WINDOW = 5  # last logged training steps averaged into final_reward (the reward is noisy)
-ARM_METRICS = ("peak_score", "final_score", "survival_step", "max_kl", "mean_kl", "final_reward",
-               "final_length", "entropy_max_rel", "entropy_min_rel")
+ARM_METRICS = ("peak_score", "final_score", "survival_step", "max_kl", "mean_kl", "max_kl_k3", "mean_kl_k3",
+               "final_reward", "final_length", "entropy_max_rel", "entropy_min_rel")
+#: The low-variance, never-negative KL estimator (mean of r - 1 - log r): what reports show; the rule's
+#: kl_metric (k1, unbiased but noisy, negative at times) stays the collapse rule's input.
+KL_K3 = "kl/train_infer_k3"
 
 
 @dataclass(frozen=True)
@@ -221,6 +225,8 @@ def run_stability(frame: pd.DataFrame, diverged_step: float | None = None, steps
     out["max_kl"] = float(kl.max()) if len(kl) else np.nan
     out["mean_kl"] = float(kl.mean()) if len(kl) else np.nan
     out["kl_early"] = float(np.median(kl[: rule.kl_baseline_steps])) if len(kl) else np.nan
+    _, k3 = _series(frame, KL_K3)
+    out["max_kl_k3"], out["mean_kl_k3"] = (float(k3.max()), float(k3.mean())) if len(k3) else (np.nan, np.nan)
     _, ent = _series(frame, ENTROPY)
     out["entropy_init"], out["entropy_max_rel"], out["entropy_min_rel"] = _relative_excursions(
         ent, rule.kl_baseline_steps)
