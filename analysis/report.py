@@ -26,13 +26,14 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
-import yaml
 
 from analysis import render
-from analysis.findings import evaluate_findings, validate_findings
+from analysis.findings import FindingError, evaluate_findings, validate_findings
 from analysis.load import load_grid
 from analysis.plots import COLD_START_PANELS, DEFAULT_PANELS, plot_figure
 from analysis.stability import CollapseRule, stability_arms, stability_runs
+from rl_core.cli import UsageError, guard
+from rl_core.grid import GridError, expand_axes, read_yaml
 
 SCHEMA_NOTE = ("Cells are the interquartile mean over seeds with a 95% percentile-bootstrap interval "
                "[lo, hi]; with 2 seeds the interval is their min-max, with 1 seed the value alone. "
@@ -41,13 +42,20 @@ SCHEMA_NOTE = ("Cells are the interquartile mean over seeds with a 95% percentil
 
 
 def read_grid_file(path: str | Path | None) -> dict:
-    """The grid definition (YAML), or {} when no file is given."""
+    """The grid definition (YAML), or {} when no file is given; a missing file, bad YAML or a duplicate
+    key is a GridError naming the file (and the line)."""
     if not path:
         return {}
-    data = yaml.safe_load(Path(path).read_text()) or {}
+    data = read_yaml(path, "grid or findings file") or {}
     if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a mapping at the top level")
+        raise UsageError(f"{path}: expected a mapping at the top level")
     return data
+
+
+def expanded_figures(grid: dict) -> dict:
+    """Figure key -> {"arms": arm key -> arm}, with axes crossed into arms (what findings may name)."""
+    return {key: {"arms": expand_axes(fig.get("arms") or {}, fig.get("axes") or {})}
+            for key, fig in (grid.get("figures") or {}).items() if isinstance(fig, dict)}
 
 
 def figure_layout(grid: dict, runs: pd.DataFrame) -> list[dict]:
@@ -90,6 +98,7 @@ def _html_page(ctx: dict) -> str:
     out_dir = ctx["out_dir"]
     parts = [f"<h1>Report: grid <code>{html.escape(ctx['grid'])}</code></h1>",
              f"<p class=muted>{html.escape(ctx['subtitle'])}</p>",
+             render.summary_html(ctx["figures"], ctx["per_arm"], ctx["findings"]),
              f"<p>Collapse rule: <code>{html.escape(ctx['rule'])}</code></p>",
              f"<p class=muted>{html.escape(SCHEMA_NOTE)}</p>",
              '<p><a href="#findings">Findings</a> · ' + " · ".join(
@@ -115,8 +124,9 @@ def _html_page(ctx: dict) -> str:
 
 
 def _markdown(ctx: dict) -> str:
-    lines = [f"# Report: grid `{ctx['grid']}`", "", ctx["subtitle"], "", f"Collapse rule: `{ctx['rule']}`",
-             "", SCHEMA_NOTE, ""]
+    lines = [f"# Report: grid `{ctx['grid']}`", "", ctx["subtitle"], "",
+             render.summary_md(ctx["figures"], ctx["per_arm"], ctx["findings"]), "",
+             f"Collapse rule: `{ctx['rule']}`", "", SCHEMA_NOTE, ""]
     for fig in ctx["figures"]:
         lines += [f"## {fig['title']} (`{fig['key']}`)", ""]
         if fig.get("png"):
@@ -156,11 +166,13 @@ def build_report(grid_dir: str | Path, grid_file: str | Path | None = None,
     `findings_file` (YAML with a ``findings:`` list) replaces the grid file's findings when given.
     """
     grid_dir, rule = Path(grid_dir), rule or CollapseRule()
+    if not grid_dir.is_dir():
+        raise UsageError(f"--grid-dir: {grid_dir} is not a directory")
     out_dir = Path(out_dir) if out_dir else grid_dir / "report"
     out_dir.mkdir(parents=True, exist_ok=True)
     grid = read_grid_file(grid_file)
     findings = read_grid_file(findings_file).get("findings") if findings_file else grid.get("findings")
-    findings = validate_findings(findings or [], grid.get("figures"))
+    findings = validate_findings(findings or [], expanded_figures(grid) if grid.get("figures") else None)
     tidy, runs = load_grid(grid_dir)
     per_run = stability_runs(tidy, runs, rule) if len(runs) else _empty_per_run()
     per_arm = stability_arms(per_run, n_boot=n_boot) if len(runs) else pd.DataFrame(columns=["figure", "arm"])
@@ -186,12 +198,21 @@ def parse_rule(overrides: list[str]) -> CollapseRule:
     for item in overrides:
         key, _, value = item.partition("=")
         if not hasattr(base, key) or key == "name":
-            raise SystemExit(f"--rule: unknown parameter {key!r} (see analysis.stability.CollapseRule)")
-        changes[key] = type(getattr(base, key))(value)
+            raise UsageError(f"--rule: unknown parameter {key!r} (see analysis.stability.CollapseRule)")
+        try:
+            changes[key] = type(getattr(base, key))(value)
+        except ValueError:
+            kind = type(getattr(base, key)).__name__
+            raise UsageError(f"--rule {item}: {value!r} is not a {kind}") from None
     return dataclasses.replace(base, **changes)
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> int:
+    """The command line; a bad file or argument is one line on stderr and exit code 2 (rl_core.cli)."""
+    return guard(_main, argv, errors=(GridError, FindingError))
+
+
+def _main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--grid-dir", required=True, help="results/{grid} (holds runs/)")
     parser.add_argument("--grid-file", default=None, help="grid definition (YAML): figures and findings")
@@ -205,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
     path = build_report(args.grid_dir, args.grid_file, args.out, parse_rule(args.rule), args.n_boot,
                         args.findings)
     print(f"report: {path}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

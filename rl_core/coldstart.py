@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from rl_core import config as C
+from rl_core.cli import check_checkpoint, config_from_args, guard
 from rl_core.model import MoEPolicy, hf_config, load_pretrained, save_pretrained
 from rl_core.rollout import EmbeddedRolloutEngine
 from rl_core.tasks import (
@@ -247,12 +248,17 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """The command line; a bad file or argument is one line on stderr and exit code 2 (rl_core.cli)."""
+    return guard(_main, argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    try:
-        cfg = C.config_from_args(args)
-    except C.ConfigError as e:
-        print(f"config error: {e}", file=sys.stderr)
-        return 2
+    cfg = config_from_args(args)
+    if args.stage == "sft":
+        check_checkpoint(args.init, "--init")
+    elif args.stage == "eval":
+        check_checkpoint(args.ckpt, "--ckpt")
     torch.set_num_threads(cfg.train.threads)
     if args.stage == "pretrain":
         res = pretrain(cfg, args.out)

@@ -46,6 +46,7 @@ import difflib
 import itertools
 import json
 import re
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -54,6 +55,7 @@ import jsonschema
 import yaml
 
 from analysis.finding_schema import FindingError, validate_findings
+from rl_core.cli import one_line
 from rl_core.config import (
     ConfigError,
     DuplicateKeyError,
@@ -399,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         grid = load_grid(args.grid, args.preset)
     except GridError as e:
-        print(f"error: {e}")
+        print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     for r in grid.runs:
         print(f"{r.figure:24s} {r.arm:28s} seed{r.seed:<3d} {r.meta['config_hash']}  {r.label}")
