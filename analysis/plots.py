@@ -6,12 +6,17 @@ seeds; a collapse (analysis.stability's rule) is marked with an ``x`` on that se
 collapse step. Training series may be smoothed by a trailing rolling mean over ``smooth`` logged steps
 per seed before averaging; eval series never are.
 
-The KL panel uses a log axis. The per-token estimator mean(logp_behavior - logp_old) can come out
-non-positive from sampling noise although the KL itself is >= 0, so the mean and band are computed on
-the raw values and then clipped at ``KL_FLOOR`` (1e-6) for display: a curve lying on the floor means
-"KL indistinguishable from zero". Taking |KL| instead would turn noise into spurious positive mass.
-The log axis starts at a fifth of the 5th percentile of the plotted means (never below the floor), so
-band edges and isolated means that noise pushes to the floor do not squash the curves.
+The KL panel plots the k3 estimator of D_KL(mu_old || pi_old), mean(r - 1 - log r) with
+r = pi_old / mu_old on sampled tokens (``kl/train_infer_k3``): never negative and of low variance, where
+the k1 estimator mean(logp_behavior - logp_old) (still in the metrics and the CSVs) is unbiased but
+noisy and often negative, which a log axis cannot show. It is always lightly smoothed (a rolling mean
+over at least ``KL_SMOOTH`` steps) and drawn on a log axis clipped at ``KL_FLOOR`` (1e-6): a curve on
+the floor means "KL indistinguishable from zero", and a panel where every value is at or below the floor
+says so in words instead of drawing nothing. The log axis starts at a fifth of the 5th percentile of the
+plotted means (never below the floor), so band edges that dip do not squash the curves.
+
+Text is sized for reading in a browser: panels are laid out at most three per row (two by two for four)
+and all text is at least 11 pt at the figure's own size.
 """
 
 from __future__ import annotations
@@ -25,6 +30,10 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 KL_FLOOR = 1e-6
+KL_SMOOTH = 3  # logged steps in the KL panel's rolling mean, at least
+#: Text sizes (pt) of every figure, set for its creation only (matplotlib.rc_context: no global state).
+FONTS = {"font.size": 12, "axes.titlesize": 14, "axes.labelsize": 12, "xtick.labelsize": 11,
+         "ytick.labelsize": 11, "legend.fontsize": 12, "figure.titlesize": 14}
 
 
 @dataclass(frozen=True)
@@ -36,14 +45,17 @@ class Panel:
     ylabel: str
     log: bool = False
     smoothable: bool = True
+    min_smooth: int = 1  # the panel's rolling window is at least this (1: only the figure's own)
+    fallback: str = ""  # metric plotted when no run logged `metric` (runs from before it existed)
 
 
 PANELS = {
     "score": Panel("eval/score", "Benchmark score", "avg@k score (0-1)", smoothable=False),
     "reward": Panel("reward/mean", "Training reward", "mean reward (0-1)"),
     "entropy": Panel("entropy/mean", "Entropy", "entropy (nats / token)"),
-    "kl": Panel("kl/train_infer_k1", "Train-inference KL", r"$D_{KL}(\mu_{old}\|\pi_{old})$ (nats / token)",
-                log=True),
+    "kl": Panel("kl/train_infer_k3", "Train-inference KL (k3)",
+                r"$D_{KL}(\mu_{old}\|\pi_{old})$ (nats / token)", log=True, min_smooth=KL_SMOOTH,
+                fallback="kl/train_infer_k1"),
     "length": Panel("eval/response_length", "Eval response length", "length (tokens)", smoothable=False),
 }
 DEFAULT_PANELS = ("score", "reward", "entropy", "kl")
@@ -100,8 +112,12 @@ def plot_panel(ax, tidy: pd.DataFrame, figure: str, panel: Panel, arms, colors: 
     `collapses` maps arm -> {seed: collapse step}; `smooth` applies to smoothable panels only.
     """
     plotted = []
+    metric = panel.metric
+    if panel.fallback and not (tidy["metric"] == metric).any():
+        metric = panel.fallback
+    window = max(smooth, panel.min_smooth) if panel.smoothable else 1
     for arm in arms:
-        matrix = seed_matrix(tidy, figure, arm, panel.metric, smooth if panel.smoothable else 1)
+        matrix = seed_matrix(tidy, figure, arm, metric, window)
         if matrix.empty:
             continue
         steps, mean, lo, hi = mean_band(matrix)
@@ -118,9 +134,15 @@ def plot_panel(ax, tidy: pd.DataFrame, figure: str, panel: Panel, arms, colors: 
             ax.plot([x], [y], marker="x", color=color, ms=9, mew=2.2, zorder=5, ls="none")
     if panel.log:
         ax.set_yscale("log")
-        if plotted:  # band edges dipping to the floor (noise) would squash the curves: cut them
-            ax.set_ylim(bottom=max(KL_FLOOR, 0.2 * float(np.percentile(np.concatenate(plotted), 5))))
-    ax.set_title(panel.title, fontsize=11)
+        values = np.concatenate(plotted) if plotted else np.array([])
+        if values.size and (values > KL_FLOOR).any():  # band edges dipping to the floor would squash curves
+            ax.set_ylim(bottom=max(KL_FLOOR, 0.2 * float(np.percentile(values, 5))))
+        else:
+            ax.set_ylim(KL_FLOOR / 10, KL_FLOOR * 1e3)
+            what = f"every value <= {KL_FLOOR:.0e}\n(no train-inference gap)" if values.size else "not logged"
+            ax.text(0.5, 0.5, what, transform=ax.transAxes, ha="center", va="center", color="0.3",
+                    bbox={"boxstyle": "round", "fc": "white", "ec": "0.7"})
+    ax.set_title(panel.title + (f", mean of {window} steps" if window > smooth else ""))
     ax.set_xlabel("gradient step")
     ax.set_ylabel(panel.ylabel)
     ax.grid(True, alpha=0.3, which="major")
@@ -143,10 +165,17 @@ def collapses_by_arm(per_run: pd.DataFrame | None, figure: str) -> dict[str, dic
     return out
 
 
+def grid_shape(n_panels: int) -> tuple[int, int]:
+    """(rows, columns) of a figure's panels: two by two for four, else at most three per row."""
+    cols = 2 if n_panels == 4 else min(n_panels, 3)
+    return -(-n_panels // cols), cols
+
+
 def plot_figure(tidy: pd.DataFrame, figure: str, arms, labels: dict | None = None,
                 per_run: pd.DataFrame | None = None, title: str | None = None, panels=DEFAULT_PANELS,
                 smooth: int | None = None, rule_name: str = "score-drop-or-kl-break"):
-    """A row of panels for one figure (3.5 in per panel, dpi 150) with one legend naming arms by label.
+    """The panels of one figure (:func:`grid_shape`, 5 x 3.4 in each, dpi 120, text >= 11 pt) with one
+    legend naming arms by label (in a free panel slot when there is one, else below).
 
     Returns a :class:`matplotlib.figure.Figure` built without pyplot (no global state, any backend):
     ``fig.savefig(path)`` writes it.
@@ -155,17 +184,25 @@ def plot_figure(tidy: pd.DataFrame, figure: str, arms, labels: dict | None = Non
     labels = labels or {}
     colors = arm_colors(arms)
     smooth = auto_smooth(tidy, figure) if smooth is None else smooth
-    fig = Figure(figsize=(3.5 * len(panels), 3.5), dpi=150, layout="constrained")
-    axes = fig.subplots(1, len(panels), squeeze=False)
-    collapses = collapses_by_arm(per_run, figure)
-    for ax, key in zip(axes[0], panels, strict=True):
-        plot_panel(ax, tidy, figure, PANELS[key], arms, colors, labels, collapses, smooth)
-    handles = [Line2D([], [], color=colors[a], lw=2, label=labels.get(a, a)) for a in arms]
-    if collapses:
-        handles.append(Line2D([], [], color="0.3", marker="x", ls="none", mew=2,
-                              label=f"collapse ({rule_name})"))
-    fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 6), frameon=False)
-    note = f"mean over seeds, band = min-max; training series smoothed over {smooth} steps" if smooth > 1 \
-        else "mean over seeds, band = min-max"
-    fig.suptitle(f"{title or figure}  ({note})", fontsize=12)
+    rows, cols = grid_shape(len(panels))
+    with matplotlib.rc_context(FONTS):
+        fig = Figure(figsize=(5.0 * cols, 3.4 * rows + 0.9), dpi=120, layout="constrained")
+        axes = fig.subplots(rows, cols, squeeze=False).ravel()
+        collapses = collapses_by_arm(per_run, figure)
+        for ax, key in zip(axes, panels, strict=False):
+            plot_panel(ax, tidy, figure, PANELS[key], arms, colors, labels, collapses, smooth)
+        handles = [Line2D([], [], color=colors[a], lw=2.5, label=labels.get(a, a)) for a in arms]
+        if collapses:
+            handles.append(Line2D([], [], color="0.3", marker="x", ls="none", mew=2,
+                                  label=f"collapse ({rule_name})"))
+        spare = axes[len(panels):]
+        for ax in spare:
+            ax.set_axis_off()
+        if len(spare):
+            spare[0].legend(handles=handles, loc="center", frameon=False)
+        else:
+            fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), frameon=False)
+        note = "mean over seeds, band = min-max" + (f"; training series smoothed over {smooth} steps"
+                                                   if smooth > 1 else "")
+        fig.suptitle(f"{title or figure}\n({note})")
     return fig

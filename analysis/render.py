@@ -1,8 +1,11 @@
 """Tables of a report as HTML and Markdown (strings only; no file I/O, no plotting).
 
 Every numeric cell of an arm row is "IQM [lo, hi]" over seeds (analysis.stability); run rows show the
-seed's own value. Links to a run's config.json are relative to the report's folder, so the report and
-the results tree can be moved together.
+seed's own value; every header names its unit. Links to a run's config.json are relative to the report's
+folder, so the report and the results tree can be moved together.
+
+The summary on top (:func:`summary_html`) gives the findings' verdict counts and a figure x arm matrix
+of stability status, coloured as the Status cells of the figures' tables (:func:`arm_status`).
 """
 
 from __future__ import annotations
@@ -16,16 +19,25 @@ import pandas as pd
 
 #: (column of the per-arm / per-run tables, header, format) of the stability tables.
 ARM_COLUMNS = [
-    ("peak_score", "Peak score", ".3f"),
-    ("final_score", "Final score", ".3f"),
-    ("survival_step", "Collapse step*", ".0f"),
-    ("max_kl", "Max KL", ".2e"),
-    ("mean_kl", "Mean KL", ".2e"),
-    ("entropy_max_rel", "Entropy max/init", ".2f"),
-    ("entropy_min_rel", "Entropy min/init", ".2f"),
+    ("peak_score", "Peak score (avg@k, 0-1)", ".3f"),
+    ("final_score", "Final score (avg@k, 0-1)", ".3f"),
+    ("survival_step", "Collapse step* (gradient steps)", ".0f"),
+    ("max_kl_k3", "Max KL, k3 (nats/token)", ".2e"),
+    ("mean_kl_k3", "Mean KL, k3 (nats/token)", ".2e"),
+    ("entropy_max_rel", "Entropy max / initial (ratio)", ".2f"),
+    ("entropy_min_rel", "Entropy min / initial (ratio)", ".2f"),
     ("final_length", "Final length (tokens)", ".1f"),
 ]
 VERDICT_CLASS = {"agrees": "agree", "disagrees": "disagree"}
+VERDICTS = (("agrees", "agree"), ("disagrees", "disagree"), ("inconclusive", "inconclusive"))
+#: Stability status of an arm -> what it means (the summary's legend).
+STATUS_MEANING = {
+    "stable": "no seed collapsed",
+    "collapsed": "every seed collapsed or diverged",
+    "mixed": "some seeds collapsed",
+    "incomplete": "a seed has not finished",
+    "no runs": "not run yet",
+}
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;margin:24px auto;
 max-width:1500px;color:#1d1d1f;padding:0 16px}
@@ -37,6 +49,13 @@ tr.agree td.verdict{background:#dff3e0}tr.disagree td.verdict{background:#fbdcdc
 tr.inconclusive td.verdict{background:#fff3cd}img{max-width:100%;border:1px solid #eee}
 .muted{color:#666;font-size:0.9em}code{background:#f4f4f4;padding:0 3px}
 details{margin:4px 0 16px}
+.st-stable{background:#dff3e0}.st-collapsed{background:#fbdcdc}.st-mixed{background:#ffe3bf}
+.st-incomplete{background:#fff3cd}.st-none{background:#f4f4f4;color:#888}
+.key{display:inline-block;padding:1px 8px;border-radius:8px;margin:0 4px 0 10px;border:1px solid #ddd}
+.summary{border:1px solid #d0d0d0;border-radius:6px;padding:8px 16px;background:#fafafa}
+.badge{display:inline-block;padding:2px 10px;border-radius:10px;margin-right:6px;font-weight:600}
+.badge.agree{background:#dff3e0}.badge.disagree{background:#fbdcdc}.badge.inconclusive{background:#fff3cd}
+table.matrix td{text-align:center;white-space:nowrap}table.matrix td.fig{text-align:left}
 """
 
 
@@ -63,6 +82,20 @@ def fmt_ci(row, column: str, spec: str) -> str:
 def rel_link(target: str | Path, out_dir: Path) -> str:
     """`target` relative to `out_dir`, with forward slashes."""
     return Path(os.path.relpath(Path(target).resolve(), Path(out_dir).resolve())).as_posix()
+
+
+def arm_status(arm: dict | None) -> str:
+    """The arm's stability status, a key of STATUS_MEANING, from its per-arm summary row."""
+    if arm is None or not arm.get("n_seeds"):
+        return "no runs"
+    if arm.get("n_incomplete"):
+        return "incomplete"
+    bad = max(int(arm.get("n_collapsed") or 0), int(arm.get("n_diverged") or 0))
+    return "stable" if bad == 0 else ("collapsed" if bad >= arm["n_seeds"] else "mixed")
+
+
+def status_class(status: str) -> str:
+    return "st-none" if status == "no runs" else f"st-{status}"
 
 
 def status_text(arm: dict) -> str:
@@ -119,8 +152,9 @@ def arm_table_html(arms: list[tuple[str, str]], per_arm: pd.DataFrame, per_run: 
             rows.append(f"<tr>{_cell(name, raw=True)}<td colspan={len(headers) - 1}>no runs</td></tr>")
             continue
         links, ids = run_links(runs, out_dir)
-        cells = [_cell(name, raw=True), _cell(row["n_seeds"], "num"), _cell(status_text(row)),
-                 _cell(collapse_text(runs))]
+        cls = status_class(arm_status(row))
+        cells = [_cell(name, raw=True), _cell(row["n_seeds"], "num"), _cell(status_text(row), cls),
+                 _cell(collapse_text(runs), cls)]
         cells += [_cell(fmt_ci(row, c, spec), "num") for c, _, spec in ARM_COLUMNS]
         cells += [_cell(links, raw=True), _cell(ids, raw=True)]
         rows.append(f"<tr>{''.join(cells)}</tr>")
@@ -129,15 +163,21 @@ def arm_table_html(arms: list[tuple[str, str]], per_arm: pd.DataFrame, per_run: 
 
 def run_table_html(per_run: pd.DataFrame, out_dir: Path) -> str:
     """Every run of a figure, one row each, inside a <details> block."""
-    headers = ["Arm", "Seed", "Status", "Steps", "Peak (step)", "Final", "Collapse (cause)", "Max KL",
-               "Mean KL", "Entropy max/min", "Final length", "Reason", "Config", "MLflow run"]
+    headers = ["Arm", "Seed", "Status", "Steps", "Peak score (at step)", "Final score",
+               "Collapse step (cause)", "Max KL, k3 (nats/token)", "Mean KL, k3 (nats/token)",
+               "Mean KL, k1 (nats/token)", "Entropy max / min (ratio to initial)", "Final length (tokens)",
+               "Reason", "Config", "MLflow run"]
     rows = []
     for r in per_run.sort_values(["arm", "seed"]).itertuples():
         href = html.escape(rel_link(Path(r.run_dir) / "config.json", out_dir))
         collapse = f"{fmt(r.collapse_step, '.0f')} ({r.collapse_cause})" if r.collapse_cause else "—"
-        cells = [_cell(r.arm), _cell(r.seed, "num"), _cell(r.status), _cell(r.steps_done, "num"),
+        collapsed = r.status == "diverged" or isinstance(r.collapse_cause, str) and bool(r.collapse_cause)
+        cls = "st-incomplete" if r.status == "incomplete" else ("st-collapsed" if collapsed else "st-stable")
+        cells = [_cell(r.arm), _cell(r.seed, "num"), _cell(r.status, cls), _cell(r.steps_done, "num"),
                  _cell(f"{fmt(r.peak_score, '.3f')} ({fmt(r.peak_step, '.0f')})", "num"),
-                 _cell(fmt(r.final_score, ".3f"), "num"), _cell(collapse), _cell(fmt(r.max_kl, ".2e"), "num"),
+                 _cell(fmt(r.final_score, ".3f"), "num"), _cell(collapse, cls),
+                 _cell(fmt(getattr(r, "max_kl_k3", None), ".2e"), "num"),
+                 _cell(fmt(getattr(r, "mean_kl_k3", None), ".2e"), "num"),
                  _cell(fmt(r.mean_kl, ".2e"), "num"),
                  _cell(f"{fmt(r.entropy_max_rel, '.2f')} / {fmt(r.entropy_min_rel, '.2f')}", "num"),
                  _cell(fmt(r.final_length, ".1f"), "num"), _cell(getattr(r, "reason", "") or ""),
@@ -194,3 +234,79 @@ def findings_table_md(findings: pd.DataFrame) -> str:
     cols = ["id", "figure", "claim", "test", "observed", "numbers", "verdict"]
     return md_table(["Id", "Figure", "Claim (paper)", "Test", "Observed", "Numbers", "Verdict"],
                     findings[cols].to_numpy().tolist())
+
+
+# ------------------------------------------------------------------------------------------ summary
+
+
+def verdict_counts(findings: pd.DataFrame) -> dict[str, int]:
+    """{agrees, disagrees, inconclusive: count}; every kind of inconclusive counts as inconclusive."""
+    verdicts = findings["verdict"].astype(str) if len(findings) else pd.Series([], dtype=str)
+    return {key: int(verdicts.str.startswith(key).sum()) for key, _ in VERDICTS}
+
+
+def stability_matrix(figures: list[dict], per_arm: pd.DataFrame) -> tuple[list[str], list[dict]]:
+    """(arm keys in order of first appearance, one row per figure: key, title, {arm: (status, row)})."""
+    columns: list[str] = []
+    rows = []
+    for fig in figures:
+        cells = {}
+        for arm, _label in fig["arms"]:
+            if arm not in columns:
+                columns.append(arm)
+            sel = per_arm[(per_arm["figure"] == fig["key"]) & (per_arm["arm"] == arm)] if len(per_arm) else []
+            row = None if len(sel) == 0 else sel.iloc[0].to_dict()
+            cells[arm] = (arm_status(row), row)
+        rows.append({"key": fig["key"], "title": fig["title"], "cells": cells})
+    return columns, rows
+
+
+def _matrix_text(status: str, row: dict | None) -> str:
+    if row is None:
+        return status
+    score = fmt(row.get("final_score"), ".3f")
+    when = fmt(row.get("first_collapse_step"), ".0f")
+    return f"{status} @{when} · {score}" if status in ("collapsed", "mixed") else f"{status} · {score}"
+
+
+def summary_html(figures: list[dict], per_arm: pd.DataFrame, findings: pd.DataFrame) -> str:
+    """The block on top of the report: verdict counts and the figure x arm stability matrix."""
+    counts = verdict_counts(findings)
+    badges = "".join(f'<span class="badge {cls}">{counts[key]} {key}</span>' for key, cls in VERDICTS)
+    seeds = int(per_arm["n_seeds"].max()) if len(per_arm) else 0
+    caveat = (" <span class=muted>One seed per arm: each comparison is between two points (no interval); "
+              "a verdict needs a gap beyond the metric's tolerance.</span>" if seeds == 1 else "")
+    columns, rows = stability_matrix(figures, per_arm)
+    head = "".join(f"<th>{html.escape(a)}</th>" for a in columns)
+    body = []
+    for row in rows:
+        cells = [f'<td class="fig"><a href="#{html.escape(row["key"])}">{html.escape(row["title"])}</a></td>']
+        for arm in columns:
+            if arm not in row["cells"]:
+                cells.append('<td class="st-none">·</td>')
+                continue
+            status, arm_row = row["cells"][arm]
+            label = html.escape(str((arm_row or {}).get("label") or arm))
+            cells.append(f'<td class="{status_class(status)}" title="{label}">'
+                         f"{html.escape(_matrix_text(status, arm_row))}</td>")
+        body.append(f"<tr>{''.join(cells)}</tr>")
+    legend = "".join(f'<span class="key {status_class(k)}">{html.escape(k)}</span>{html.escape(v)}'
+                     for k, v in STATUS_MEANING.items())
+    matrix = (f'<table class="matrix"><thead><tr><th>Figure</th>{head}</tr></thead>'
+              f"<tbody>{''.join(body)}</tbody></table>")
+    return (f'<div class="summary"><h2 style="margin-top:0.4em">Summary</h2>'
+            f'<p><a href="#findings">Findings</a> ({len(findings)}): {badges}{caveat}</p>'
+            f"<p>Stability by figure and arm (status · final score, avg@k; collapse rule below; "
+            f"· = the arm is not in that figure):</p>{matrix}"
+            f"<p class=muted>{legend}</p>"
+            f"</div>")
+
+
+def summary_md(figures: list[dict], per_arm: pd.DataFrame, findings: pd.DataFrame) -> str:
+    counts = verdict_counts(findings)
+    columns, rows = stability_matrix(figures, per_arm)
+    cells = [[r["title"], *[_matrix_text(*r["cells"][a]) if a in r["cells"] else "·" for a in columns]]
+             for r in rows]
+    table = md_table(["Figure", *columns], cells)
+    line = ", ".join(f"{counts[k]} {k}" for k, _ in VERDICTS)
+    return f"## Summary\n\nFindings ({len(findings)}): {line}.\n\n{table}\n"
