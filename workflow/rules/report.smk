@@ -1,5 +1,7 @@
 # Per-grid report (analysis.report) and the index over all grids (analysis.index). The grid as run
-# (effective preset, seeds, findings) is written to grid.yaml first: the report reads that file.
+# (effective preset, seeds, findings) is written to grid.yaml first: the report reads that file. The
+# report job then logs the report into the grid's MLflow parent run (the mirror job made it), so MLflow
+# holds what the files hold; that is why the report waits for the mirror.
 
 localrules:
     grid_file,
@@ -23,6 +25,7 @@ rule report:
         grid=f"{GDIR}/grid.yaml",
         runs=[run_file(r, "DONE") for r in GRID.runs],
         mlflow=[run_file(r, "mlflow_run.json") for r in GRID.runs],
+        parent=f"{GDIR}/mlflow_parent.json",
         evals=[f"{GDIR}/models/eval_{m}.json" for m in EVALUATED],
     output:
         # Files that analysis.report always writes (its HTML page's name is the analysis package's).
@@ -33,9 +36,12 @@ rule report:
     params:
         grid_dir=lambda w, input: os.path.dirname(input.grid),
         out=lambda w, output: os.path.dirname(output.md),
+        uri=TRACKING_URI,
     shell:
         "{PYTHON} -m analysis.report --grid-dir {params.grid_dir} --grid-file {input.grid} "
-        "--out {params.out} 2>&1 | tee {log}"
+        "--out {params.out} 2>&1 | tee {log} && "
+        "{PYTHON} -m rl_core.tracking report --parent-file {input.parent} --report-dir {params.out} "
+        "--uri={params.uri:q} >> {log} 2>&1"
 
 
 rule index:
