@@ -38,7 +38,13 @@ include: "workflow/rules/tracking.smk"
 include: "workflow/rules/report.smk"
 
 
+# Everything a grid produces, named: deleting any of it (a run's DONE, an MLflow record, the report)
+# and re-running the same command rebuilds it and what depends on it.
 rule all:
     default_target: True
     input:
+        [run_file(r, "DONE") for r in GRID.runs],
+        MLFLOW_PARENT,
+        [run_file(r, "mlflow_run.json") for r in GRID.runs],
+        f"{GDIR}/report/report.md",
         INDEX_HTML,

@@ -95,6 +95,7 @@ def done_workspace(tmp_path_factory):
         for out in job["output"]:
             (wd / out).parent.mkdir(parents=True, exist_ok=True)
             (wd / out).touch()
+    (wd / "results" / "mlflow.db").touch()  # the store the mirror records point to (not an output)
     snakemake(wd, "--touch", "--forceall", *args, snakefile=wd / "Snakefile")
     out = snakemake(wd, "-n", *args, snakefile=wd / "Snakefile")
     assert "Nothing to be done" in out, out
@@ -157,3 +158,33 @@ def test_profiles():
     assert slurm["executor"] == "slurm" and "slurm_partition" in slurm["default-resources"]
     assert "pip install snakemake-executor-plugin-slurm" in slurm_text
     assert "rl_run" in slurm["set-resources"]
+
+
+def test_a_deleted_run_or_mlflow_record_is_rebuilt(done_workspace):
+    wd, _ = done_workspace
+    args = ("-n", "--configfile", str(wd / "grid.yaml"))
+    run_done = wd / "results" / "smoke" / "runs" / "on_policy" / "minirl" / "seed0" / "DONE"
+    record = wd / "results" / "smoke" / "runs" / "off_policy_n2" / "minirl_r3" / "seed0" / "mlflow_run.json"
+    for path, rules in ((run_done, ["rl_run", "mlflow", *DOWNSTREAM - {"grid_file"}]),
+                        (record, ["mlflow", *DOWNSTREAM - {"grid_file"}])):
+        path.rename(path.with_suffix(".bak"))
+        try:
+            jobs = planned(snakemake(wd, *args, snakefile=wd / "Snakefile"))
+        finally:
+            path.with_suffix(".bak").rename(path)
+        assert Counter(j["rule"] for j in jobs) == Counter(rules), path
+
+
+def test_a_deleted_mlflow_store_re_mirrors_every_run(done_workspace):
+    wd, _ = done_workspace
+    db, parent = wd / "results" / "mlflow.db", wd / "results" / "smoke" / "mlflow_parent.json"
+    db.unlink()
+    try:
+        out = snakemake(wd, "-n", "--configfile", str(wd / "grid.yaml"), snakefile=wd / "Snakefile")
+    finally:
+        db.touch()
+        parent.with_name("mlflow_parent.json.stale").rename(parent)
+    assert "mlflow.db is gone" in out
+    jobs = planned(out)
+    assert Counter(j["rule"] for j in jobs) == Counter(["mlflow", *DOWNSTREAM - {"grid_file"}])
+    assert "Missing output files" in next(j for j in jobs if j["rule"] == "mlflow")["reason"]

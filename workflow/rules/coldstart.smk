@@ -1,7 +1,7 @@
 # Base model and cold starts: pretrain once per grid, one SFT per teacher some arm starts from, and an
 # eval of each checkpoint. Outputs are Hugging Face checkpoint files (rl_core.coldstart's contract).
 # Params carry only what shapes a checkpoint (GRID.stage_config), so an RL knob in the grid's `base`
-# does not rebuild them.
+# does not rebuild them. Logs are appended to (tee -a): a re-run keeps the history.
 
 
 rule pretrain:
@@ -15,7 +15,7 @@ rule pretrain:
     threads: GRID.base_config.train.threads
     shell:
         "{PYTHON} -m rl_core.coldstart pretrain --out {params.out} --config-json {params.config:q} "
-        "2>&1 | tee {log}"
+        "2>&1 | tee -a {log}"
 
 
 rule sft:
@@ -32,7 +32,7 @@ rule sft:
     threads: GRID.base_config.train.threads
     shell:
         "{PYTHON} -m rl_core.coldstart sft --teacher {wildcards.teacher} --init {params.base} "
-        "--out {params.out} --config-json {params.config:q} 2>&1 | tee {log}"
+        "--out {params.out} --config-json {params.config:q} 2>&1 | tee -a {log}"
 
 
 rule coldstart_eval:
@@ -48,4 +48,4 @@ rule coldstart_eval:
     threads: GRID.base_config.train.threads
     shell:
         "{PYTHON} -m rl_core.coldstart eval --ckpt {params.ckpt} --out {output} "
-        "--config-json {params.config:q} 2>&1 | tee {log}"
+        "--config-json {params.config:q} 2>&1 | tee -a {log}"

@@ -4,6 +4,7 @@
 import json
 import os
 import shlex
+import sys
 from pathlib import Path
 
 import yaml
@@ -18,11 +19,11 @@ if not _grid_data.get("figures"):
         "own grid file)"
     )
 try:
-    for _path in workflow.overwrite_configfiles:  # Snakemake's own loader keeps the last of a duplicate key
+    for _path in GRID_FILES:  # Snakemake's own loader keeps the last of a duplicate key
         read_yaml(_path)
     GRID = grid_from_dict(
         _grid_data,
-        source=", ".join(str(p) for p in workflow.overwrite_configfiles) or "<--config>",
+        source=", ".join(GRID_FILES),
         presets=Path(workflow.basedir) / "experiments" / "presets.yaml",
         schema=Path(workflow.basedir) / "workflow" / "schemas" / "grid.schema.yaml",
     )
@@ -36,6 +37,9 @@ INDEX_HTML = f"{RESULTS}/index.html"
 # "" means the embedded store sqlite:///<abs RESULTS>/mlflow.db (rl_core.tracking.default_uri).
 TRACKING_URI = str(OPTIONS["tracking_uri"] or "")
 RUNS = {(r.figure, r.arm, str(r.seed)): r for r in GRID.runs}
+# The embedded MLflow store (shared by the grids of RESULTS) when no tracking_uri is given.
+MLFLOW_DB = f"{RESULTS}/mlflow.db"
+MLFLOW_PARENT = f"{GDIR}/mlflow_parent.json"
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 EVALUATED = ["base", *GRID.cold_starts]
 
@@ -90,4 +94,20 @@ def write_grid_file(grid_json, path, log_path):
     """The grid as run (effective preset, seeds, findings): what analysis.report reads."""
     header = f"# The grid as run (from {GRID.source}, preset {GRID.preset}); written by the workflow.\n"
     Path(path).write_text(header + yaml.safe_dump(json.loads(grid_json), sort_keys=False))
-    Path(log_path).write_text(f"wrote {path}: {len(GRID.runs)} runs\n")
+    with open(log_path, "a") as log:  # appended: a re-run keeps the history
+        log.write(f"wrote {path}: {len(GRID.runs)} runs\n")
+
+
+def set_aside_stale_mirror():
+    """The mirror's records (mlflow_parent.json, mlflow_run.json) say what the MLflow store holds; when the
+    embedded store was deleted they are false. Snakemake cannot see a file that is not an output, so the
+    grid's parent record is renamed mlflow_parent.json.stale: the mirror job's output is then missing, the
+    job is planned, and it re-mirrors every run into a new store (and the report follows)."""
+    if TRACKING_URI or os.path.exists(MLFLOW_DB) or not os.path.exists(MLFLOW_PARENT):
+        return
+    os.replace(MLFLOW_PARENT, MLFLOW_PARENT + ".stale")
+    print(f"{MLFLOW_DB} is gone: {MLFLOW_PARENT} set aside, the MLflow mirror of grid '{GRID.name}' will re-run",
+          file=sys.stderr)
+
+
+set_aside_stale_mirror()

@@ -39,7 +39,7 @@ rule report:
         uri=TRACKING_URI,
     shell:
         "{PYTHON} -m analysis.report --grid-dir {params.grid_dir} --grid-file {input.grid} "
-        "--out {params.out} 2>&1 | tee {log} && "
+        "--out {params.out} 2>&1 | tee -a {log} && "
         "{PYTHON} -m rl_core.tracking report --parent-file {input.parent} --report-dir {params.out} "
         "--uri={params.uri:q} >> {log} 2>&1"
 
@@ -54,4 +54,4 @@ rule index:
     params:
         results=lambda w, output: os.path.dirname(output[0]) or ".",
     shell:
-        "{PYTHON} -m analysis.index --results {params.results} --out {output} > {log} 2>&1"
+        "{PYTHON} -m analysis.index --results {params.results} --out {output} >> {log} 2>&1"

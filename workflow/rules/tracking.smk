@@ -3,7 +3,8 @@
 # writes mlflow_parent.json and, beside each run, mlflow_run.json. One job per grid (not per arm): opening
 # MLflow costs ~2 s, paid once. Re-mirroring is idempotent (a run whose files did not change is kept), so
 # when one arm re-runs, this job re-runs and rewrites only that arm. A local rule: on a cluster it runs
-# where the sqlite store lives.
+# where the sqlite store lives. A deleted embedded store (results/mlflow.db) re-runs this job: see
+# set_aside_stale_mirror in common.smk. The log is appended to: a re-run keeps the history.
 
 localrules:
     mlflow,
@@ -14,7 +15,7 @@ rule mlflow:
         summaries=[run_file(r, "summary.json") for r in GRID.runs],
         done=[run_file(r, "DONE") for r in GRID.runs],
     output:
-        parent=f"{GDIR}/mlflow_parent.json",
+        parent=MLFLOW_PARENT,
         runs=[run_file(r, "mlflow_run.json") for r in GRID.runs],
     log:
         f"{LOGS}/mlflow.log",
@@ -25,4 +26,4 @@ rule mlflow:
         run_dirs=lambda w, input: " ".join(shlex.quote(os.path.dirname(d)) for d in input.done),
     shell:
         "{PYTHON} -m rl_core.tracking grid --grid-dir {params.grid_dir} --grid {params.grid} "
-        "--uri={params.uri:q} {params.run_dirs} > {log} 2>&1"
+        "--uri={params.uri:q} {params.run_dirs} >> {log} 2>&1"
