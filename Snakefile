@@ -2,11 +2,14 @@
 
     snakemake --profile workflow/profiles/default --configfile experiments/paper.yaml [--config preset=mini]
     snakemake -n --configfile experiments/paper.yaml      # list the jobs without running anything
+    snakemake -n                                          # the same: the paper's grid is the default
 
-Snakemake's config IS the grid file given with --configfile (checked by rl_core.grid against
-workflow/schemas/grid.schema.yaml and the typed RunConfig before any job starts). One run's config is
-defaults <- preset <- grid base <- figure base <- arm config <- seed (the more specific layer wins).
-Options beside it:
+Snakemake's config IS the grid file given with --configfile, else experiments/paper.yaml (checked by
+rl_core.grid against workflow/schemas/grid.schema.yaml and the typed RunConfig before any job starts).
+A grid given with --configfile replaces the default whole (Snakemake would merge it over a `configfile:`
+default, and a smoke grid would inherit the paper's figures): the default is read only without one.
+One run's config is defaults <- preset <- grid base <- figure base <- arm config <- seed (the more
+specific layer wins). Options beside it:
 
     --config preset=NAME       scale preset of experiments/presets.yaml (default: the grid's `preset`)
              results=DIR       results root (default: results)
@@ -29,6 +32,12 @@ min_version("9.0")
 # .venv/bin/snakemake without activating it). Not a param: moving the venv must not rerun every job.
 PYTHON = sys.executable
 sys.path.insert(0, workflow.basedir)
+
+DEFAULT_GRID = "experiments/paper.yaml"
+GRID_FILES = [str(p) for p in workflow.overwrite_configfiles] or [DEFAULT_GRID]
+if not workflow.overwrite_configfiles:
+
+    configfile: DEFAULT_GRID
 
 
 include: "workflow/rules/common.smk"
