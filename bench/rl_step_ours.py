@@ -3,9 +3,10 @@ of up to L tokens, rewards, the logp_old pass, N optimizer steps, weight sync.
 
     .venv/bin/python bench/rl_step_ours.py SPEC_JSON     (run by rl_core.bench; prints BENCH_JSON {...})
 
-SPEC: ckpt, task (TaskConfig overrides), B, G, L, N, warmup, steps, threads, lr, seed, precision,
-objective. One-off setup (imports, checkpoint load, engine construction) and `warmup` global steps are
-excluded; the `steps` global steps after them are timed one by one.
+SPEC: ckpt, task (TaskConfig overrides), B, G, L, N, warmup, steps, threads, lr, seed, precision (of the
+rollout engine), train_precision (of the training engine), objective. One-off setup (imports, checkpoint
+load, engine construction) and `warmup` global steps are excluded; the `steps` global steps after them are
+timed one by one.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ def main() -> None:
         "init": s["ckpt"], "task": s["task"],
         "rollout": {"precision": s.get("precision", "fp32"), "max_new_tokens": s["L"], "group_size": s["G"]},
         "train": {"batch_prompts": s["B"], "n_minibatches": s["N"], "lr": s["lr"], "seed": s["seed"],
-                  "threads": s["threads"], "steps": s["N"] * (s["warmup"] + s["steps"])},
+                  "threads": s["threads"], "steps": s["N"] * (s["warmup"] + s["steps"]),
+                  "precision": s.get("train_precision", "fp32")},
         "loss": {"objective": s.get("objective", "grpo"), "eps_low": 0.2, "eps_high": 0.27},
     })
     with tempfile.TemporaryDirectory() as tmp:

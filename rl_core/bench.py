@@ -39,7 +39,7 @@ from rl_core.model import config_value
 
 ROOT = Path(__file__).resolve().parent.parent
 MARK = "BENCH_JSON "
-TASK = {"n_train": 512, "n_bench": 64}
+TASK = {"n_train": 512, "n_bench": 128}  # n_bench >= eval.n_problems (128)
 COLDSTART = {"task": TASK, "pipeline": {"pretrain_steps": 30, "sft_steps": 100, "batch_size": 32,
                                         "sft_lr": 3e-3}}
 # lr ~ 0: the policy stays put, so both sides sample the same length distribution every step (the
@@ -137,13 +137,16 @@ def median(xs: list[float]) -> float:
 
 
 def bench_rl_step(ckpt: Path, threads: int, peers: Path, rounds: int = 2) -> dict:
-    """Ours and TRL in turns, `rounds` processes each; s/global step = median over every timed step."""
+    """Ours (fp32 and bf16 training engine) and TRL in turns, `rounds` processes each; s/global step = median
+    over every timed step."""
     spec = {**RL_STEP, "ckpt": str(ckpt), "task": TASK, "threads": threads}
-    out: dict = {"spec": spec, "ours": [], "trl": []}
+    out: dict = {"spec": spec, "ours": [], "ours_bf16": [], "trl": []}
     for _ in range(rounds):
         out["ours"].append(run_helper(Path(sys.executable), "rl_step_ours.py", spec, threads))
+        out["ours_bf16"].append(run_helper(Path(sys.executable), "rl_step_ours.py",
+                                           {**spec, "train_precision": "bf16"}, threads))
         out["trl"].append(run_helper(peers, "rl_step_trl.py", spec, threads))
-    for side in ("ours", "trl"):
+    for side in ("ours", "ours_bf16", "trl"):
         ok = [r for r in out[side] if "error" not in r]
         out[f"{side}_wall_s"] = median([w for r in ok for w in r["walls"]]) if ok else None
         out[f"{side}_cpu_s"] = median([w for r in ok for w in r["cpus"]]) if ok else None
@@ -253,6 +256,10 @@ def table(res: dict) -> list[dict]:
         ratio = t / o if o and t else None
         rows.append(_row("RL global step, s (B8 G8 L48 N4)", o, t if t else "trl: not installed", ratio,
                          ">= 5x", ratio is not None and ratio >= 5))
+        b = rl.get("ours_bf16_s")
+        if o and b:
+            rows.append(_row("RL global step, s: ours train.precision bf16 (peer: ours fp32)", b, o, o / b,
+                             "-", None))
         mf = res.get("mfu")
         if o and mf and "error" not in mf and rl.get("ours"):
             bound = rl["bound_flops"] / mf["peak_flops"]
