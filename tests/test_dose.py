@@ -1,0 +1,55 @@
+"""analysis.dose: the dose-response reading of a figure across rollout formats, on synthetic frames."""
+
+import matplotlib
+
+matplotlib.use("Agg")
+import pandas as pd  # noqa: E402
+
+from analysis.dose import dose_figure, dose_frame, dose_lines  # noqa: E402
+
+
+def frames(precisions=("fp32", "fp8", "mxfp4")):
+    runs, per_run = [], []
+    kl = {"fp32": 1e-4, "fp8": 3e-3, "mxfp4": 2e-2}
+    for obj, arm in (("minirl", "minirl"), ("minirl_no_is", "minirl_no_is")):
+        for p in precisions:
+            for seed in (0, 1):
+                name = f"{arm}-precision={p}"
+                runs.append({"figure": "fig6", "arm": name, "seed": seed,
+                             "config": {"loss": {"objective": obj}, "rollout": {"precision": p}}})
+                drop = 0.0 if obj == "minirl" else {"fp32": 0.0, "fp8": 0.1, "mxfp4": 0.3}[p]
+                per_run.append({"figure": "fig6", "arm": name, "seed": seed, "mean_kl_k3": kl[p] * (1 + seed),
+                                "final_score": 0.6 - drop + 0.01 * seed, "survival_step": 96 - 100 * drop})
+    runs.append({"figure": "other", "arm": "x", "seed": 0, "config": {}})
+    return pd.DataFrame(runs), pd.DataFrame(per_run)
+
+
+def test_dose_frame_has_one_row_per_run_with_its_objective_precision_and_kl():
+    runs, per_run = frames()
+    f = dose_frame(runs, per_run, "fig6")
+    assert len(f) == 12 and set(f["objective"]) == {"minirl", "minirl_no_is"}
+    row = f[(f["arm"] == "minirl_no_is-precision=mxfp4") & (f["seed"] == 1)].iloc[0]
+    assert row["precision"] == "mxfp4" and row["kl"] == 4e-2 and row["final_score"] == 0.6 - 0.3 + 0.01
+
+
+def test_dose_lines_average_seeds_and_order_by_kl():
+    runs, per_run = frames()
+    lines = dose_lines(dose_frame(runs, per_run, "fig6"), "final_score")
+    no_is = lines[lines["objective"] == "minirl_no_is"]
+    assert list(no_is["precision"]) == ["fp32", "fp8", "mxfp4"]                 # ascending KL
+    assert no_is["final_score"].round(6).tolist() == [0.605, 0.505, 0.305]   # mean of seeds 0 and 1
+    assert no_is["kl"].round(9).tolist() == [1.5e-4, 4.5e-3, 3e-2]
+
+
+def test_a_figure_with_one_rollout_format_has_no_dose_reading():
+    runs, per_run = frames(precisions=("fp8",))
+    assert dose_frame(runs, per_run, "fig6").empty
+    assert dose_frame(runs, per_run, "missing").empty
+
+
+def test_dose_figure_draws_two_log_x_panels():
+    runs, per_run = frames()
+    fig = dose_figure(dose_frame(runs, per_run, "fig6"), "fig6")
+    axes = fig.get_axes()
+    assert len(axes) == 2 and all(ax.get_xscale() == "log" for ax in axes)
+    assert [t.get_text() for t in axes[0].get_legend().get_texts()] == ["minirl", "minirl_no_is"]
