@@ -44,8 +44,8 @@ bench: $(STAMP)
 # The train-inference gap of every rollout format against the fp32 and bf16 trainers, on the grid's `chain`
 # cold start (built by the workflow if missing).
 precision-table: $(STAMP)
-	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) --configfile $(GRID) \
-	  --config preset=$(PRESET) results/$(basename $(notdir $(GRID)))/models/chain/model.safetensors
+	$(BIN)/snakemake results/$(basename $(notdir $(GRID)))/models/chain/model.safetensors \
+	  --profile workflow/profiles/default --cores $(CORES) --configfile $(GRID) --config preset=$(PRESET)
 	$(BIN)/python bench/precision_table.py results/$(basename $(notdir $(GRID)))/models/chain \
 	  --json results/bench/precision_table.json
 
