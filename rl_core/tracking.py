@@ -2,9 +2,10 @@
 
 What lands in MLflow, for browsing and comparing in ``mlflow ui``:
 
-* one **experiment per grid** (named after the grid; tagged as model development, so the UI opens on its
-  training runs), with one **parent run** per grid (tag ``role=grid``), which carries the grid's report
-  (``report.html``, ``report.md``, the figures and CSVs, logged by ``report`` after analysis.report);
+* one **experiment per grid** (named after the grid; tagged as model development; :func:`ui_path`, also in
+  mlflow_parent.json, is the UI address that opens on its training runs), with one **parent run** per
+  grid (tag ``role=grid``), which carries the grid's report (``report.html``, ``report.md``, the figures
+  and CSVs, logged by ``report`` after analysis.report);
 * one **child run** per (figure, arm, seed) (tag ``mlflow.parentRunId``), named ``{figure}/{arm}/{seed}``:
   params = the flat resolved config (``config.json`` through :func:`rl_core.config.flatten`); metrics =
   every numeric field of every ``metrics.jsonl`` row at ``step`` = the row's gradient step, plus the
@@ -137,6 +138,12 @@ def _write_json(path: str | Path, data: dict) -> None:
 # -------------------------------------------------------------------------------------- the parent
 
 
+def ui_path(exp_id: str) -> str:
+    """The experiment's runs in `mlflow ui`, appended to its address. MLflow 3's UI opens an experiment on
+    its GenAI overview (traces) unless the workflow type says model training; this path says it."""
+    return f"#/experiments/{exp_id}/runs?workflowType=machine_learning"
+
+
 def mirror_parent(grid_dir: str | Path, grid: str, uri: str = "", out: str | Path | None = None,
                   start_ms: int | None = None) -> dict:
     """Find or create the grid's experiment and parent run (started at `start_ms`, default now); write
@@ -157,7 +164,7 @@ def mirror_parent(grid_dir: str | Path, grid: str, uri: str = "", out: str | Pat
         run_id = run.info.run_id
         retry(client.set_terminated, run_id, "FINISHED")
     record = {"grid": grid, "tracking_uri": uri, "experiment_id": exp_id, "experiment_name": grid,
-              "parent_run_id": run_id}
+              "parent_run_id": run_id, "ui_path": ui_path(exp_id)}
     if out:
         _write_json(out, record)
     return record
