@@ -158,6 +158,8 @@ class Grid:
         full = to_dict(self.base_config if teacher is None else self.coldstart_config(teacher))
         out = {section: full[section] for section in STAGE_SECTIONS[stage]}
         out["train"] = {"threads": full["train"]["threads"]}
+        if "eval" not in out:  # unused by the stage; the default (128) must fit the task's benchmark, and a
+            out["eval"] = {"n_problems": full["task"]["n_bench"]}  # function of task.* rebuilds nothing
         if teacher is not None:
             out["cold_start"] = teacher
         return out

@@ -103,7 +103,7 @@ def test_resolution_order_defaults_preset_base_figure_arm_seed(tmp_path):
     assert cfg.train.lr == 0.1          # figure base over grid base
     assert cfg.loss.is_cap == 4.0       # arm over figure base
     assert cfg.train.steps == 96        # the grid base over the preset (smoke: 8)
-    assert cfg.train.batch_prompts == 2  # the preset (smoke) over the defaults where the grid is silent
+    assert cfg.train.batch_prompts == 4  # the preset (smoke) over the defaults where the grid is silent
     assert cfg.train.seed == 7          # the seeds axis owns train.seed
     assert cfg.loss.eps_high == 0.27    # untouched default
     assert run.over_preset == ("train.steps=96",)
@@ -154,7 +154,9 @@ def test_base_model_config_ignores_figures_and_arms(tmp_path):
     assert grid.base_config.model.num_experts_per_tok == 2  # the preset where the grid is silent
     assert grid.base_config.model.hidden_size == 32  # the smoke preset
     sft = grid.stage_config("sft", "direct")
-    assert sft["cold_start"] == "direct" and set(sft) == {"model", "task", "pipeline", "train", "cold_start"}
+    assert sft["cold_start"] == "direct" and set(sft) == {"model", "task", "pipeline", "train", "cold_start",
+                                                          "eval"}
+    assert sft["eval"] == {"n_problems": sft["task"]["n_bench"]}  # only to pass the cross-check
     assert "loss" not in grid.stage_config("pretrain") and "rollout" in grid.stage_config("eval")
 
 
