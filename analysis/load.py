@@ -10,6 +10,10 @@ A grid's results live in ``results/{grid}/runs/{figure}/{arm}/seed{seed}/`` and 
 * ``runs``: one row per run with the meta fields, ``status`` ("completed" | "diverged" | "incomplete"),
   the summary fields, ``run_dir`` and the resolved ``config`` (a dict).
 
+A run whose files are short is reported, not read short in silence: ``warning`` says when metrics.jsonl
+has lines that are not valid JSON (a torn write) or when a run that says it completed has fewer training
+step rows than its ``train.steps``.
+
 A run without ``DONE`` is loaded and marked ``status="incomplete"`` (``summary_status`` keeps what its
 summary said, if anything). Missing meta fields are inferred from the directory names, so a run whose
 ``meta.json`` was never written still shows up.
@@ -29,7 +33,7 @@ import pandas as pd
 TIDY_COLUMNS = ["grid", "figure", "arm", "label", "seed", "step", "metric", "value"]
 RUN_COLUMNS = ["grid", "figure", "figure_title", "arm", "label", "seed", "preset", "config_hash", "status",
                "summary_status", "done", "steps_done", "diverged_step", "reason", "wall_s", "mlflow_run_id",
-               "n_metric_rows", "run_dir", "config"]
+               "n_metric_rows", "warning", "run_dir", "config"]
 #: Keys of a metrics row that index it rather than measure something.
 INDEX_KEYS = ("step", "global_step", "minibatch")
 _SEED_DIR = re.compile(r"^seed(\d+)$")
@@ -58,15 +62,11 @@ def _as_float(value: Any) -> float | None:
 def read_metrics(path: Path) -> pd.DataFrame:
     """Long metrics of one run: columns step, metric, value (one row per step and key).
 
-    Malformed lines (a run killed mid-write) and rows without a step are skipped; when a (step, metric)
-    pair appears twice the later row wins.
+    Malformed lines (a run killed mid-write) and rows without a step are skipped (:func:`torn_lines`
+    counts them, and load_run reports them); when a (step, metric) pair appears twice the later row wins.
     """
     records: list[tuple[int, str, float]] = []
-    try:
-        lines = Path(path).read_text().splitlines()
-    except OSError:
-        lines = []
-    for line in lines:
+    for line in _lines(path):
         try:
             row = json.loads(line)
         except ValueError:
@@ -82,6 +82,38 @@ def read_metrics(path: Path) -> pd.DataFrame:
     frame = pd.DataFrame(records, columns=["step", "metric", "value"])
     frame = frame.drop_duplicates(["step", "metric"], keep="last")
     return frame.astype({"step": "int64", "value": "float64"}).reset_index(drop=True)
+
+
+def _lines(path: Path) -> list[str]:
+    try:
+        return Path(path).read_text(errors="replace").splitlines()
+    except OSError:
+        return []
+
+
+def torn_lines(path: Path) -> int:
+    """Lines of a metrics file that are not a JSON object (a torn or garbled write); blank lines aside."""
+    bad = 0
+    for line in _lines(path):
+        try:
+            bad += line.strip() != "" and not isinstance(json.loads(line), dict)
+        except ValueError:
+            bad += 1
+    return bad
+
+
+def run_warning(metrics: pd.DataFrame, torn: int, done: bool, summary: dict, config: dict) -> str:
+    """What is short about a run's files ("" when nothing): torn lines, missing step rows."""
+    out = []
+    if torn:
+        out.append(f"metrics.jsonl: {torn} unreadable line(s) skipped (a torn write)")
+    planned = (config.get("train") or {}).get("steps") if isinstance(config, dict) else None
+    if done and summary.get("status") == "completed" and isinstance(planned, int):
+        train_steps = metrics.loc[~metrics["metric"].str.startswith("eval/"), "step"].drop_duplicates()
+        have = int((train_steps > 0).sum())
+        if have < planned:
+            out.append(f"completed, but metrics.jsonl holds {have} of train.steps={planned} step rows")
+    return "; ".join(out)
 
 
 def meta_from_path(run_dir: Path) -> dict:
@@ -120,6 +152,8 @@ def load_run(run_dir: Path) -> tuple[dict, pd.DataFrame]:
         "reason": summary.get("reason", ""), "wall_s": summary.get("wall_s", np.nan),
         "mlflow_run_id": (read_json(run_dir / "mlflow_run.json") or {}).get("run_id"),
         "n_metric_rows": len(metrics),
+        "warning": run_warning(metrics, torn_lines(run_dir / "metrics.jsonl"), done, summary,
+                               read_json(run_dir / "config.json") or {}),
         "run_dir": str(run_dir), "config": read_json(run_dir / "config.json") or {},
     }
     return row, metrics

@@ -22,6 +22,7 @@ import base64
 import dataclasses
 import html
 import json
+import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -116,6 +117,10 @@ def _html_page(ctx: dict) -> str:
         parts.append(render.arm_table_html(fig["arms"], arms, sel, out_dir))
         if len(sel):
             parts.append(render.run_table_html(sel, out_dir))
+    warned = _warnings(ctx["per_run"])
+    if warned:
+        items = [f"<li><code>{html.escape(run)}</code>: {html.escape(text)}</li>" for run, text in warned]
+        parts += ['<h2 id="warnings">Warnings: runs whose files are short</h2><ul>', *items, "</ul>"]
     parts += ['<h2 id="findings">Findings: the paper\'s conclusions on this grid</h2>',
               render.findings_table_html(ctx["findings"])]
     return ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
@@ -133,8 +138,20 @@ def _markdown(ctx: dict) -> str:
             lines += [f"![{fig['title']}]({fig['png'].name})", ""]
         sel, arms = _of_figure(ctx["per_run"], fig["key"]), _of_figure(ctx["per_arm"], fig["key"])
         lines += [render.arm_table_md(fig["arms"], arms, sel, ctx["out_dir"]), ""]
+    warned = _warnings(ctx["per_run"])
+    if warned:
+        lines += ["## Warnings: runs whose files are short", ""]
+        lines += [f"* `{run}`: {text}" for run, text in warned] + [""]
     lines += ["## Findings", "", render.findings_table_md(ctx["findings"]), ""]
     return "\n".join(lines)
+
+
+def _warnings(per_run: pd.DataFrame) -> list[tuple[str, str]]:
+    """(figure/arm/seed, warning) of every run whose files are short (analysis.load.run_warning)."""
+    if "warning" not in per_run:
+        return []
+    return [(f"{r.figure}/{r.arm}/seed{r.seed}", r.warning) for r in per_run.itertuples(index=False)
+            if isinstance(r.warning, str) and r.warning]
 
 
 def _empty_per_run() -> pd.DataFrame:
@@ -225,6 +242,8 @@ def _main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     path = build_report(args.grid_dir, args.grid_file, args.out, parse_rule(args.rule), args.n_boot,
                         args.findings)
+    for run, text in _warnings(pd.read_csv(path.parent / "stability_runs.csv", keep_default_na=False)):
+        print(f"warning: {run}: {text}", file=sys.stderr)
     print(f"report: {path}")
     return 0
 

@@ -21,6 +21,9 @@ Collapse rule ``score-drop-or-kl-break`` (:class:`CollapseRule`; thresholds are 
   collapses turn the KL sharply upward, usually past ~1e-2; the relative factor keeps a run whose KL is
   high from the start (a large but steady discrepancy) from being flagged.
 * **divergence**: a run whose summary says ``diverged`` collapses at its ``diverged_step``.
+* **non-finite**: the first step that logged a NaN or infinite train-inference KL (``kl_metric``) or loss
+  (``loss/value``) collapses, whatever the summary says (a value logged as NaN is a break; a key that a
+  row does not log, as eval rows, is not).
 
 The collapse step is the earliest of the three; ``collapse_cause`` names which (ties joined by "+").
 ``survival_step`` is the collapse step, or the last step reached when the run never collapsed (censored):
@@ -46,6 +49,7 @@ SCORE = "eval/score"
 REWARD = "reward/mean"
 ENTROPY = "entropy/mean"
 LENGTH = "eval/response_length"
+LOSS = "loss/value"
 #: Per-run columns aggregated per arm (point = IQM, with _lo/_hi interval columns).
 FINAL_REWARD_WINDOW = 5  # last logged training steps averaged into final_reward (the reward is noisy)
 ARM_METRICS = ("peak_score", "final_score", "survival_step", "max_kl", "mean_kl", "max_kl_k3", "mean_kl_k3",
@@ -169,14 +173,30 @@ def kl_break_step(steps, kl, threshold: float = 1e-2, factor: float = 10.0, base
     return float(s[hits[0]]) if len(hits) else np.nan
 
 
+def nonfinite_step(long: pd.DataFrame, metrics: tuple[str, ...]) -> float:
+    """First step whose logged value of one of `metrics` is NaN or infinite (NaN when none).
+
+    `long` is one run's (step, metric, value) rows: a metric a row never logged has no row here, so only a
+    value the trainer logged as non-finite counts."""
+    if long.empty:
+        return np.nan
+    sel = long[long["metric"].isin(metrics) & ~np.isfinite(long["value"].to_numpy(dtype=float))]
+    return float(sel["step"].min()) if len(sel) else np.nan
+
+
 def collapse(eval_steps, scores, kl_steps, kl, diverged_step: float | None,
-             rule: CollapseRule = CollapseRule()) -> tuple[float, str]:
-    """(collapse step, cause) by the rule; (NaN, "") when the run never collapsed."""
+             rule: CollapseRule = CollapseRule(), nonfinite: float | None = None) -> tuple[float, str]:
+    """(collapse step, cause) by the rule; (NaN, "") when the run never collapsed. `nonfinite`: the first
+    step with a non-finite KL or loss (:func:`nonfinite_step`), a break; not named beside a divergence
+    the trainer already reported at that step (its NaN is the divergence)."""
+    if diverged_step is not None and nonfinite is not None and nonfinite >= float(diverged_step):
+        nonfinite = None
     candidates = {
         "score-drop": score_drop_step(eval_steps, scores, rule.score_margin, rule.min_drop_evals),
         "kl-break": kl_break_step(kl_steps, kl, rule.kl_threshold, rule.kl_factor,
                                   rule.kl_baseline_steps, rule.kl_persist),
         "diverged": np.nan if diverged_step is None else float(diverged_step),
+        "non-finite": np.nan if nonfinite is None else float(nonfinite),
     }
     found = {k: v for k, v in candidates.items() if np.isfinite(v)}
     if not found:
@@ -213,13 +233,13 @@ def _relative_excursions(values: np.ndarray, baseline_n: int) -> tuple[float, fl
 
 
 def run_stability(frame: pd.DataFrame, diverged_step: float | None = None, steps_done: int | None = None,
-                  rule: CollapseRule = CollapseRule()) -> dict:
+                  rule: CollapseRule = CollapseRule(), nonfinite: float | None = None) -> dict:
     """Stability metrics of one run from its wide frame (index step, one column per metric)."""
     out = _score_fields(frame)
     eval_steps, scores = _series(frame, SCORE)
     kl_steps, kl = _series(frame, rule.kl_metric)
     out["collapse_step"], out["collapse_cause"] = collapse(eval_steps, scores, kl_steps, kl,
-                                                           diverged_step, rule)
+                                                           diverged_step, rule, nonfinite)
     last = steps_done if steps_done else (frame.index.max() if len(frame) else np.nan)
     out["survival_step"] = out["collapse_step"] if np.isfinite(out["collapse_step"]) else float(last)
     out["max_kl"] = float(kl.max()) if len(kl) else np.nan
@@ -245,17 +265,22 @@ def stability_runs(tidy: pd.DataFrame, runs: pd.DataFrame,
                    rule: CollapseRule = CollapseRule()) -> pd.DataFrame:
     """One row per run: identity and status columns of `runs` plus :func:`run_stability`'s fields."""
     frames = wide_by_run(tidy)
+    breaks = tidy[tidy["metric"].isin((rule.kl_metric, LOSS))]
+    breaks = {key: nonfinite_step(group, (rule.kl_metric, LOSS))
+              for key, group in breaks.groupby(["figure", "arm", "seed"], sort=False)}
     rows = []
     for run in runs.itertuples(index=False):
         frame = frames.get((run.figure, run.arm, int(run.seed)), pd.DataFrame())
         diverged = None
         if run.summary_status == "diverged":
             diverged = run.diverged_step if _is_number(run.diverged_step) else run.steps_done
-        fields = run_stability(frame, diverged, run.steps_done, rule)
+        nonfinite = breaks.get((run.figure, run.arm, run.seed), np.nan)
+        fields = run_stability(frame, diverged, run.steps_done, rule, nonfinite)
         planned = (run.config or {}).get("train", {}).get("steps") if isinstance(run.config, dict) else None
         rows.append({"figure": run.figure, "arm": run.arm, "label": run.label, "seed": int(run.seed),
                      "status": run.status, "steps_done": run.steps_done,
                      "planned_steps": planned if _is_number(planned) else np.nan, **fields,
+                     "warning": getattr(run, "warning", "") or "",
                      "mlflow_run_id": run.mlflow_run_id, "run_dir": run.run_dir})
     return pd.DataFrame(rows)
 
