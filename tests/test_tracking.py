@@ -250,6 +250,8 @@ def test_child_duration_is_the_run_wall_time_and_metrics_carry_training_timestam
     assert sorted(m.timestamp for m in history) == [int((t0 + 2.5 * i) * 1000) for i in range(10)]
     exp = MlflowClient(parent["tracking_uri"]).get_experiment(parent["experiment_id"])
     assert exp.tags["mlflow.experimentKind"] == "custom_model_development"  # the UI opens on its runs
+    record = json.loads((grid_dir / "mlflow_parent.json").read_text())
+    assert record["ui_path"] == f"#/experiments/{exp.experiment_id}/runs?workflowType=machine_learning"
 
 
 def test_the_report_is_logged_into_the_parent_run(store, tmp_path):
