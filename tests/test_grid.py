@@ -24,6 +24,8 @@ PAPER_ARMS = (
     | {("fig4_off_policy_n8", a) for a in ("minirl_r2_no_clip", "minirl_r2", "minirl_r3")}
     | {("fig5_cold_start", a) for a in ("cold_direct", "cold_chain", "cold_scratchpad")}
     | {("fig1c_on_policy_fp32", a) for a in ON_POLICY}
+    | {("fig6_precision_dose", f"{a}-precision={p}") for a in ("minirl", "minirl_no_is")
+       for p in ("fp32", "bf16", "fp8_w8a16", "fp8", "mxfp4")}
 )
 
 
@@ -45,7 +47,7 @@ def tiny(**figure_extra):
 def test_paper_expands_to_exactly_the_papers_arms_at_every_preset(preset):
     grid = G.load_grid(PAPER, preset)
     pairs = [(r.figure, r.arm) for r in grid.runs]
-    assert len(pairs) == len(set(pairs)) == 26  # one seed by default
+    assert len(pairs) == len(set(pairs)) == 36  # one seed by default
     assert set(pairs) == PAPER_ARMS
     assert grid.cold_starts == ["direct", "chain", "scratchpad"]
     assert {r.preset for r in grid.runs} == {preset}
@@ -54,11 +56,14 @@ def test_paper_expands_to_exactly_the_papers_arms_at_every_preset(preset):
 def test_paper_knobs_per_figure():
     runs = {(r.figure, r.arm): r.config for r in G.load_grid(PAPER).runs}
     n = {"fig1_on_policy": 1, "fig2_off_policy_n2": 2, "fig3_off_policy_n4": 4, "fig4_off_policy_n8": 8,
-         "fig5_cold_start": 2, "fig1c_on_policy_fp32": 1}
+         "fig5_cold_start": 2, "fig1c_on_policy_fp32": 1, "fig6_precision_dose": 1}
     for (fig, arm), cfg in runs.items():
         assert cfg.train.n_minibatches == n[fig], (fig, arm)
-        assert cfg.rollout.precision == ("fp32" if fig == "fig1c_on_policy_fp32" else "fp8")
-        assert cfg.train.precision == "fp32" and cfg.init == ""
+        dose = arm.partition("-precision=")[2]
+        assert cfg.rollout.precision == ("fp32" if fig == "fig1c_on_policy_fp32" else dose or "fp8")
+        # The paper's stress test trains in bf16; the control has no precision gap at all.
+        assert cfg.train.precision == ("fp32" if fig == "fig1c_on_policy_fp32" else "bf16")
+        assert cfg.init == ""
         assert cfg.replay.mode == ("r3" if "r3" in arm else "r2" if "r2" in arm or fig == "fig5_cold_start"
                                    else "none"), (fig, arm)
         want = ("minirl_no_clip" if "no_clip" in arm else "minirl_no_is" if "no_is" in arm
