@@ -61,6 +61,7 @@ from mlflow.entities import Metric, Param, ViewType  # noqa: E402  (after the te
 from mlflow.exceptions import MlflowException  # noqa: E402
 from mlflow.tracking import MlflowClient  # noqa: E402
 
+from rl_core.cli import UsageError, guard  # noqa: E402
 from rl_core.config import flatten  # noqa: E402
 
 #: Bump when what a mirror writes changes: every run is then mirrored again.
@@ -405,6 +406,12 @@ def main(argv: list[str] | None = None) -> int:
         s.add_argument("--uri", default="", help="tracking URI (default: sqlite store under the results)")
         s.add_argument("--out", required=True, help="JSON file to write the ids to")
     args = parser.parse_args(argv)
+    for name in ("grid_dir", "run_dir"):
+        if getattr(args, name, None) is not None and not Path(getattr(args, name)).is_dir():
+            raise UsageError(f"--{name.replace('_', '-')}: no such directory {getattr(args, name)}")
+    for name in ("parent_file",):
+        if getattr(args, name, None) is not None and not Path(getattr(args, name)).is_file():
+            raise UsageError(f"--{name.replace('_', '-')}: no such file {getattr(args, name)}")
     if args.command == "grid":
         record = mirror_grid(args.grid_dir, args.grid, args.run_dirs, args.uri)
     elif args.command == "report":
@@ -418,4 +425,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    raise SystemExit(guard(main, errors=(json.JSONDecodeError, KeyError)))
