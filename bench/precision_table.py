@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 import torch
 
@@ -75,8 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = measure(args.ckpt, args.prompts, args.group, args.seed)
     print(markdown(rows))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(rows, f, indent=2)
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(rows, indent=2))
     return 0
 
 

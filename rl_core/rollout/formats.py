@@ -82,7 +82,8 @@ def fp8_channel_quant(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def _mx():
     """torchao's MX reference code, imported on first use (1 s; its CUDA kernels' load errors silenced)."""
-    logging.getLogger("torchao").setLevel(logging.ERROR)
+    for name in ("torchao", "torch.utils._pytree"):  # CUDA kernels absent; its pytree registration notices
+        logging.getLogger(name).setLevel(logging.ERROR)
     from torchao.prototype.mx_formats.mx_tensor import to_dtype, to_mx
     return to_mx, to_dtype
 
