@@ -29,6 +29,7 @@ from pathlib import Path
 import pandas as pd
 
 from analysis import render
+from analysis.dose import dose_figure, dose_frame
 from analysis.findings import FindingError, evaluate_findings, validate_findings
 from analysis.load import load_grid
 from analysis.plots import COLD_START_PANELS, DEFAULT_PANELS, plot_figure
@@ -91,6 +92,21 @@ def _figure_png(tidy, per_run, fig: dict, out_dir: Path, rule: CollapseRule) -> 
     return path
 
 
+def _dose_png(runs, per_run, fig: dict, out_dir: Path) -> Path | None:
+    """The dose-response reading of a figure whose runs span several rollout formats (analysis.dose)."""
+    frame = dose_frame(runs, per_run, fig["key"]) if len(runs) else pd.DataFrame()
+    if frame.empty:
+        return None
+    path = out_dir / f"fig_{fig['key']}_dose.png"
+    dose_figure(frame, fig["title"]).savefig(path)
+    return path
+
+
+def _img_html(path: Path, alt: str) -> str:
+    data = base64.b64encode(path.read_bytes()).decode("ascii")
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{data}">'
+
+
 def _of_figure(frame: pd.DataFrame, key: str) -> pd.DataFrame:
     return frame[frame["figure"] == key] if len(frame) else frame
 
@@ -109,10 +125,11 @@ def _html_page(ctx: dict) -> str:
         parts.append(f'<h2 id="{html.escape(fig["key"])}">{html.escape(fig["title"])} '
                      f'<span class=muted>({html.escape(fig["key"])})</span></h2>')
         if fig.get("png"):
-            data = base64.b64encode(fig["png"].read_bytes()).decode("ascii")
-            parts.append(f'<img alt="{html.escape(fig["title"])}" src="data:image/png;base64,{data}">')
+            parts.append(_img_html(fig["png"], fig["title"]))
         else:
             parts.append("<p class=muted>No runs of this figure yet.</p>")
+        if fig.get("dose_png"):
+            parts.append(_img_html(fig["dose_png"], f"{fig['title']}: across rollout formats"))
         sel, arms = _of_figure(ctx["per_run"], fig["key"]), _of_figure(ctx["per_arm"], fig["key"])
         parts.append(render.arm_table_html(fig["arms"], arms, sel, out_dir))
         if len(sel):
@@ -134,8 +151,9 @@ def _markdown(ctx: dict) -> str:
              f"Collapse rule: `{ctx['rule']}`", "", SCHEMA_NOTE, ""]
     for fig in ctx["figures"]:
         lines += [f"## {fig['title']} (`{fig['key']}`)", ""]
-        if fig.get("png"):
-            lines += [f"![{fig['title']}]({fig['png'].name})", ""]
+        for key in ("png", "dose_png"):
+            if fig.get(key):
+                lines += [f"![{fig['title']}]({fig[key].name})", ""]
         sel, arms = _of_figure(ctx["per_run"], fig["key"]), _of_figure(ctx["per_arm"], fig["key"])
         lines += [render.arm_table_md(fig["arms"], arms, sel, ctx["out_dir"]), ""]
     warned = _warnings(ctx["per_run"])
@@ -196,6 +214,7 @@ def build_report(grid_dir: str | Path, grid_file: str | Path | None = None,
     figures = figure_layout(grid, runs)
     for fig in figures:
         fig["png"] = _figure_png(tidy, per_run, fig, out_dir, rule)
+        fig["dose_png"] = _dose_png(runs, per_run, fig, out_dir)
     name = str(grid.get("name") or (runs["grid"].iloc[0] if len(runs) else grid_dir.name))
     preset = grid.get("preset") or next(iter(runs["preset"].dropna()), "?")
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")

@@ -53,3 +53,27 @@ def test_dose_figure_draws_two_log_x_panels():
     axes = fig.get_axes()
     assert len(axes) == 2 and all(ax.get_xscale() == "log" for ax in axes)
     assert [t.get_text() for t in axes[0].get_legend().get_texts()] == ["minirl", "minirl_no_is"]
+
+
+def test_the_report_shows_the_dose_panel_for_a_figure_spanning_rollout_formats(tmp_path):
+    import json
+
+    import numpy as np
+    from test_analysis import make_run, write_run
+
+    from analysis.report import build_report
+
+    grid_dir = tmp_path / "toy"
+    rng = np.random.default_rng(0)
+    for arm, objective in (("minirl", "minirl"), ("no_is", "minirl_no_is")):
+        for precision in ("fp32", "fp8"):
+            for fig in ("dose", "plain"):
+                run_dir = write_run(grid_dir, fig, f"{arm}-{precision}", 0, *make_run(40, rng))
+                config = json.loads((run_dir / "config.json").read_text())
+                config["loss"]["objective"] = objective
+                config["rollout"]["precision"] = precision if fig == "dose" else "fp8"
+                (run_dir / "config.json").write_text(json.dumps(config))
+    html = build_report(grid_dir).read_text()
+    assert (grid_dir / "report" / "fig_dose_dose.png").is_file()
+    assert not (grid_dir / "report" / "fig_plain_dose.png").exists()
+    assert "across rollout formats" in html and html.count("data:image/png") == 3
