@@ -159,13 +159,33 @@ class TrainConfig:
 class LossConfig:
     """The objective (PAPER.md section 3); `objective` picks a registry entry of rl_core.objectives."""
 
-    objective: str = F("minirl", "Objective by name.", choices=(
-        "minirl", "minirl_length_norm", "minirl_no_is", "minirl_no_clip", "grpo", "cispo"))
-    is_cap: float = F(5.0, "C: truncation of the detached token IS weight.", gt=0)
+    objective: str = F("minirl", "Objective by name (rl_core.objectives' paper index says which source "
+                       "each follows).", choices=(
+        "minirl", "minirl_length_norm", "minirl_no_is", "minirl_no_clip", "grpo", "cispo",
+        "tis_decoupled", "icepop", "seq_mis", "seq_tis", "gspo"))
+    is_cap: float = F(5.0, "C: truncation of the detached token IS weight (and of seq_tis's sequence "
+                      "weight).", gt=0)
     is_cap_on: str = F("full", "What the cap truncates: the full ratio pi_theta/mu_old or only the "
                        "discrepancy factor pi_old/mu_old.", choices=("full", "discrepancy"))
     eps_low: float = F(0.2, "Clip range below 1 (tokens with A<0).", ge=0, le=1)
     eps_high: float = F(0.27, "Clip range above 1 (tokens with A>0).", ge=0)
+    icepop_low: float = F(0.5, "icepop: alpha, tokens with pi_old/mu_old below it get no gradient "
+                          "(IcePop's 0.5).", gt=0)
+    icepop_high: float = F(5.0, "icepop: beta, tokens with pi_old/mu_old above it get no gradient "
+                           "(IcePop's 5).", gt=0)
+    seq_ratio: str = F("geometric", "seq_mis: the sequence ratio of pi_old/mu_old it bands and weights "
+                       "(also reported as seq/ratio_log_std): geometric mean or product over the "
+                       "response's tokens.", choices=("geometric", "product"))
+    seq_mis_low: float = F(0.98, "seq_mis: a response whose sequence ratio is below it is dropped (set for "
+                           "geometric means of ~20-token responses; the sources' 0.999 is for thousands "
+                           "of tokens).", gt=0)
+    seq_mis_high: float = F(1.02, "seq_mis: a response whose sequence ratio is above it is dropped.", gt=0)
+    gspo_eps_low: float = F(3e-4, "gspo: clip range below 1 of the sequence ratio (the GSPO paper's).",
+                            ge=0, le=1)
+    gspo_eps_high: float = F(4e-4, "gspo: clip range above 1 of the sequence ratio (the GSPO paper's).",
+                             ge=0)
+    cispo_norm: str = F("group", "cispo's normaliser: group = each group's tokens (MiniMax-M1's formula); "
+                        "token_mean = the mini-batch's tokens (verl).", choices=("group", "token_mean"))
 
 
 @dataclass
@@ -273,6 +293,10 @@ def _cross_checks(cfg: RunConfig) -> None:
         raise ConfigError(f"task.max_operands: {cfg.task.max_operands} < task.min_operands")
     if not cfg.task.ops or set(cfg.task.ops) - set("+-*"):
         raise ConfigError(f"task.ops: {cfg.task.ops!r} must be a non-empty subset of '+-*'")
+    for low, high in (("icepop_low", "icepop_high"), ("seq_mis_low", "seq_mis_high")):
+        if getattr(cfg.loss, low) >= getattr(cfg.loss, high):
+            raise ConfigError(f"loss.{low}: {getattr(cfg.loss, low)} is not below "
+                              f"loss.{high}={getattr(cfg.loss, high)} (the band would be empty)")
     if cfg.train.steps % cfg.train.n_minibatches:
         raise ConfigError(f"train.steps: {cfg.train.steps} is not a multiple of "
                           f"train.n_minibatches={cfg.train.n_minibatches}")

@@ -165,7 +165,7 @@ class Arm:
         self.objective = OBJECTIVES[cfg.loss.objective]
         self.mb = t.batch_prompts * cfg.rollout.group_size  # responses per mini-batch
         L = cfg.loss
-        self.params = LossParams(L.is_cap, L.is_cap_on, L.eps_low, L.eps_high, float(self.mb))
+        self.params = LossParams.from_config(L, float(self.mb), group_size=cfg.rollout.group_size)
 
     def problems(self) -> list:
         """The N x B problems of the next global step (a pure function of the seed and the step)."""

@@ -57,6 +57,13 @@ def test_cross_field_checks():
         C.resolve({"model": {"num_experts": 2, "num_experts_per_tok": 3}})
 
 
+@pytest.mark.parametrize(("low", "high"), [("icepop_low", "icepop_high"), ("seq_mis_low", "seq_mis_high")])
+def test_a_correction_band_must_not_be_empty(low, high):
+    with pytest.raises(C.ConfigError, match=rf"loss\.{low}: 2\.0 is not below loss\.{high}=1\.5"):
+        C.resolve({"loss": {low: 2.0, high: 1.5}})
+    assert getattr(C.resolve({"loss": {low: 1.0, high: 1.5}}).loss, low) == 1.0
+
+
 def test_dotted_overrides_win_and_parse_yaml_scalars(tmp_path):
     p = write(tmp_path, "loss:\n  is_cap: 2\nreplay:\n  mode: r2\n")
     cfg = C.load(p, overrides=["loss.is_cap=5", "replay.replay_prompt=false"])

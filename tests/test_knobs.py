@@ -31,6 +31,11 @@ BASELINE = {
     "train": {"batch_prompts": 4, "steps": 4, "n_minibatches": 2, "lr": 1e-2, "precision": "fp32"},
     "loss": {"is_cap": 1.0, "eps_low": 0.1, "eps_high": 0.1},
 }
+ICEPOP = {"loss": {"objective": "icepop"}}
+SEQ_MIS = {"loss": {"objective": "seq_mis"}}
+SEQ_MIS_WIDE = {"loss": {"objective": "seq_mis", "seq_mis_low": 0.5, "seq_mis_high": 2.0}}  # drops by product
+# at lr 1e-2 no response with A > 0 in mini-batch 2 has a GSPO ratio above 1 (eps_high never acts)
+GSPO = {"loss": {"objective": "gspo"}, "train": {"lr": 1e-3}}
 # field -> (another valid value, context both runs share)
 ALT = {
     "task.min_operands": (3, {}), "task.max_operands": (4, {}), "task.max_operand": (4, {}),
@@ -43,6 +48,12 @@ ALT = {
     "train.weight_decay": (0.5, {}), "train.grad_clip": (0.01, {}), "train.seed": (1, {}),
     "loss.objective": ("grpo", {}), "loss.is_cap": (5.0, {}), "loss.is_cap_on": ("discrepancy", {}),
     "loss.eps_low": (0.5, {}), "loss.eps_high": (0.0, {}),
+    # the corrections' knobs, each under the objective that reads it
+    "loss.icepop_low": (0.999, ICEPOP), "loss.icepop_high": (1.001, ICEPOP),
+    "loss.seq_ratio": ("product", SEQ_MIS_WIDE),
+    "loss.seq_mis_low": (0.9999, SEQ_MIS), "loss.seq_mis_high": (1.0001, SEQ_MIS),
+    "loss.gspo_eps_low": (0.2, GSPO), "loss.gspo_eps_high": (0.27, GSPO),
+    "loss.cispo_norm": ("token_mean", {"loss": {"objective": "cispo"}}),
     "replay.mode": ("r2", {}), "replay.replay_prompt": (False, {"replay": {"mode": "r3"}}),
     "eval.every": (2, {}), "eval.k": (1, {}), "eval.n_problems": (8, {}), "eval.temperature": (0.5, {}),
 }

@@ -9,6 +9,10 @@ ratio tables, so every expected number below is arithmetic on those tables:
     A = [0.5, -0.5]; mask = [[1,1,1],[1,1,0]]; (1, 2) is outside the mask and holds garbage (50, -1e4, nan)
     Clip (eps_low 0.2, eps_high 0.27): A>0 drops r > 1.27 -> (0,1); A<0 drops r < 0.8 -> (1,0).
     M = [[1,0,1],[0,1,-]]
+
+The corrections share the PPO-clip surrogate where(M, r, clip r) * A:
+    row 0: 0.5 * [1, 1.27, 1.2] = [0.5, 0.635, 0.6]     row 1: -0.5 * [0.8, 1] = [-0.4, -0.5]
+and sequence ratios of d: products 1*4*4.5 = 18 and 2*1.25 = 2.5, geometric means 18^(1/3) and 2.5^(1/2).
 """
 
 import math
@@ -21,8 +25,10 @@ from hypothesis import strategies as st
 from rl_core import config
 from rl_core.objectives import (
     ADVANTAGES,
+    CISPO_NORMS,
     IS_WEIGHTS,
     OBJECTIVES,
+    SEQ_RATIOS,
     STAT_KEYS,
     LossParams,
     aggregate,
@@ -31,7 +37,12 @@ from rl_core.objectives import (
     group_mean,
     group_zscore,
     grpo,
+    gspo,
+    icepop,
     minirl,
+    seq_mis,
+    seq_tis,
+    tis_decoupled,
 )
 
 torch.set_num_threads(1)
@@ -79,6 +90,21 @@ def test_aggregate_hand_values(mode, constant, expected):
     close(aggregate(PER_TOKEN, AGG_MASK, mode, constant), expected)
 
 
+@pytest.mark.parametrize(("group_size", "constant", "expected"), [
+    (1, None, 8 / 3),     # each row a group: 3/2 + 26/4 + 0 (empty: 0 / max(0, 1)) over 3 groups = 8/3
+    (3, None, 29 / 6),    # one group of all rows: 29 over its 6 tokens, 1 group
+    (3, 2.0, 29 / 12),    # the same over a constant 2 groups
+    (None, None, 29 / 6),  # None: the call is one group
+])
+def test_aggregate_group_token_mean_hand_values(group_size, constant, expected):
+    close(aggregate(PER_TOKEN, AGG_MASK, "group_token_mean", constant, group_size), expected)
+
+
+def test_aggregate_group_token_mean_refuses_groups_that_do_not_divide_the_rows():
+    with pytest.raises(ValueError, match="group_size 2"):
+        aggregate(PER_TOKEN, AGG_MASK, "group_token_mean", None, 2)
+
+
 def test_aggregate_seq_mean_is_per_response_length_normalisation():
     # (1/n) sum_i (1/|y_i|) sum_t with n = B = 3: (3/2 + 26/4 + 0) / 3 = 8/3, same as seq_mean's default.
     lengths = AGG_MASK.sum(-1).clamp(min=1)
@@ -87,7 +113,7 @@ def test_aggregate_seq_mean_is_per_response_length_normalisation():
 
 def test_aggregate_empty_mask_is_zero_not_nan():
     empty = torch.zeros_like(AGG_MASK)
-    for mode in ("token_sum_const", "seq_mean", "token_mean"):
+    for mode in ("token_sum_const", "seq_mean", "token_mean", "group_token_mean"):
         close(aggregate(PER_TOKEN, empty, mode), 0.0)
     with pytest.raises(KeyError, match="token_sum_const"):
         aggregate(PER_TOKEN, AGG_MASK, "nope")
@@ -140,6 +166,11 @@ def test_minirl_hand_value_and_stats():
     close(s["kl/staleness_k1"], -log_r / 5)                    # mean(-log r)
     close(s["kl/staleness_k3"], (0.5 + 0.2 - 0.3 - log_r) / 5)  # mean((r - 1) - log r)
     close(s["loss/value"], out.loss.detach())
+    close(s["is/masked_frac"], 0.0)                            # MiniRL truncates, never masks
+    # population std of two values is half their gap: geometric log ratios log(18)/3 and log(2.5)/2
+    close(s["seq/ratio_log_std"], abs(math.log(18) / 3 - math.log(2.5) / 2) / 2)
+    product = run("minirl", LossParams(seq_ratio="product", n_responses=2.0)).stats
+    close(product["seq/ratio_log_std"], math.log(18 / 2.5) / 2)   # log 18 and log 2.5
 
 
 def test_minirl_discrepancy_cap_hand_value():
@@ -252,6 +283,153 @@ def test_first_order_on_policy_minirl_gradient_is_sequence_reinforce():
         assert torch.allclose(a, r, rtol=1e-6, atol=0)
 
 
+# ------------------------------------------------------------------------------------ the field's corrections
+# All four weighted corrections compute -(1/n) sum sg[w] * where(M, r, clip r) * A (module docstring's
+# surrogate table), n = 2; their gradient is -(1/n) M w r A.
+
+
+@pytest.mark.parametrize(("name", "p", "expected"), [
+    # w = min(d, 5) = [[1, 4, 4.5], [2, 1.25]]: 0.5 + 4*0.635 + 4.5*0.6 + 2*-0.4 + 1.25*-0.5 = 4.315
+    ("tis_decoupled", P2, -4.315 / 2),
+    # C = 4.2 truncates 4.5: 0.5 + 2.54 + 4.2*0.6 - 0.8 - 0.625 = 4.135
+    ("tis_decoupled", LossParams(is_cap=4.2, n_responses=2.0), -4.135 / 2),
+    # band [0.5, 5] holds every d (and none exceeds C): the same as tis_decoupled
+    ("icepop", P2, -4.315 / 2),
+    # band [0.9, 4.2] drops d = 4.5 at (0, 2): 0.5 + 2.54 + 0 - 0.8 - 0.625 = 1.615
+    ("icepop", LossParams(icepop_low=0.9, icepop_high=4.2, n_responses=2.0), -1.615 / 2),
+    # geometric band [0.5, 2]: row 0 (18^(1/3) = 2.62) dropped, row 1 kept with w = 2.5^(1/2):
+    # J*n = 2.5^(1/2) * (-0.4 - 0.5)
+    ("seq_mis", LossParams(seq_mis_low=0.5, seq_mis_high=2.0, n_responses=2.0), 0.9 * 2.5 ** 0.5 / 2),
+    # product band [0.5, 10]: row 0 (18) dropped, row 1 (2.5) kept with w = 2.5: J*n = 2.5 * -0.9
+    ("seq_mis", LossParams(seq_ratio="product", seq_mis_low=0.5, seq_mis_high=10.0, n_responses=2.0),
+     2.25 / 2),
+    # the default band [0.98, 1.02] drops both responses (geometric 2.62 and 1.58): nothing is left
+    ("seq_mis", P2, 0.0),
+    # w = min(prod d, 5) = 5 for row 0 (18), 2.5 for row 1: 5*(0.5 + 0.635 + 0.6) + 2.5*-0.9 = 6.425
+    ("seq_tis", P2, -6.425 / 2),
+])
+def test_correction_hand_values(name, p, expected):
+    out = run(name, p)
+    close(out.loss, expected)
+    assert set(out.stats) == set(STAT_KEYS)
+
+
+def test_correction_stats():
+    s = run("tis_decoupled").stats
+    close(s["is/weight_mean"], (1 + 4 + 4.5 + 2 + 1.25) / 5), close(s["is/weight_max"], 4.5)
+    close(s["is/truncated_frac"], 0.0), close(s["is/masked_frac"], 0.0), close(s["clip/frac"], 2 / 5)
+    s = run("icepop", LossParams(icepop_low=0.9, icepop_high=4.2, n_responses=2.0)).stats
+    close(s["is/weight_mean"], (1 + 4 + 0 + 2 + 1.25) / 5), close(s["is/masked_frac"], 1 / 5)
+    s = run("seq_mis", LossParams(seq_mis_low=0.5, seq_mis_high=2.0, n_responses=2.0)).stats
+    close(s["is/masked_frac"], 3 / 5)                          # the 3 tokens of row 0
+    close(s["is/weight_mean"], 2 * 2.5 ** 0.5 / 5), close(s["is/weight_max"], 2.5 ** 0.5)
+    close(run("seq_mis").stats["is/masked_frac"], 1.0)
+    s = run("seq_tis").stats
+    close(s["is/truncated_frac"], 3 / 5), close(s["is/weight_max"], 5.0)   # row 0's 18 -> 5
+    close(s["is/weight_mean"], (3 * 5 + 2 * 2.5) / 5)
+    # seq_tis weights with the product whatever seq_ratio says (a geometric mean would not reach C)
+    close(run("seq_tis", LossParams(seq_ratio="product", n_responses=2.0)).loss, -6.425 / 2)
+
+
+@pytest.mark.parametrize(("name", "p", "expected"), [
+    # -(1/2) M w r A: row 0 0.5*[1*1, 0, 4.5*1.2]/-2; row 1 -0.5*[0, 1.25*1]/-2
+    ("tis_decoupled", P2, [[-0.25, 0.0, -1.35], [0.0, 0.3125, 0.0]]),
+    # (0, 2) is outside the band [0.9, 4.2]: exactly 0 where tis_decoupled gives -1.35
+    ("icepop", LossParams(icepop_low=0.9, icepop_high=4.2, n_responses=2.0),
+     [[-0.25, 0.0, 0.0], [0.0, 0.3125, 0.0]]),
+    # row 0 dropped; row 1 w = 2.5^(1/2): -(1/2)*w*(-0.5)*1 at (1, 1), (1, 0) clipped
+    ("seq_mis", LossParams(seq_mis_low=0.5, seq_mis_high=2.0, n_responses=2.0),
+     [[0.0, 0.0, 0.0], [0.0, 0.25 * 2.5 ** 0.5, 0.0]]),
+    # w = 5 on row 0: -(1/2)*5*0.5*[1, 0, 1.2]; w = 2.5 on row 1: -(1/2)*2.5*(-0.5)*[0, 1]
+    ("seq_tis", P2, [[-1.25, 0.0, -1.5], [0.0, 0.625, 0.0]]),
+])
+def test_correction_gradients_detach_the_weight(name, p, expected):
+    close(grads(name, p), expected)
+
+
+def test_gspo_hand_value_and_gradient_inside_the_clip_range():
+    # s_0 = (1*1.5*1.2)^(1/3) = 1.8^(1/3) = 1.216, s_1 = (0.7*1)^(1/2) = 0.837: both inside [0.8, 1.27]
+    # J = (1/2)(0.5 s_0 - 0.5 s_1); ds_i/dlogp_t = s_i/|y_i|, so the gradient of -J is
+    # row 0: -(1/2)(0.5) s_0/3 = -s_0/12 per token, row 1: -(1/2)(-0.5) s_1/2 = s_1/8 per token
+    s0, s1 = 1.8 ** (1 / 3), 0.7 ** 0.5
+    p = LossParams(gspo_eps_low=0.2, gspo_eps_high=0.27, n_responses=2.0)
+    out = run("gspo", p)
+    close(out.loss, -(0.5 * s0 - 0.5 * s1) / 2)
+    close(out.stats["clip/frac"], 0.0)
+    close(grads("gspo", p), [[-s0 / 12] * 3, [s1 / 8, s1 / 8, 0.0]])
+
+
+def test_gspo_paper_clip_range_clips_both_responses():
+    # eps 3e-4 / 4e-4: s_0 = 1.216 > 1.0004 with A > 0 and s_1 = 0.837 < 0.9997 with A < 0 are both clipped:
+    # J = (1/2)(0.5*1.0004 - 0.5*0.9997) = 0.000175, no gradient, every token counted as clipped
+    out = run("gspo")
+    close(out.loss, -0.000175)
+    s = out.stats
+    close(s["clip/frac"], 1.0), close(s["clip/frac_pos"], 1.0), close(s["clip/frac_neg"], 1.0)
+    close(s["is/weight_mean"], 1.0), close(s["is/masked_frac"], 0.0)      # no mu correction
+    close(grads("gspo"), [[0.0] * 3, [0.0] * 3])
+
+
+@pytest.mark.parametrize(("p", "expected"), [
+    # MiniMax-M1, each row its own group (G = 1), 2 groups: rows' token means
+    # 0.5*(1*-1 + 1.27*-2 + 1.2*-0.5)/3 = -0.69 and -0.5*(0.8*-1.5 + 1*-0.25)/2 = 0.3625, J = their mean
+    (LossParams(group_size=1, n_responses=2.0), (0.69 - 0.3625) / 2),
+    # one group of both rows (G = 2): 1.345 over its 5 tokens, the same as the token mean
+    (LossParams(group_size=2, n_responses=2.0), 1.345 / 5),
+    (LossParams(group_size=1, n_responses=2.0, cispo_norm="token_mean"), 1.345 / 5),
+])
+def test_cispo_normalisers_hand_values(p, expected):
+    close(run("cispo", p).loss, expected)
+
+
+def test_cispo_group_normaliser_gradient():
+    # -(1/groups)(1/N_g) clip(r) A: row 0 -(1/2)(1/3)(0.5)*[1, 1.27, 1.2]; row 1 -(1/2)(1/2)(-0.5)*[0.8, 1]
+    close(grads("cispo", LossParams(group_size=1, n_responses=2.0)),
+          [[-1 / 12, -1.27 / 12, -1.2 / 12], [0.1, 0.125, 0.0]])
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_invariance_tis_decoupled_gradient_is_minirl_with_the_cap_on_the_discrepancy(seed):
+    # M min(d, C) r A both ways (PPO's r carries the gradient; MiniRL's weight is the detached r min(d, C))
+    batch = random_batch(seed, staleness=0.3, discrepancy=1.5)     # some d above C, some tokens clipped
+    p = LossParams(is_cap_on="discrepancy")
+    tis = run("tis_decoupled", p, batch)
+    ref = run("minirl", p, batch)
+    assert tis.stats["is/truncated_frac"] > 0 and tis.stats["clip/frac"] > 0
+    close(torch.autograd.grad(tis.loss, batch[0])[0], torch.autograd.grad(ref.loss, batch[0])[0])
+
+
+def test_invariance_icepop_equals_tis_decoupled_when_every_ratio_is_in_the_band():
+    batch = random_batch(6, staleness=0.3, discrepancy=0.1)     # |log d| < log 2: inside [0.5, 5], below C
+    ice, tis = run("icepop", LossParams(), batch), run("tis_decoupled", LossParams(), batch)
+    close(ice.stats["is/masked_frac"], 0.0)
+    close(ice.loss, tis.loss)
+    close(torch.autograd.grad(ice.loss, batch[0])[0], torch.autograd.grad(tis.loss, batch[0])[0])
+
+
+def test_invariance_gspo_on_policy_gradient_is_grpo_on_policy_gradient():
+    # r = s = 1: both are -(1/n) sum_i A_i (1/|y_i|) sum_t grad log pi
+    new, _, behavior, adv, mask = random_batch(7, discrepancy=0.5)
+    batch = (new, new.detach().clone(), behavior, adv, mask)
+    g, r = run("gspo", LossParams(), batch), run("grpo", LossParams(), batch)
+    close(g.loss, r.loss), close(g.stats["clip/frac"], 0.0)
+    close(torch.autograd.grad(g.loss, new)[0], torch.autograd.grad(r.loss, new)[0])
+
+
+@pytest.mark.parametrize(("name", "adv"), [("icepop", -1.0), ("seq_mis", -1.0), ("gspo", 0.0)])
+def test_a_zeroed_token_with_an_overflowing_ratio_has_zero_gradient_not_nan(name, adv):
+    # log r = 100 overflows exp in fp32. icepop / seq_mis: d = e^10 is outside the band, so w = 0 (A < 0
+    # keeps the token under M); gspo: A = 0 keeps the response. A zeroed term must not backpropagate inf * 0.
+    f = torch.float32
+    new = torch.tensor([[-1.0, -1.0]], dtype=f, requires_grad=True)
+    old = new.detach() - 100.0
+    behavior = old - 10.0
+    out = get_objective(name).loss(new, old, behavior, torch.tensor([adv], dtype=f),
+                                   torch.ones(1, 2, dtype=torch.bool), LossParams(n_responses=1.0))
+    (g,) = torch.autograd.grad(out.loss, new)
+    assert torch.isfinite(out.loss) and torch.equal(g, torch.zeros_like(g))
+
+
 # ------------------------------------------------------------------------------------ invariances
 
 
@@ -303,7 +481,7 @@ def test_invariance_cap_full_equals_discrepancy_on_policy():
 def test_invariance_micro_batching_every_objective(name):
     # with the mini-batch counts in LossParams, summing micro-batch losses gives the mini-batch loss/grad
     new, old, behavior, adv, mask = random_batch(5, staleness=0.3, discrepancy=0.5, b=6)
-    p = LossParams(n_responses=6.0, n_tokens=float(mask.sum()))
+    p = LossParams(n_responses=6.0, n_tokens=float(mask.sum()), group_size=2)   # splits on group bounds
     fn = get_objective(name).loss
     full = fn(new, old, behavior, adv, mask, p).loss
     parts = sum(fn(new[s], old[s], behavior[s], adv[s], mask[s], p).loss for s in (slice(0, 2), slice(2, 6)))
@@ -348,15 +526,28 @@ def test_registry_matches_config_choices():
     fields = {f.name: f for f in config.dataclasses.fields(config.LossConfig)}
     assert set(OBJECTIVES) == set(fields["objective"].metadata["choices"])
     assert set(IS_WEIGHTS) == set(fields["is_cap_on"].metadata["choices"])
+    assert set(SEQ_RATIOS) == set(fields["seq_ratio"].metadata["choices"])
+    assert set(CISPO_NORMS) == set(fields["cispo_norm"].metadata["choices"])
     assert all(o.advantage in ADVANTAGES for o in OBJECTIVES.values())
     assert OBJECTIVES["grpo"].advantage == "group_zscore" and OBJECTIVES["minirl"].loss is minirl
-    assert OBJECTIVES["cispo"].loss is cispo
+    assert OBJECTIVES["cispo"].loss is cispo and OBJECTIVES["gspo"].advantage == "group_zscore"
+    assert [OBJECTIVES[k].loss for k in ("tis_decoupled", "icepop", "seq_mis", "seq_tis", "gspo")] == [
+        tis_decoupled, icepop, seq_mis, seq_tis, gspo]
     p = LossParams.from_config(config.LossConfig(is_cap_on="discrepancy"), n_responses=8)
     assert (p.is_cap, p.is_cap_on, p.eps_low, p.eps_high, p.n_responses) == (5.0, "discrepancy", 0.2, 0.27, 8)
+    # every LossConfig field reaches LossParams under its own name, with the same default
+    cfg = config.LossConfig()
+    p = LossParams.from_config(cfg, group_size=4)
+    assert p.group_size == 4 and all(getattr(p, f) == getattr(cfg, f) for f in fields if f != "objective")
+    assert all(getattr(LossParams(), f) == getattr(cfg, f) for f in fields if f != "objective")
     with pytest.raises(KeyError, match="minirl"):
         get_objective("ppo")
     with pytest.raises(KeyError, match="discrepancy"):
         LossParams(is_cap_on="both")
+    with pytest.raises(KeyError, match="geometric"):
+        LossParams(seq_ratio="arithmetic")
+    with pytest.raises(KeyError, match="token_mean"):
+        LossParams(cispo_norm="seq")
 
 
 @pytest.mark.parametrize("cap_on", ["full", "discrepancy"])
