@@ -335,3 +335,24 @@ def test_findings_may_name_arms_made_by_axes(tmp_path):
 def test_importing_grid_leaves_pandas_out():
     code = "import sys, rl_core.grid; sys.exit('pandas' in sys.modules or 'numpy' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
+
+
+def test_a_figure_may_list_its_panels_and_the_schema_knows_every_panel(tmp_path):
+    from analysis.plots import PANELS
+    schema = yaml.safe_load(G.SCHEMA_PATH.read_text())
+    assert schema["$defs"]["figure"]["properties"]["panels"]["items"]["enum"] == list(PANELS)
+    assert G.load_grid(write_grid(tmp_path, tiny(panels=["score", "masked", "seq_ratio"]))).runs
+    with pytest.raises(G.GridError, match=r"figure 'f'.*'ratio' is not one of"):
+        G.load_grid(write_grid(tmp_path, tiny(panels=["score", "ratio"])))
+
+
+def test_corrections_grid_crosses_eight_objectives_with_two_settings_and_three_seeds():
+    grid = G.load_grid(REPO / "experiments" / "corrections.yaml")
+    objectives = {"minirl", "minirl_no_is", "tis_decoupled", "icepop", "seq_mis", "gspo", "grpo", "cispo"}
+    assert grid.seeds == [0, 1, 2] and len(grid.runs) == 2 * 8 * 3 and grid.cold_starts == ["chain"]
+    for r in grid.runs:
+        c = r.config
+        assert c.loss.objective == r.arm and r.arm in objectives
+        assert (c.rollout.precision, c.train.precision) == ("fp8", "bf16")          # the stress test
+        n, replay = (1, "none") if r.figure == "fig7_corrections" else (4, "r2")
+        assert (c.train.n_minibatches, c.replay.mode) == (n, replay), (r.figure, r.arm)
