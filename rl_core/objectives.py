@@ -365,11 +365,11 @@ def tis_decoupled(logp_new: Tensor, logp_old: Tensor, logp_behavior: Tensor, adv
     """Decoupled token TIS: w_t = min(pi_old/mu_old, C) times the PPO-clip surrogate on pi_theta/pi_old.
 
     Follows verl's decoupled mode (rollout_corr_helper ``rollout_is="token"`` weights multiplied into
-    core_algos' vanilla PPO loss) and slime's ``vanilla_tis_function``. Its gradient is MiniRL's with
-    ``is_cap_on: discrepancy`` exactly (M min(d, C) r A on kept tokens), as a named objective.
-    Deliberate differences from verl: C = p.is_cap (the paper's 5; verl's default is 2), no dual-clip
-    (verl's clip_ratio_c = 3 also drops A < 0 tokens with r > 3; MiniRL has no such mask), and MiniRL's
-    token sum / n instead of verl's token-mean.
+    core_algos' vanilla PPO loss) and slime's ``vanilla_tis_function`` (which also clamps from below at
+    its tis_clip_low; we do not). Its gradient is exactly MiniRL's with ``is_cap_on: discrepancy``
+    (M min(d, C) r A on kept tokens), made a named objective. Deliberate differences from verl:
+    C = p.is_cap (the paper's 5; verl's default is 2), no dual-clip (verl's clip_ratio_c = 3 also drops
+    A < 0 tokens with r > 3; MiniRL has no such mask), and MiniRL's token sum / n, not verl's token-mean.
     """
     parts = _inputs(logp_new, logp_old, logp_behavior, advantages, mask)
     m, log_disc = parts[0], parts[4]
@@ -385,8 +385,8 @@ def icepop(logp_new: Tensor, logp_old: Tensor, logp_behavior: Tensor, advantages
 
     Follows the IcePop objective of Ring-1T (arXiv 2510.18855: M(k) = k inside [alpha, beta], 0 outside;
     alpha 0.5, beta 5) as NeMo RL (``truncated_importance_sampling_type: icepop``) and slime
-    (``icepop_function``) implement it. Deliberate difference: MiniRL's token sum / n, where Ring-1T
-    normalises GRPO-style per response and NeMo RL / INTELLECT-3 by the batch's tokens.
+    (``icepop_function``) implement it. Deliberate difference: MiniRL's token sum / n, where the sources
+    normalise per response (GRPO-style) or by the batch's tokens (NeMo RL's token-level loss).
     """
     parts = _inputs(logp_new, logp_old, logp_behavior, advantages, mask)
     m, log_disc = parts[0], parts[4]
@@ -441,8 +441,9 @@ def gspo(logp_new: Tensor, logp_old: Tensor, logp_behavior: Tensor, advantages: 
     """GSPO: J = (1/n) sum_i min(s_i A_i, clip(s_i, 1-gspo_eps_low, 1+gspo_eps_high) A_i),
     s_i = (pi_theta(y_i)/pi_old(y_i))^(1/|y_i|) = exp(mean_t log r_t).
 
-    Zheng et al. 2025 (arXiv 2507.18071), section 4 (eq. 5-7), with its clip ranges 3e-4 / 4e-4 and group
-    z-scored advantages; one clip decision per response, and grad s_i = s_i (1/|y_i|) sum_t grad log pi.
+    Zheng et al. 2025 (arXiv 2507.18071): its sequence-level objective, the clip ranges 3e-4 / 4e-4 of its
+    experiments and group z-scored advantages; one clip decision per response, and
+    grad s_i = s_i (1/|y_i|) sum_t grad log pi.
     Equal to verl's compute_policy_loss_gspo (the GSPO-token form with seq-mean-token-mean) when each
     response has one advantage. No mu correction (logp_behavior only feeds the stats), as in the paper;
     clip/* count the tokens of clipped responses.
