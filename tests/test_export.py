@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
+from tiny import build_cold_start
 
-from rl_core import coldstart
 from rl_core import config as C
 from rl_core.export import special_tokens
 from rl_core.tasks import build_tokenizer
@@ -30,11 +30,8 @@ TINY = {
 @pytest.fixture(scope="module")
 def arm_dir(tmp_path_factory):
     """One arm of two gradient steps from a minimal cold start; returns its run directory."""
-    torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("export")
-    cfg = C.resolve(TINY)
-    coldstart.pretrain(cfg, root / "base")
-    coldstart.sft(cfg, "direct", root / "base", root / "sft")
+    build_cold_start(root, TINY)
     summary = run(C.resolve(TINY, {"init": str(root / "sft")}), root / "run")
     assert summary["status"] == "completed"
     return root / "run"

@@ -12,9 +12,8 @@ with that context on both sides.
 import json
 
 import pytest
-import torch
+from tiny import build_cold_start
 
-from rl_core import coldstart
 from rl_core import config as C
 from rl_core.train import run
 
@@ -63,11 +62,18 @@ NOT_NUMBERS = {
                   "init records cold_start '(own init)', rl_core.grid)",
     "checkpoint_every": "resume cadence: a resumed run equals an uninterrupted one (tests/test_train.py)",
     "train.threads": "intra-op thread count: speed only",
+    "train.device": "device placement (cpu or a GPU): the same numbers to float rounding; cuda without a GPU "
+                    "is refused before any work (tests/test_distributed.py)",
     "rollout.engine": "vllm: an optional extra, tested in tests/test_vllm_engine.py (make test-vllm)",
     "train.engine": "megatron: refused by its capability check before any work (tests/test_backends.py)",
     "model.*": "the architecture is the init checkpoint's: another value is refused before any work "
                "(test_a_model_field_the_checkpoint_does_not_have_is_refused)",
     "pipeline.*": "the cold-start stage (rl_core.coldstart), not the RL run (tests/test_coldstart.py)",
+    "task.kind": "another task family (file), not a knob of this one: tests/test_file_task.py runs an arm "
+                 "on it",
+    **{f"task.{k}": "read only by task.kind file (this test's task is arithmetic); tests/test_file_task.py "
+                    "covers it" for k in ("train_file", "bench_file", "prompt_key", "answer_key",
+                                          "prompt_template", "chat_template", "max_prompt_tokens")},
 }
 
 
@@ -83,12 +89,7 @@ def test_every_leaf_field_is_either_a_moving_knob_or_listed_with_its_reason():
 
 @pytest.fixture(scope="module")
 def cold_start(tmp_path_factory):
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("knobs")
-    cfg = C.resolve(TINY)
-    coldstart.pretrain(cfg, root / "base")
-    coldstart.sft(cfg, "direct", root / "base", root / "sft")
-    return str(root / "sft")
+    return str(build_cold_start(tmp_path_factory.mktemp("knobs"), TINY))
 
 
 def numbers(run_dir) -> list[dict]:

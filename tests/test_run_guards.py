@@ -88,17 +88,10 @@ def test_cli_mismatch_is_one_line_exit_2(tmp_path):
 @pytest.fixture(scope="module")
 def cold(tmp_path_factory):
     """A tiny cold start (the one of tests/test_train.py)."""
-    import torch
     from test_train import TINY
+    from tiny import build_cold_start
 
-    from rl_core import coldstart
-
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("cold")
-    cfg = C.resolve(TINY)
-    coldstart.pretrain(cfg, root / "base")
-    coldstart.sft(cfg, "direct", root / "base", root / "sft")
-    return root / "sft"
+    return build_cold_start(tmp_path_factory.mktemp("cold"), TINY)
 
 
 def tiny_cfg(cold, *overrides):

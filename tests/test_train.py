@@ -11,8 +11,8 @@ import sys
 
 import pytest
 import torch
+from tiny import build_cold_start
 
-from rl_core import coldstart
 from rl_core import config as C
 from rl_core.train import main, run
 
@@ -31,12 +31,7 @@ TINY = {
 
 @pytest.fixture(scope="module")
 def cold_start(tmp_path_factory):
-    torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("coldstart")
-    cfg = C.resolve(TINY)
-    coldstart.pretrain(cfg, root / "base")
-    coldstart.sft(cfg, "direct", root / "base", root / "sft")
-    return str(root / "sft")
+    return str(build_cold_start(tmp_path_factory.mktemp("coldstart"), TINY))
 
 
 def cfg_for(cold_start, *overrides):
