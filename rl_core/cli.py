@@ -69,18 +69,22 @@ def check_checkpoint(path: str | Path, what: str = "init") -> Path:
     """A Hugging Face checkpoint directory whose config.json parses and whose safetensors header covers the
     file (a truncated copy fails here, named, before any work)."""
     path = Path(path)
+    index = path / "model.safetensors.index.json"  # a sharded checkpoint (transformers' large models)
     for name in CHECKPOINT_FILES:
-        if not (path / name).is_file():
+        if not (path / name).is_file() and not (name == "model.safetensors" and index.is_file()):
             raise UsageError(f"{what}: {path} is not a checkpoint directory (no {name})")
     try:
         json.loads((path / "config.json").read_text())
-    except (ValueError, UnicodeDecodeError) as e:
-        raise UsageError(f"{what}: {path / 'config.json'} is not valid JSON ({e})") from None
+        shards = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() \
+            else ["model.safetensors"]
+    except (ValueError, UnicodeDecodeError, KeyError, AttributeError) as e:
+        raise UsageError(f"{what}: {path}: config.json or the shard index is not valid ({e})") from None
     from safetensors import safe_open  # lazily: it brings torch
 
-    try:
-        with safe_open(str(path / "model.safetensors"), "pt") as f:
-            f.keys()
-    except Exception as e:  # safetensors raises its own SafetensorError (an Exception) for any bad file
-        raise UsageError(f"{what}: {path / 'model.safetensors'} cannot be read ({one_line(e)})") from None
+    for shard in shards:
+        try:
+            with safe_open(str(path / shard), "pt") as f:
+                f.keys()
+        except Exception as e:  # safetensors raises its own SafetensorError (an Exception) for any bad file
+            raise UsageError(f"{what}: {path / shard} cannot be read ({one_line(e)})") from None
     return path

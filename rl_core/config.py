@@ -102,8 +102,14 @@ class ModelConfig:
 
 @dataclass
 class TaskConfig:
-    """The verifiable arithmetic task and its held-out benchmark (rl_core.tasks: left-to-right chains)."""
+    """The verifiable task and its held-out benchmark (rl_core.tasks). ``kind: arithmetic`` (the default)
+    draws left-to-right arithmetic chains from the seed and uses the char-level tokenizer; ``kind: file``
+    reads prompts and reference answers from local JSONL/Parquet files, encodes them with the init
+    checkpoint's own tokenizer and chat template, and rewards with a math verifier (math-verify)."""
 
+    kind: str = F("arithmetic", "Task family: arithmetic (generated, char tokenizer; the fields up to seed) "
+                  "or file (train_file / bench_file with the init checkpoint's tokenizer; the fields from "
+                  "train_file on).", choices=("arithmetic", "file"))
     min_operands: int = F(2, "Fewest operands in a problem (level = operands - 1).", ge=2)
     max_operands: int = F(4, "Most operands in a problem.", ge=2)
     max_operand: int = F(20, "Largest operand of '+' and '-' (a '*' operand is one digit, 2..9).", ge=1)
@@ -111,9 +117,29 @@ class TaskConfig:
                        ge=1)
     ops: str = F("+-*", "Operators that may appear (subset of '+-*').")
     n_train: int = F(4096, "Training prompts (a fixed set drawn from the seed; repeats only where a "
-                     "level's problem space is smaller than its share).", ge=1)
-    n_bench: int = F(256, "Held-out benchmark prompts: distinct, none of them a training prompt.", ge=1)
+                     "level's problem space is smaller than its share). file: at most this many rows, "
+                     "from the top of train_file.", ge=1)
+    n_bench: int = F(256, "Held-out benchmark prompts: distinct, none of them a training prompt. file: at "
+                     "most this many rows, from the top of bench_file.", ge=1)
     seed: int = F(1234, "Seed of the problem sets (shared by every arm of a grid).", ge=0)
+    train_file: str = F("", "file: training problems, one per row: JSONL (.jsonl, .json) or Parquet "
+                        "(.parquet); read once, locally (nothing is downloaded).")
+    bench_file: str = F("", "file: held-out benchmark problems (avg@k on its first eval.n_problems rows), "
+                        "same format; keep it disjoint from train_file.")
+    prompt_key: str = F("prompt", "file: column of the prompt: a string, or a chat (a list of {role, "
+                        "content} messages, as in verl's Parquet files); a dotted name reaches into nested "
+                        "objects.")
+    answer_key: str = F("answer", "file: column of the reference answer (a number or LaTeX, compared with "
+                        "the response's final answer by math-verify); a dotted name reaches into nested "
+                        "objects, e.g. reward_model.ground_truth.")
+    prompt_template: str = F("{prompt}", "file: the user message; {prompt} is replaced by the row's prompt "
+                             "string, e.g. '{prompt} Put your final answer within \\boxed{}.' (a chat "
+                             "prompt is used as it is).")
+    chat_template: bool = F(True, "file: wrap the messages in the tokenizer's chat template with the "
+                            "generation prompt (when the tokenizer has one); false: the bare user message.")
+    max_prompt_tokens: int = F(512, "file: longest prompt in tokens; longer rows are dropped (counted on "
+                               "stderr). Bounds prompt + rollout.max_new_tokens against "
+                               "model.max_position_embeddings.", ge=1)
 
 
 @dataclass
@@ -289,6 +315,7 @@ def _cross_checks(cfg: RunConfig) -> None:
     if m.num_experts_per_tok > m.num_experts:
         raise ConfigError(f"model.num_experts_per_tok: {m.num_experts_per_tok} exceeds "
                           f"model.num_experts={m.num_experts}")
+    _task_checks(cfg)
     if cfg.task.max_operands < cfg.task.min_operands:
         raise ConfigError(f"task.max_operands: {cfg.task.max_operands} < task.min_operands")
     if not cfg.task.ops or set(cfg.task.ops) - set("+-*"):
@@ -305,17 +332,34 @@ def _cross_checks(cfg: RunConfig) -> None:
                           f"(the benchmark has only that many problems)")
     longest = prompt_length_bound(cfg.task) + cfg.rollout.max_new_tokens
     if longest > m.max_position_embeddings:
+        why = ("task.max_prompt_tokens" if cfg.task.kind == "file" else
+               f"task.max_operands={cfg.task.max_operands}, task.max_operand={cfg.task.max_operand}")
         raise ConfigError(f"rollout.max_new_tokens: {cfg.rollout.max_new_tokens} + the longest prompt "
-                          f"({prompt_length_bound(cfg.task)} tokens at task.max_operands="
-                          f"{cfg.task.max_operands}, task.max_operand={cfg.task.max_operand}) = {longest} "
+                          f"({prompt_length_bound(cfg.task)} tokens at {why}) = {longest} "
                           f"exceeds model.max_position_embeddings={m.max_position_embeddings}")
 
 
+def _task_checks(cfg: RunConfig) -> None:
+    t = cfg.task
+    if t.kind != "file":
+        return
+    for key in ("train_file", "bench_file"):
+        path = getattr(t, key)
+        if not path:
+            raise ConfigError(f"task.{key}: task.kind is file, so it needs a JSONL or Parquet file")
+        if not path.endswith((".jsonl", ".json", ".parquet")):
+            raise ConfigError(f"task.{key}: {path!r} is neither JSONL (.jsonl, .json) nor Parquet (.parquet)")
+    if "{prompt}" not in t.prompt_template:
+        raise ConfigError(f"task.prompt_template: {t.prompt_template!r} has no {{prompt}}")
+
+
 def prompt_length_bound(task: TaskConfig) -> int:
-    """Most tokens a prompt of rl_core.tasks can have (one character = one token): ``Q:`` + the first
-    operand (at most min(max_operand, max_value)) + per further operand an operator and at most
-    max(digits of max_operand, 1) digits (a ``*`` operand is one digit) + ``=``. tests/test_config.py checks
-    it against drawn prompts."""
+    """Most tokens a prompt of rl_core.tasks can have. file: task.max_prompt_tokens (longer rows are
+    dropped). arithmetic (one character = one token): ``Q:`` + the first operand (at most min(max_operand,
+    max_value)) + per further operand an operator and at most max(digits of max_operand, 1) digits (a
+    ``*`` operand is one digit) + ``=``. tests/test_config.py checks it against drawn prompts."""
+    if task.kind == "file":
+        return task.max_prompt_tokens
     first = len(str(min(task.max_operand, task.max_value)))
     later = 1 + max(len(str(task.max_operand)), 1)
     return 2 + first + (task.max_operands - 1) * later + 1

@@ -324,13 +324,15 @@ class MoEPolicy(nn.Module):
     def __init__(self, hf_cfg: dict, seed: int = 0):
         super().__init__()
         if not hf_cfg.get("norm_topk_prob", False) or hf_cfg.get("mlp_only_layers") or \
-                hf_cfg.get("decoder_sparse_step", 1) != 1 or hf_cfg.get("tie_word_embeddings", False):
-            raise ValueError("MoEPolicy supports norm_topk_prob=true, every layer MoE, untied lm_head")
+                hf_cfg.get("decoder_sparse_step", 1) != 1:
+            raise ValueError("MoEPolicy supports norm_topk_prob=true and every layer MoE")
         self.config = dict(hf_cfg)
         self.head_dim = hf_cfg["head_dim"]
         self.rope_theta = float(config_value(hf_cfg, "rope_theta"))
         self.model = Backbone(hf_cfg)
         self.lm_head = nn.Linear(hf_cfg["hidden_size"], hf_cfg["vocab_size"], bias=False)
+        if hf_cfg.get("tie_word_embeddings", False):  # one Parameter, as the checkpoint says
+            self.lm_head.weight = self.model.embed_tokens.weight
         self.init_weights(seed)
 
     @torch.no_grad()
@@ -415,7 +417,8 @@ def save_pretrained(model: MoEPolicy, out_dir: str | Path, tokenizer=None) -> Pa
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.json").write_text(json.dumps(model.config, indent=2))
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in to_hub_layout(model.state_dict()).items()}
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in to_hub_layout(model.state_dict()).items()
+               if not (k == "lm_head.weight" and model.config.get("tie_word_embeddings", False))}
     save_file(tensors, str(out / "model.safetensors"), metadata={"format": "pt"})
     if tokenizer is not None:
         if isinstance(tokenizer, str | Path):
@@ -428,11 +431,25 @@ def save_pretrained(model: MoEPolicy, out_dir: str | Path, tokenizer=None) -> Pa
 
 
 def load_pretrained(path: str | Path) -> MoEPolicy:
-    """Read a checkpoint directory written by :func:`save_pretrained` (or any matching hub checkpoint)."""
+    """Read a checkpoint directory written by :func:`save_pretrained` or by transformers: one
+    model.safetensors or shards listed in model.safetensors.index.json, any dtype (bf16 weights are
+    upcast to the fp32 parameters), tied embeddings (no lm_head.weight) when config.json says so."""
     path = Path(path)
     cfg = json.loads((path / "config.json").read_text())
+    if cfg.get("pad_token_id") is None:  # Qwen3's configs name no pad: pad with eos (masked everywhere)
+        eos = cfg.get("eos_token_id")
+        cfg["pad_token_id"] = eos[0] if isinstance(eos, list) else eos
     model = MoEPolicy(cfg)
-    model.load_state_dict(from_hub_layout(load_file(str(path / "model.safetensors"))), strict=True)
+    index = path / "model.safetensors.index.json"
+    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() \
+        else ["model.safetensors"]
+    state = {}
+    for name in files:
+        state.update(load_file(str(path / name)))
+    state = from_hub_layout(state)
+    if cfg.get("tie_word_embeddings", False):
+        state.setdefault("lm_head.weight", state["model.embed_tokens.weight"])
+    model.load_state_dict(state, strict=True)
     return model
 
 

@@ -151,7 +151,7 @@ class Arm:
         t = cfg.train
         self.cfg, self.files = cfg, files
         try:
-            self.task = make_task(cfg.task)
+            self.task = make_task(cfg.task, cfg.init)
         except ValueError as e:  # a problem space too small for n_train / n_bench
             raise C.ConfigError(str(e)) from None
         self.policy = load_pretrained(cfg.init)

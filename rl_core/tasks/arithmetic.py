@@ -1,4 +1,4 @@
-"""A verifiable arithmetic task, its char-level tokenizer, three teachers and the benchmark.
+"""A verifiable arithmetic task, its char-level tokenizer and three teachers (``task.kind: arithmetic``).
 
 A problem chains ``TaskConfig.min_operands..max_operands`` non-negative integers with operators from
 ``TaskConfig.ops`` and is evaluated strictly **left to right** (no precedence): ``12+7*3 = (12+7)*3 = 57``.
@@ -37,8 +37,6 @@ SPECIALS = ("<pad>", "<eos>", "<unk>")
 CHARS = "0123456789+-*=#;:Q,>"
 MARKER = "#"
 MAX_ANSWER_DIGITS = 15
-EVAL_SEED = 20251201  # one fixed benchmark seed: common random numbers across steps, arms, cold starts
-EVAL_BATCH = 256  # sequences per generate call: bounds the KV cache of the rollout engine
 _CANONICAL_INT = re.compile(r"-?(?:0|[1-9][0-9]*)")
 
 
@@ -298,35 +296,3 @@ def make_task(cfg: TaskConfig) -> Task:
     id_to_char = [tok.id_to_token(i) for i in range(tok.get_vocab_size())]
     id_to_char = ["\ufffd" if t in SPECIALS else t for t in id_to_char]
     return Task(cfg, tok, train, bench, id_to_char)
-
-
-# ------------------------------------------------------------------------------------------ benchmark
-
-
-@torch.no_grad()
-def evaluate(engine, task: Task, problems: list[Problem], k: int, temperature: float, max_new_tokens: int,
-             generator: torch.Generator) -> dict:
-    """avg@k on `problems`: k samples each, in generate calls of at most EVAL_BATCH sequences.
-
-    Returns score (mean reward), response_length (mean generated tokens, <eos> included), truncated
-    (fraction that hit max_new_tokens), n (samples), and score per level as ``score_level{L}``.
-    """
-    jobs = [p for p in problems for _ in range(k)]
-    rewards, lengths, truncated = [], [], []
-    for start in range(0, len(jobs), EVAL_BATCH):
-        chunk = jobs[start:start + EVAL_BATCH]
-        batch = engine.generate([task.encode_prompt(p) for p in chunk], max_new_tokens=max_new_tokens,
-                                temperature=temperature, generator=generator)
-        mask = batch.response_mask.bool()
-        for row, p in enumerate(chunk):
-            ids = batch.input_ids[row][mask[row]]
-            rewards.append(task.reward(task.decode(ids), p))
-            lengths.append(int(mask[row].sum()))
-            truncated.append(task.eos_id not in ids.tolist())
-    n = max(len(jobs), 1)
-    out = {"score": sum(rewards) / n, "response_length": sum(lengths) / n,
-           "truncated": sum(truncated) / n, "n": len(jobs)}
-    for level in sorted({p.level for p in jobs}):
-        rs = [r for r, p in zip(rewards, jobs, strict=True) if p.level == level]
-        out[f"score_level{level}"] = sum(rs) / len(rs)
-    return out
