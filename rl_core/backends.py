@@ -148,6 +148,9 @@ def _rollout_problems(cfg: RunConfig, env: Environment) -> list[str]:
 
 
 def _train_problems(cfg: RunConfig, env: Environment) -> list[str]:
+    if cfg.train.device == "cuda" and not env.cuda_gpu:  # the trainer re-checks with torch (a CPU build)
+        return ["train.device='cuda' needs capability 'cuda' (a CUDA GPU), and none is visible here; use "
+                "train.device=cpu or auto"]
     if cfg.train.engine != "megatron":
         return []
     if not env.megatron:

@@ -179,6 +179,10 @@ class TrainConfig:
     grad_clip: float = F(1.0, "Max global gradient norm (0 disables).", ge=0)
     seed: int = F(0, "Seed of prompt order, sampling and init.", ge=0)
     threads: int = F(1, "torch intra-op threads of this run.", ge=1)
+    device: str = F("auto", "Where the policy, the batch and the embedded rollout engine live: auto = "
+                    "cuda when torch sees a GPU, else cpu (the resolved device is recorded in summary.json "
+                    "and every metric row); cuda without a GPU is refused before any work. Under torchrun "
+                    "each rank takes cuda:LOCAL_RANK.", choices=("auto", "cpu", "cuda"))
 
 
 @dataclass

@@ -11,6 +11,11 @@ Replay per arm (PAPER.md section 2):
     r3:   the logp_old pass and every update replay the rollout engine's e_mu_old.
 Positions the rollout engine never processed (pads, the last sampled token) carry -1: routed naturally.
 
+Device and ranks (rl_core.distributed): tensors live where the rollout batch is put (``ranks.device``);
+under torchrun each rank scores and updates its share of every mini-batch (``ranks.share``) and the shares'
+per-token tensors are all-gathered (``ranks.gather``), so the Batch and the metrics are whole on every
+rank. With ``SINGLE`` (one process) share and gather are the identity: the code path of one process.
+
 Mini-batch 1 has no separate logp_old pass: its update is the first of the global step, at theta = theta_old,
 so pi_old of its rows IS that update's forward (detached), routing included (verl and TRL skip the pass
 the same way when on-policy). The pass scores mini-batches 2..N only; at N = 1 it disappears.
@@ -18,12 +23,14 @@ the same way when on-policy). The pass scores mini-batches 2..N only; at N = 1 i
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 
 import torch
 
 from rl_core.config import RunConfig
+from rl_core.distributed import SINGLE, Ranks, clip_grad_norm, params_finite
 from rl_core.engine import token_logprobs
 from rl_core.model import routing_disagreement
 from rl_core.objectives import ADVANTAGES, LossParams, Objective
@@ -65,52 +72,82 @@ def _without_prompt(routing: torch.Tensor, prompt_len: int) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _score_old(cfg: RunConfig, policy, ro: RolloutBatch, replay_r3: torch.Tensor):
+def _score_old(cfg: RunConfig, policy, ro: RolloutBatch, replay_r3: torch.Tensor, ranks: Ranks = SINGLE):
     """pi_old at theta_old of mini-batches 2..N, one at a time: the same row slices and shapes as their
-    updates. Mini-batch 1's rows are left as NaN / -1 for its update to fill in (module docstring)."""
+    updates (each rank its share). Mini-batch 1's rows are left as NaN / -1 for its update to fill in
+    (module docstring)."""
     size = cfg.train.batch_prompts * cfg.rollout.group_size
     M, T = ro.input_ids.shape
-    logp = torch.full((M, T), float("nan"))
-    routing = torch.full(ro.routing.shape, -1, dtype=torch.long)
+    dev = ro.input_ids.device
+    logp = torch.full((M, T), float("nan"), device=dev)
+    routing = torch.full(ro.routing.shape, -1, dtype=torch.long, device=dev)
     natural = routing.clone()
     for start in range(size, M, size):
         rows = slice(start, start + size)
-        replay = replay_r3[rows] if cfg.replay.mode == "r3" else None
-        out = token_logprobs(policy, ro.input_ids[rows], ro.attention_mask[rows], cfg.rollout.temperature,
+        mine = ranks.share(torch.arange(start, start + size, device=dev)) if ranks.world > 1 else rows
+        replay = replay_r3[mine] if cfg.replay.mode == "r3" else None
+        out = token_logprobs(policy, ro.input_ids[mine], ro.attention_mask[mine], cfg.rollout.temperature,
                              replay=replay, precision=cfg.train.precision)
-        logp[rows], routing[rows], natural[rows] = out.logp, out.routing, out.routing_natural
+        logp[rows], routing[rows], natural[rows] = (ranks.gather(t) for t in (out.logp, out.routing,
+                                                                              out.routing_natural))
     return logp, routing, natural
 
 
-def collect(cfg: RunConfig, policy, engine: RolloutEngine, task, problems: list,
-            objective: Objective, generator: torch.Generator) -> tuple[Batch, dict]:
-    """Sample G responses per problem, score them, and compute the old policy. Returns (batch, metrics)."""
+@dataclass
+class Sampled:
+    """What the rollout engine and the verifier give: M = N x B x G responses, group-contiguous rows."""
+
+    rollout: RolloutBatch
+    rewards: torch.Tensor  # (M,)
+    advantages: torch.Tensor  # (M,)
+
+
+def to_device(ro: RolloutBatch, device: torch.device) -> RolloutBatch:
+    """The rollout batch with its tensors on ``device`` (a no-op where they already are)."""
+    tensors = [f.name for f in dataclasses.fields(ro) if torch.is_tensor(getattr(ro, f.name))]
+    return dataclasses.replace(ro, **{name: getattr(ro, name).to(device) for name in tensors})
+
+
+def sample(cfg: RunConfig, engine: RolloutEngine, task, problems: list, objective: Objective,
+           generator: torch.Generator, device: torch.device | None = None) -> tuple[Sampled, dict]:
+    """Sample G responses per problem, reward them, compute the advantages (on ``device``: default where the
+    engine returned them). Returns (sampled, metrics)."""
     G = cfg.rollout.group_size
     t0 = time.perf_counter()
     prompts = [task.encode_prompt(p) for p in problems for _ in range(G)]
     ro = engine.generate(prompts, cfg.rollout.max_new_tokens, cfg.rollout.temperature, generator)
+    ro = ro if device is None else to_device(ro, device)
     t_rollout = time.perf_counter() - t0
-
     texts = [task.decode(row[ro.prompt_len:].tolist()) for row in ro.input_ids]
     rewards = torch.tensor([task.reward(t, p) for t, p in zip(texts, [p for p in problems for _ in range(G)],
-                                                               strict=True)], dtype=torch.float32)
+                                                               strict=True)], dtype=torch.float32,
+                           device=ro.input_ids.device)
     advantages = ADVANTAGES[objective.advantage](rewards, G)
+    return Sampled(ro, rewards, advantages), {"perf/rollout_s": t_rollout,
+                                              "response/tokens": int(ro.response_mask.sum())}
 
+
+def score(cfg: RunConfig, policy, sampled: Sampled, ranks: Ranks = SINGLE) -> Batch:
+    """The training engine's pi_old and routing of a sampled batch, and what every update replays."""
+    ro, G = sampled.rollout, cfg.rollout.group_size
     processed = ro.routing[..., 0, 0] >= 0
     replay_r3 = ro.routing if cfg.replay.replay_prompt else _without_prompt(ro.routing, ro.prompt_len)
-    logp_old, routing_used, routing_old = _score_old(cfg, policy, ro, replay_r3)
+    logp_old, routing_used, routing_old = _score_old(cfg, policy, ro, replay_r3, ranks)
     # R2 on mini-batch 1 routes naturally (-1): at theta_old that is e_pi_old itself, bitwise.
     replay_r2 = routing_used if cfg.replay.replay_prompt else _without_prompt(routing_used, ro.prompt_len)
     replay = {"none": None, "r2": replay_r2, "r3": replay_r3}
-    old_pending = torch.arange(len(ro)) < cfg.train.batch_prompts * G
-    batch = Batch(ro, rewards, advantages, logp_old, routing_old, replay[cfg.replay.mode], processed,
-                  old_pending)
-    n_tokens = int(ro.response_mask.sum())
-    metrics = {
-        "perf/rollout_s": t_rollout,
-        "perf/old_logp_s": time.perf_counter() - t0 - t_rollout,
-        "response/tokens": n_tokens,
-    }
+    old_pending = torch.arange(len(ro), device=ro.input_ids.device) < cfg.train.batch_prompts * G
+    return Batch(ro, sampled.rewards, sampled.advantages, logp_old, routing_old, replay[cfg.replay.mode],
+                 processed, old_pending)
+
+
+def collect(cfg: RunConfig, policy, engine: RolloutEngine, task, problems: list,
+            objective: Objective, generator: torch.Generator) -> tuple[Batch, dict]:
+    """sample() then score() in one process. Returns (batch, metrics)."""
+    t0 = time.perf_counter()
+    sampled, metrics = sample(cfg, engine, task, problems, objective, generator)
+    batch = score(cfg, policy, sampled)
+    metrics["perf/old_logp_s"] = time.perf_counter() - t0 - metrics["perf/rollout_s"]
     return batch, metrics
 
 
@@ -143,33 +180,41 @@ def diagnostics(batch: Batch, rows: torch.Tensor, logp_new: torch.Tensor, entrop
 
 
 def update(cfg: RunConfig, policy, opt: torch.optim.Optimizer, batch: Batch, rows: torch.Tensor,
-           objective: Objective, params: LossParams) -> tuple[dict, bool]:
-    """One optimizer step on the mini-batch `rows`. Returns (metrics, finite)."""
+           objective: Objective, params: LossParams, ranks: Ranks = SINGLE) -> tuple[dict, bool]:
+    """One optimizer step on the mini-batch `rows` (each rank on its share). Returns (metrics, finite)."""
     ro = batch.rollout
-    replay = None if batch.replay is None else batch.replay[rows]
-    new = token_logprobs(policy, ro.input_ids[rows], ro.attention_mask[rows], cfg.rollout.temperature,
+    rows = rows.to(ro.input_ids.device)
+    mine = ranks.share(rows)
+    replay = None if batch.replay is None else batch.replay[mine]
+    new = token_logprobs(policy, ro.input_ids[mine], ro.attention_mask[mine], cfg.rollout.temperature,
                          replay=replay, with_entropy=True, precision=cfg.train.precision)
+    logp_new, entropy, routing_natural = (ranks.gather(t) for t in (new.logp.detach(), new.entropy,
+                                                                     new.routing_natural))
     if batch.old_pending.any():  # pi_old of those rows is this forward: valid only before any step
         if not batch.old_pending[rows].all():
             raise RuntimeError("the first update of a global step must be on mini-batch 1 (its pi_old is "
                                "that update's forward at theta_old)")
-        batch.logp_old[rows] = new.logp.detach()
-        batch.routing_old[rows] = new.routing_natural
+        batch.logp_old[rows] = logp_new
+        batch.routing_old[rows] = routing_natural
         batch.old_pending[rows] = False
-    mask = ro.response_mask[rows]
-    out = objective.loss(new.logp, batch.logp_old[rows], ro.logp_behavior[rows], batch.advantages[rows],
-                       mask, params)
+    if ranks.world > 1:  # a share's loss is normalised by the whole mini-batch's counts
+        params = dataclasses.replace(params, n_tokens=float(ro.response_mask[rows].sum()))
+    out = objective.loss(new.logp, batch.logp_old[mine], ro.logp_behavior[mine], batch.advantages[mine],
+                         ro.response_mask[mine], params)
     opt.zero_grad(set_to_none=True)
     out.loss.backward()
-    max_norm = cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf")
-    grad_norm = torch.nn.utils.clip_grad_norm_(policy.parameters(), max_norm)
+    grad_norm = clip_grad_norm(policy, cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf"))
+    if ranks.world > 1:  # the loss and statistics of the whole mini-batch, the same on every rank
+        with torch.no_grad():
+            out = objective.loss(logp_new, batch.logp_old[rows], ro.logp_behavior[rows],
+                                 batch.advantages[rows], ro.response_mask[rows], params)
     finite = bool(torch.isfinite(out.loss)) and bool(torch.isfinite(grad_norm))
     if finite:
         opt.step()
-        finite = all(bool(torch.isfinite(p).all()) for p in policy.parameters())
+        finite = params_finite(policy, ranks)
     metrics = {k: float(v) for k, v in out.stats.items()}
     metrics["loss/value"] = float(out.loss.detach())
     metrics["grad/norm"] = float(grad_norm)
     with torch.no_grad():
-        metrics.update(diagnostics(batch, rows, new.logp.detach(), new.entropy, new.routing_natural))
+        metrics.update(diagnostics(batch, rows, logp_new, entropy, routing_natural))
     return metrics, finite

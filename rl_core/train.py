@@ -7,7 +7,8 @@ Run files (the contract with the workflow and the analysis):
     config.json    the resolved RunConfig
     meta.json      grid / figure / arm / label / seed (from the workflow; optional)
     metrics.jsonl  one JSON row per gradient step, plus eval rows (step 0, every eval.every, the last)
-    summary.json   status ("completed" | "diverged"), steps_done, diverged_step, reason, timings, scores
+    summary.json   status ("completed" | "diverged"), steps_done, diverged_step, reason, timings, scores,
+                   device (the resolved train.device, e.g. "cuda:0") and world_size (torchrun's ranks)
     ckpt/state.pt  policy + optimizer + counters + number of metric rows, every checkpoint_every steps
     policy/        the final policy as a Hugging Face checkpoint (transformers / vLLM load it as is)
     DONE           written last
@@ -18,11 +19,14 @@ from the checkpoint; check_init refuses a mismatch, naming the key, both values 
 Re-running the same command resumes from ckpt/ (metric rows past the checkpoint are dropped, so none
 is duplicated or missing); a checkpoint of a different config is ignored and the run starts fresh.
 NaN/Inf in the loss or the gradient norm stops the arm with status "diverged": a result, not a crash.
+Under torchrun every rank runs this loop on its share of each mini-batch (rl_core.distributed); rank 0
+samples, evaluates and writes the run files.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -34,29 +38,32 @@ from pathlib import Path
 import torch
 
 from rl_core import config as C
+from rl_core import distributed as D
 from rl_core.backends import check_capabilities
 from rl_core.cli import check_checkpoint, config_from_args, guard, json_arg
-from rl_core.model import config_value, load_pretrained, save_pretrained
+from rl_core.model import MoEPolicy, config_value, load_pretrained, save_pretrained
 from rl_core.objectives import OBJECTIVES, LossParams
 from rl_core.rollout import EmbeddedRolloutEngine
 from rl_core.rundir import hold_lock, load_checkpoint, save_checkpoint, say, set_aside
-from rl_core.step import collect, prompt_indices, update
+from rl_core.step import Sampled, prompt_indices, sample, score, to_device, update
 from rl_core.tasks import EVAL_SEED, evaluate, make_task
 
 
-def make_rollout_engine(cfg: C.RunConfig, policy):
+def make_rollout_engine(cfg: C.RunConfig, policy, device: torch.device | None = None):
+    """vLLM (its own devices), else the embedded engine on the training device (a GPU's fallback)."""
     if cfg.rollout.engine == "vllm":
         from rl_core.vllm_engine import VLLMRolloutEngine  # optional extra
 
         return VLLMRolloutEngine(cfg.init, cfg.rollout.precision)
-    return EmbeddedRolloutEngine.from_model(policy, cfg.rollout.precision, cfg.rollout.kv_cache)
+    make = lambda: EmbeddedRolloutEngine.from_model(policy, cfg.rollout.precision, cfg.rollout.kv_cache)  # noqa: E731
+    return make() if device is None or device.type == "cpu" else D.OnDevice(make, device)
 
 
 class RunFiles:
     """The run directory: append-only metrics with a row count that checkpoints record."""
 
-    def __init__(self, out: Path):
-        self.out = out
+    def __init__(self, out: Path, writes: bool = True):
+        self.out, self.writes = out, writes  # writes=False: a rank other than 0 (reads, never writes)
         self.metrics = out / "metrics.jsonl"
         self.ckpt = out / "ckpt" / "state.pt"
         self.last_eval: dict = {}  # the latest eval row written (the progress line shows its score)
@@ -65,6 +72,8 @@ class RunFiles:
         return sum(1 for _ in self.metrics.open("rb")) if self.metrics.exists() else 0
 
     def truncate(self, n_rows: int) -> None:
+        if not self.writes:
+            return
         lines = self.metrics.read_bytes().splitlines(keepends=True) if self.metrics.exists() else []
         self.metrics.write_bytes(b"".join(lines[:n_rows]))
 
@@ -72,58 +81,70 @@ class RunFiles:
         row = {**row, "perf/time": time.time()}  # wall clock, unix s: MLflow's metric timestamps
         if "eval/score" in row:
             self.last_eval = row
+        if not self.writes:
+            return
         with self.metrics.open("a") as f:
             f.write(json.dumps(row, allow_nan=True) + "\n")
 
     def write_json(self, name: str, obj: dict) -> None:
+        if not self.writes:
+            return
         tmp = self.out / f".{name}.tmp"
         tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
         os.replace(tmp, self.out / name)
 
     def save_ckpt(self, state: dict) -> None:
-        save_checkpoint(state, self.ckpt)  # keeps the one before as ckpt/state.prev.pt
+        if self.writes:
+            save_checkpoint(state, self.ckpt)  # keeps the one before as ckpt/state.prev.pt
 
 
-def run_eval(cfg: C.RunConfig, policy, task, step: int) -> dict:
-    engine = EmbeddedRolloutEngine.from_model(policy, "fp32")
+def run_eval(cfg: C.RunConfig, policy, task, step: int, state_dict: dict | None = None,
+             device: torch.device | None = None) -> dict:
+    """The benchmark on an fp32 embedded engine built from ``state_dict`` (default: the policy's), on
+    ``device`` (default: cpu)."""
+    device = torch.device("cpu") if device is None else device
+    sd = policy.state_dict() if state_dict is None else state_dict
+    make = lambda: EmbeddedRolloutEngine(policy.config, sd, "fp32")  # noqa: E731
+    engine = make() if device.type == "cpu" else D.OnDevice(make, device)
     res = evaluate(engine, task, task.bench_problems[: cfg.eval.n_problems], cfg.eval.k,
                    cfg.eval.temperature, cfg.rollout.max_new_tokens,
-                   torch.Generator().manual_seed(EVAL_SEED))
+                   torch.Generator(device).manual_seed(EVAL_SEED))
     return {"step": step, "eval/score": res["score"], "eval/response_length": res["response_length"]}
 
 
 CKPT_KEYS = ("policy", "opt", "step", "global_step", "rl_wall", "rows", "config_hash")
 
 
-def _resume(files: RunFiles, cfg_hash: str, policy, opt) -> tuple[int, int, float]:
-    """Load the newest usable checkpoint (rl_core.rundir.load_checkpoint); return (step, global_step,
-    rl_wall). Without one the run starts from scratch, saying so when it drops metric rows."""
-    mine = policy.state_dict()
+def _resume(files: RunFiles, cfg_hash: str, policy, ranks: D.Ranks = D.SINGLE) -> dict | None:
+    """The newest usable checkpoint (rl_core.rundir.load_checkpoint; rank 0 reads it, every rank gets it),
+    its weights loaded into the (not yet sharded) policy; None: the run starts from scratch, saying so when
+    it drops metric rows."""
+    state = None
+    if ranks.main:
+        mine = policy.state_dict()
 
-    def why_not(state: dict) -> str:
-        if set(CKPT_KEYS) - set(state):
-            return f"lacks {sorted(set(CKPT_KEYS) - set(state))}"
-        if state["config_hash"] != cfg_hash:
-            return f"is of another config (hash {state['config_hash']}, this run {cfg_hash})"
-        theirs = state["policy"]
-        if not isinstance(theirs, dict) or set(theirs) != set(mine) or any(
-                getattr(theirs[k], "shape", None) != mine[k].shape for k in mine):
-            return "does not fit the policy's parameters"
-        if state["rows"] > files.rows():
-            return f"is ahead of {files.metrics} ({state['rows']} rows recorded, {files.rows()} present)"
-        return ""
+        def why_not(state: dict) -> str:
+            if set(CKPT_KEYS) - set(state):
+                return f"lacks {sorted(set(CKPT_KEYS) - set(state))}"
+            if state["config_hash"] != cfg_hash:
+                return f"is of another config (hash {state['config_hash']}, this run {cfg_hash})"
+            theirs = state["policy"]
+            if not isinstance(theirs, dict) or set(theirs) != set(mine) or any(
+                    getattr(theirs[k], "shape", None) != mine[k].shape for k in mine):
+                return "does not fit the policy's parameters"
+            if state["rows"] > files.rows():
+                return f"is ahead of {files.metrics} ({state['rows']} rows recorded, {files.rows()} present)"
+            return ""
 
-    state = load_checkpoint(files.ckpt.parent, why_not)
+        state = load_checkpoint(files.ckpt.parent, why_not)
+        if state is None and files.rows():
+            say(f"{files.out}: no usable checkpoint; restarting from scratch "
+                f"(dropping {files.rows()} metric rows)")
+        files.truncate(0 if state is None else state["rows"])
+    state = ranks.broadcast(state)
     if state is not None:
         policy.load_state_dict(state["policy"])
-        opt.load_state_dict(state["opt"])
-        files.truncate(state["rows"])
-        return state["step"], state["global_step"], state["rl_wall"]
-    if files.rows():
-        say(f"{files.out}: no usable checkpoint; restarting from scratch "
-            f"(dropping {files.rows()} metric rows)")
-    files.truncate(0)
-    return 0, 0, 0.0
+    return state
 
 
 def _clock(seconds: float) -> str:
@@ -147,19 +168,29 @@ def _progress(tag: str, step: int, total: int, rows: list[dict], last_eval: dict
 class Arm:
     """The live state of one run: config, task, policy, optimizer, rollout engine, counters."""
 
-    def __init__(self, cfg: C.RunConfig, files: RunFiles):
+    def __init__(self, cfg: C.RunConfig, files: RunFiles, ranks: D.Ranks = D.SINGLE):
         t = cfg.train
-        self.cfg, self.files = cfg, files
+        self.cfg, self.files, self.ranks = cfg, files, ranks
         try:
             self.task = make_task(cfg.task, cfg.init)
         except ValueError as e:  # a problem space too small for n_train / n_bench
             raise C.ConfigError(str(e)) from None
-        self.policy = load_pretrained(cfg.init)
+        self.policy = load_pretrained(cfg.init).to(ranks.device)
+        state = _resume(files, C.config_hash(cfg), self.policy, ranks)
+        # The rollout engine lives on rank 0, built from the full (resumed) weights before sharding.
+        self.engine = make_rollout_engine(cfg, self.policy, ranks.device) if ranks.main else None
+        self.policy = D.shard(self.policy, ranks)
         self.opt = torch.optim.AdamW(self.policy.parameters(), lr=t.lr, betas=(t.beta1, t.beta2),
                                      weight_decay=t.weight_decay)
-        self.step, self.global_step, self.rl_wall = _resume(files, C.config_hash(cfg), self.policy, self.opt)
-        self.engine = make_rollout_engine(cfg, self.policy)
-        if cfg.replay.mode == "r3" and "routed_experts" not in self.engine.capabilities:
+        self.step, self.global_step, self.rl_wall = 0, 0, 0.0
+        if state is not None:
+            if ranks.world == 1:
+                self.opt.load_state_dict(state["opt"])
+            else:
+                D.load_optimizer_state(self.opt, state["opt"])
+            self.step, self.global_step, self.rl_wall = state["step"], state["global_step"], state["rl_wall"]
+        if self.engine is not None and cfg.replay.mode == "r3" and \
+                "routed_experts" not in self.engine.capabilities:
             raise C.ConfigError(f"replay.mode: r3 needs the capability 'routed_experts', which the "
                                 f"{cfg.rollout.engine} rollout engine does not have here")
         self.objective = OBJECTIVES[cfg.loss.objective]
@@ -174,18 +205,47 @@ class Arm:
                              t.n_minibatches * t.batch_prompts)
         return [self.task.train_problems[i] for i in idx]
 
+    def sample(self) -> tuple[Sampled, dict]:
+        """Rank 0 samples the global step's rollouts; under torchrun every rank gets them (a diverged
+        rollout engine's FloatingPointError is raised on every rank)."""
+        cfg, ranks = self.cfg, self.ranks
+        out, error = (None, {}), ""
+        if ranks.main:
+            on = self.engine.device if isinstance(self.engine, D.OnDevice) else torch.device("cpu")
+            gen = torch.Generator(on).manual_seed(cfg.train.seed * 1_000_003 + self.global_step)
+            try:
+                out = sample(cfg, self.engine, self.task, self.problems(), self.objective, gen, ranks.device)
+            except FloatingPointError as e:
+                if ranks.world == 1:
+                    raise
+                error = str(e)
+        if ranks.world == 1:
+            return out
+        cpu = torch.device("cpu")
+        if out[0] is not None:
+            s = out[0]
+            out = (Sampled(to_device(s.rollout, cpu), s.rewards.cpu(), s.advantages.cpu()), out[1])
+        (s, gmetrics), error = ranks.broadcast((out, error))
+        if error:
+            raise FloatingPointError(error)
+        return Sampled(to_device(s.rollout, ranks.device), s.rewards.to(ranks.device),
+                       s.advantages.to(ranks.device)), gmetrics
+
     def global_step_rows(self) -> tuple[list[dict], bool]:
         """Rollout, N updates in fixed order, weight sync. Returns (metric rows, finite)."""
         cfg, N = self.cfg, self.cfg.train.n_minibatches
         t0 = time.perf_counter()
-        gen = torch.Generator().manual_seed(cfg.train.seed * 1_000_003 + self.global_step)
-        problems = self.problems()
-        batch, gmetrics = collect(cfg, self.policy, self.engine, self.task, problems, self.objective, gen)
+        sampled, gmetrics = self.sample()
+        batch = score(cfg, self.policy, sampled, self.ranks)
+        gmetrics["perf/old_logp_s"] = time.perf_counter() - t0 - gmetrics["perf/rollout_s"]
+        gmetrics.update({"perf/world_size": self.ranks.world,
+                         "perf/cuda": int(self.ranks.device.type == "cuda")})
         rows, finite = [], True
         for j in range(N):  # mini-batch j: prompts j*B..(j+1)*B-1 with all their G samples
             t1 = time.perf_counter()
             sel = torch.arange(j * self.mb, (j + 1) * self.mb)
-            metrics, finite = update(cfg, self.policy, self.opt, batch, sel, self.objective, self.params)
+            metrics, finite = update(cfg, self.policy, self.opt, batch, sel, self.objective, self.params,
+                                     self.ranks)
             self.step += 1
             metrics.update(gmetrics, step=self.step, global_step=self.global_step + 1, minibatch=j + 1)
             metrics["perf/update_s"] = time.perf_counter() - t1
@@ -193,7 +253,9 @@ class Arm:
             if not finite:
                 break
         self.global_step += 1
-        self.engine.sync_weights(self.policy.state_dict())
+        weights = D.full_state_dict(self.policy)  # a collective under FSDP2: every rank joins
+        if self.engine is not None:
+            self.engine.sync_weights(weights)
         wall = time.perf_counter() - t0
         self.rl_wall += wall
         for r in rows:
@@ -201,8 +263,26 @@ class Arm:
             r["perf/tokens_per_s"] = gmetrics["response/tokens"] / wall
         return rows, finite
 
+    def evaluate(self, step: int) -> dict:
+        """The benchmark row (rank 0; {} on the others, which only join the weights' gather)."""
+        weights = D.full_state_dict(self.policy)
+        if not self.ranks.main:
+            return {}
+        return run_eval(self.cfg, self.policy, self.task, step, weights, self.ranks.device)
+
+    def final_policy(self):
+        """The policy as one unsharded module (for save_pretrained): a collective under FSDP2."""
+        if self.ranks.world == 1:
+            return self.policy
+        weights = {k: v.cpu() for k, v in D.full_state_dict(self.policy).items()}
+        plain = MoEPolicy(self.policy.config)
+        plain.load_state_dict(weights)
+        return plain
+
     def checkpoint(self) -> None:
-        self.files.save_ckpt({"policy": self.policy.state_dict(), "opt": self.opt.state_dict(),
+        """Full weights and optimizer state (the single-process format at any world size; rank 0 writes)."""
+        opt = self.opt.state_dict() if self.ranks.world == 1 else D.full_optimizer_state(self.opt)
+        self.files.save_ckpt({"policy": D.full_state_dict(self.policy), "opt": opt,
                               "step": self.step, "global_step": self.global_step, "rl_wall": self.rl_wall,
                               "rows": self.files.rows(), "config_hash": C.config_hash(self.cfg)})
 
@@ -246,31 +326,37 @@ def run(cfg: C.RunConfig, out: Path, meta: dict | None = None) -> dict:
     Before any work: the backends' capabilities, model.* against the init checkpoint, the checkpoint's
     files; then RUN_DIR/.lock is held to the end (a second trainer refuses), results of another config
     are set aside (rl_core.rundir.set_aside), and the policy, task and checkpoint are loaded before DONE is
-    removed, so a run that cannot start leaves a finished directory as it was.
+    removed, so a run that cannot start leaves a finished directory as it was. The device (train.device)
+    and, under torchrun, the split of a mini-batch over the ranks are checked before any work too; only
+    rank 0 holds the lock and writes.
     """
     t_start = time.time()
     check_capabilities(cfg)  # a backend lacking what the arm needs fails here, before any work
     check_init(cfg)
     check_checkpoint(cfg.init)
+    ranks = D.from_env(cfg)  # ConfigError for cuda without a GPU; joins torchrun's process group
     torch.set_num_threads(cfg.train.threads)
     torch.manual_seed(cfg.train.seed)
-    with hold_lock(out):
-        set_aside(out, C.to_dict(cfg))
-        return _train(cfg, out, meta, t_start)
+    with hold_lock(out) if ranks.main else contextlib.nullcontext():
+        if ranks.main:
+            set_aside(out, C.to_dict(cfg))
+        ranks.barrier()  # the other ranks read the checkpoint only once rank 0 has settled the directory
+        return _train(cfg, out, meta, t_start, ranks)
 
 
-def _train(cfg: C.RunConfig, out: Path, meta: dict | None, t_start: float) -> dict:
-    files = RunFiles(out)
-    arm, N, total = Arm(cfg, files), cfg.train.n_minibatches, cfg.train.steps
-    (out / "DONE").unlink(missing_ok=True)
+def _train(cfg: C.RunConfig, out: Path, meta: dict | None, t_start: float, ranks: D.Ranks) -> dict:
+    files = RunFiles(out, writes=ranks.main)
+    arm, N, total = Arm(cfg, files, ranks), cfg.train.n_minibatches, cfg.train.steps
+    if ranks.main:
+        (out / "DONE").unlink(missing_ok=True)
     files.write_json("config.json", C.to_dict(cfg))
     if meta:
         files.write_json("meta.json", meta)
     tag = f"{meta['figure']}/{meta['arm']}/seed{meta['seed']}" if meta else out.name
     kill_at = int(os.environ.get("RLCORE_KILL_AT_STEP", "0"))  # fault injection for the resume test
     step0, t_loop = arm.step, time.time()  # the ETA's rate counts this process's steps only (resume)
-    if arm.step == 0:
-        files.append(run_eval(cfg, arm.policy, arm.task, 0))
+    if arm.step == 0 and (row := arm.evaluate(0)):
+        files.append(row)
     status, reason, diverged_step = "completed", "", None
     while arm.step < total:
         try:
@@ -280,20 +366,25 @@ def _train(cfg: C.RunConfig, out: Path, meta: dict | None, t_start: float) -> di
             break
         for r in rows:
             files.append(r)
-        _progress(tag, arm.step, total, rows, files.last_eval, time.time() - t_start,
-                  (arm.step - step0) / (time.time() - t_loop))
+        if ranks.main:
+            _progress(tag, arm.step, total, rows, files.last_eval, time.time() - t_start,
+                      (arm.step - step0) / (time.time() - t_loop))
         if not finite:
             status, reason, diverged_step = "diverged", "non-finite loss, gradient norm or weights", arm.step
             break
         if kill_at and arm.step >= kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
-        if _due(arm.step, cfg.eval.every, N, total):
-            files.append(run_eval(cfg, arm.policy, arm.task, arm.step))
+        if _due(arm.step, cfg.eval.every, N, total) and (row := arm.evaluate(arm.step)):
+            files.append(row)
         if _due(arm.step, cfg.checkpoint_every, N, total):
             arm.checkpoint()
     # The policy the arm produced, as a Hugging Face checkpoint (loadable in transformers, servable).
-    save_pretrained(arm.policy, out / "policy", Path(cfg.init) / "tokenizer.json")
+    policy = arm.final_policy()
+    if not ranks.main:
+        return {}
+    save_pretrained(policy, out / "policy", Path(cfg.init) / "tokenizer.json")
     summary = summarise(files, status, reason, arm.step, diverged_step, time.time() - t_start, arm.rl_wall)
+    summary.update(device=str(ranks.device), world_size=ranks.world)
     files.write_json("summary.json", summary)
     (out / "DONE").write_text("")
     return summary
@@ -319,7 +410,10 @@ def _main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cfg = config_from_args(args)
     summary = run(cfg, args.out, json_arg("--meta-json", args.meta_json))
-    print(json.dumps(summary))
+    if summary:  # rank 0 (the others return {})
+        print(json.dumps(summary))
+    if torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
     return 0
 
 
