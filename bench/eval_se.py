@@ -1,0 +1,65 @@
+"""The benchmark's own noise: one checkpoint evaluated under several sampling seeds, so a reader knows how
+far apart two evaluations of the same policy land, and how many problems x samples a comparison needs.
+
+    .venv/bin/python bench/eval_se.py CKPT_DIR [--seeds 8] [--n-problems 128] [--k 4]
+
+The benchmark (rl_core.tasks.evaluate: avg@k, fp32 engine, temperature 1) is run once per seed on the same
+problems; the standard deviation of the scores over seeds is the standard error of one evaluation from
+sampling alone (the problem set is fixed and shared by every arm, so it adds no noise to a comparison).
+Per problem, the sampling variance is mean over problems of p_i (1 - p_i) / k, with p_i the problem's
+pass rate over all seeds' samples; the predicted SE of avg@k on n problems is sqrt(that / n), printed for
+a few (n, k) so the benchmark can be sized to an SE target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+
+import torch
+
+from rl_core.grid import REPO, load_grid
+from rl_core.model import load_pretrained
+from rl_core.rollout import EmbeddedRolloutEngine
+from rl_core.tasks import make_task
+
+PAPER = REPO / "experiments" / "paper.yaml"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("ckpt")
+    ap.add_argument("--seeds", type=int, default=8)
+    ap.add_argument("--n-problems", type=int, default=128)
+    ap.add_argument("--k", type=int, default=4)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    task = make_task(load_grid(PAPER).base_config.task)
+    problems = task.bench_problems[: args.n_problems]
+    engine = EmbeddedRolloutEngine.from_model(load_pretrained(args.ckpt), "fp32")
+    prompts = [task.encode_prompt(p) for p in problems for _ in range(args.k)]
+    scores, passes = [], torch.zeros(len(problems))
+    for seed in range(args.seeds):
+        ro = engine.generate(prompts, 48, 1.0, torch.Generator().manual_seed(seed))
+        texts = [task.decode(row[ro.prompt_len:].tolist()) for row in ro.input_ids]
+        jobs = [p for p in problems for _ in range(args.k)]
+        r = torch.tensor([task.reward(t, p) for t, p in zip(texts, jobs, strict=True)])
+        r = r.view(len(problems), args.k)
+        scores.append(float(r.mean()))
+        passes += r.sum(1)
+    p = passes / (args.seeds * args.k)
+    var_one = float((p * (1 - p)).mean())           # per-sample Bernoulli variance, averaged over problems
+    out = {"ckpt": args.ckpt, "n_problems": len(problems), "k": args.k, "seeds": args.seeds,
+           "scores": scores, "mean": statistics.mean(scores), "se_measured": statistics.stdev(scores),
+           "se_predicted": math.sqrt(var_one / (len(problems) * args.k)),
+           "predicted": {f"{n}x{k}": math.sqrt(var_one / (n * k))
+                         for n in (128, 256, 512) for k in (4, 8, 16)}}
+    print(json.dumps(out, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
