@@ -41,6 +41,7 @@ from torch import nn
 
 from rl_core.config import ModelConfig
 from rl_core.export import write_side_files
+from rl_core.flash_bf16 import FlashBF16
 
 EXPERT_PROJS = ("gate_proj", "up_proj", "down_proj")
 
@@ -158,10 +159,6 @@ class Layout:
         return out.index_copy(0, self.index, t).view(self.B, self.T, *t.shape[1:])
 
 
-def _bf16(t: torch.Tensor) -> torch.Tensor:
-    return t.to(torch.bfloat16).float()
-
-
 def flash_attention_bf16(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allowed: torch.Tensor,
                          scale: float) -> torch.Tensor:
     """Attention with FlashAttention's bf16 numerics: q (B, H, T, D), k/v (B, Hkv, T, D), allowed (B, 1, T, T)
@@ -170,16 +167,11 @@ def flash_attention_bf16(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allo
     in fp32; the unnormalised probabilities exp(s - max) are rounded to bf16 before the product with v
     (what torch's CPU flash kernel does for bf16 inputs); the output is bf16. Computed as fp32 matmuls on
     the rounded values outside autocast, because torch's CPU bf16 attention backward is ~10x slower than
-    fp32 at these sizes (measured: 183 ms vs 19 ms per update of a mini-batch).
+    fp32 at these sizes (measured: 183 ms vs 19 ms per update of a mini-batch). Forward and backward are one
+    autograd Function with FlashAttention's backward (:class:`rl_core.flash_bf16.FlashBF16`).
     """
     with torch.autocast(q.device.type, enabled=False):
-        g = q.shape[1] // k.shape[1]
-        q, k, v = _bf16(q.float()), _bf16(k.float()), _bf16(v.float())
-        k, v = k.repeat_interleave(g, dim=1), v.repeat_interleave(g, dim=1)
-        s = (q @ k.transpose(-1, -2) * scale).masked_fill(~allowed, float("-inf"))
-        p = (s - s.amax(-1, keepdim=True).detach()).exp()
-        out = (_bf16(p) @ v) / p.sum(-1, keepdim=True)
-    return out.to(torch.bfloat16)
+        return FlashBF16.apply(q, k, v, allowed, scale)
 
 
 class Attention(nn.Module):
