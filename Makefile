@@ -13,7 +13,7 @@ export PYTHONHASHSEED := 0
 export MPLBACKEND := Agg
 
 .PHONY: reproduce smoke test test-slow bench precision-table lint mlflow-ui clean venv venv-vllm test-vllm venv-megatron \
-	test-megatron venv-peers
+	test-megatron venv-peers gpu-check
 
 venv: $(STAMP)
 
@@ -40,6 +40,13 @@ test-slow: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python -m rl_core.bench
+
+# The training engine on an NVIDIA GPU: cuda bf16 arm, torchrun x2 (2 GPUs), vLLM's GPU build (VLLM_PYTHON or
+# .venv-vllm), timings and the train-inference KL; then the `gpu` tests. Without a GPU: one "skipped" line.
+gpu-check: $(STAMP)
+	$(BIN)/python bench/gpu_check.py --out results/bench/gpu_check.json
+	if $(BIN)/python -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then \
+	  $(BIN)/python -m pytest -m gpu tests/test_gpu.py -q -p no:cacheprovider; fi
 
 # The train-inference gap of every rollout format against the fp32 and bf16 trainers, on the grid's `chain`
 # cold start (built by the workflow if missing).

@@ -1,0 +1,75 @@
+"""The training engine on a CUDA GPU (marker `gpu`: `pytest -m gpu`; each skips without a GPU), and
+`make gpu-check`'s behaviour on a machine without one (default suite)."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tiny import build_cold_start
+
+from rl_core import config as C
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = {
+    "model": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
+              "head_dim": 16, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32},
+    "task": {"min_operands": 2, "max_operands": 3, "max_operand": 3, "ops": "+", "n_train": 48,
+             "n_bench": 16},
+    "pipeline": {"pretrain_steps": 60, "sft_steps": 120, "batch_size": 32, "sft_lr": 3e-3},
+    "rollout": {"max_new_tokens": 16, "group_size": 4},
+    "train": {"batch_prompts": 4, "steps": 4, "n_minibatches": 2, "lr": 1e-3},
+    "eval": {"every": 4, "k": 2, "n_problems": 16},
+}
+
+
+def needs_gpu(test):
+    """Marker `gpu` (deselected by default) and a clean skip where torch sees no GPU."""
+    return pytest.mark.gpu(pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")(test))
+
+
+@pytest.fixture(scope="module")
+def cold_start(tmp_path_factory):
+    return str(build_cold_start(tmp_path_factory.mktemp("coldstart"), TINY))
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message of a machine without a GPU")
+def test_gpu_check_says_skipped_and_exits_0_without_a_gpu():
+    p = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py")], capture_output=True, text=True,
+                       cwd=REPO, timeout=120)
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.startswith("gpu-check: no CUDA GPU: skipped")
+
+
+@needs_gpu
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_an_arm_trains_on_the_gpu_and_records_it(cold_start, tmp_path, precision):
+    from rl_core.train import run
+
+    cfg = C.resolve(TINY, {"init": cold_start, "train": {"device": "cuda", "precision": precision},
+                           "replay": {"mode": "r3"}})
+    summary = run(cfg, tmp_path / "run")
+    assert summary["status"] == "completed" and summary["device"] == "cuda:0" and summary["world_size"] == 1
+
+
+@needs_gpu
+def test_fp32_scores_on_the_gpu_equal_the_cpu_and_the_gpu_sampler_agrees(cold_start):
+    from rl_core.distributed import OnDevice
+    from rl_core.engine import token_logprobs
+    from rl_core.model import load_pretrained
+    from rl_core.rollout import EmbeddedRolloutEngine
+
+    policy = load_pretrained(cold_start)
+    cpu_engine = EmbeddedRolloutEngine.from_model(policy, "fp32")
+    ro = cpu_engine.generate([[3, 4, 5, 6]] * 8, 12, 1.0, torch.Generator().manual_seed(0))
+    cpu = token_logprobs(policy, ro.input_ids, ro.attention_mask).logp
+    gpu_policy = load_pretrained(cold_start).cuda()
+    gpu = token_logprobs(gpu_policy, ro.input_ids.cuda(), ro.attention_mask.cuda()).logp.cpu()
+    assert float((cpu - gpu).abs().max()) < 1e-4
+    # The embedded engine on the GPU: its behaviour log-probs are the fp32 trainer's on what it sampled.
+    engine = OnDevice(lambda: EmbeddedRolloutEngine.from_model(gpu_policy, "fp32"), torch.device("cuda"))
+    ro = engine.generate([[3, 4, 5, 6]] * 8, 12, 1.0, torch.Generator("cuda").manual_seed(0))
+    assert ro.input_ids.is_cuda
+    scored = token_logprobs(gpu_policy, ro.input_ids, ro.attention_mask).logp
+    assert float((scored - ro.logp_behavior)[ro.response_mask].abs().max()) < 1e-4
