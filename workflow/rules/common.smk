@@ -82,8 +82,18 @@ def init_dir(run):
 
 
 def run_gpus(run):
-    """GPUs one arm job asks for: the GPU backends need one (a resource for cluster profiles)."""
-    return int(run.config.rollout.engine == "vllm" or run.config.train.engine == "megatron")
+    """GPUs one arm job asks for (a resource for cluster profiles): the GPU backends need one, and so does
+    a trainer asked for cuda; train.device=auto trains on whatever the job got."""
+    c = run.config
+    return int(c.rollout.engine == "vllm" or c.train.engine == "megatron" or c.train.device == "cuda")
+
+
+def run_partition(run):
+    """The SLURM partition of an arm job (only the slurm executor reads it): $RL_GPU_PARTITION (default
+    gpu) when the job asks for a GPU, else $RL_CPU_PARTITION (default cpu)."""
+    if run_gpus(run):
+        return os.environ.get("RL_GPU_PARTITION", "gpu")
+    return os.environ.get("RL_CPU_PARTITION", "cpu")
 
 
 def stage_json(stage, model="base"):

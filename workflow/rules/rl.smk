@@ -22,6 +22,7 @@ rule rl_run:
     threads: lambda w: run_of(w).config.train.threads
     resources:
         gpu=lambda w: run_gpus(run_of(w)),
+        slurm_partition=lambda w: run_partition(run_of(w)),
     shell:
         # tee: progress on the terminal and in the log (appended: a resumed run keeps its history).
         "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} "
