@@ -129,7 +129,7 @@ def test_cuda_without_a_gpu_is_refused_and_auto_resolves_to_cpu():
     cfg = C.resolve({"train": {"device": "cuda"}})
     no_gpu = Environment(vllm=False, vllm_build="", triton=False, megatron=False, cuda_gpu=False)
     with pytest.raises(C.ConfigError, match="train.device='cuda' needs capability 'cuda'"):
-        check_capabilities(cfg, no_gpu)  # what the workflow checks while building the DAG (no torch)
+        check_capabilities(cfg, no_gpu)  # the trainer's first check, from the driver files (no torch)
 
 
 def test_on_device_runs_the_embedded_engine_under_the_device_default():
