@@ -90,3 +90,16 @@ def test_flash_bf16_function_forward_is_the_plain_expression_bitwise_and_its_gra
     for a, b in zip(fast_grads, ref_grads, strict=True):
         torch.testing.assert_close(a, b, rtol=2**-7, atol=1e-6)
         assert (a == b).float().mean() > 0.99
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fp8_table_decode_is_torchs_cast_bitwise_for_every_bit_pattern(dtype):
+    from rl_core.rollout.formats import FP8, fp8_to
+
+    every = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(FP8).reshape(16, 16)
+    cast, table = every.to(dtype), fp8_to(every, dtype)
+    assert table.dtype == dtype and table.shape == (16, 16)
+    assert torch.equal(cast.isnan(), table.isnan())
+    assert torch.equal(cast[~cast.isnan()], table[~table.isnan()])
+    sliced = every[:, ::2]  # a non-contiguous view decodes too
+    assert torch.equal(fp8_to(sliced, dtype).nan_to_num(), sliced.to(dtype).nan_to_num())

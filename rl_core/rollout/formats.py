@@ -50,6 +50,17 @@ def _e4m3(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return (x / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
 
 
+#: The value of every e4m3 bit pattern (torch's own cast of the 256 bytes), for :func:`fp8_to`.
+_E4M3_VALUES = torch.arange(256, dtype=torch.int32).to(torch.uint8).view(FP8).float()
+
+
+def fp8_to(q: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """e4m3 -> ``dtype`` by table lookup: bitwise torch's cast, which is scalar code on the CPU (6x slower
+    than this at a decode step's activations; it was half the time of an fp8 rollout)."""
+    table = _E4M3_VALUES.to(device=q.device, dtype=dtype)
+    return table.index_select(0, q.reshape(-1).view(torch.uint8).int()).view(q.shape)
+
+
 # ------------------------------------------------------------------------------------ weights
 
 
@@ -115,12 +126,12 @@ def fp8_act_quant(x: torch.Tensor, block: int = BLOCK) -> tuple[torch.Tensor, to
     groups = _pad_to(x.float(), -1, block).view(n, -1, block)
     scale = groups.abs().amax(-1).clamp(min=1e-12) / FP8_MAX                       # (N, G)
     q = _e4m3(groups, scale[..., None]).view(n, -1)[:, :n_in]
-    return q.to(torch.bfloat16), scale
+    return fp8_to(q, torch.bfloat16), scale
 
 
 def fp8_kv(x: torch.Tensor, scale: float = 1.0) -> torch.Tensor:
     """Round to the e4m3 KV cache and back (values kept in x's dtype)."""
-    return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8).to(x.dtype) * scale
+    return fp8_to((x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8), x.dtype) * scale
 
 
 # ------------------------------------------------------------------------------- held weights
