@@ -76,7 +76,7 @@ DEFAULT_PRESET = "mini"
 #: Config sections that define the base model and the cold starts, hence shared by a grid's arms.
 SHARED_SECTIONS = ("model", "pipeline")
 #: Workflow options that may sit beside the grid in Snakemake's config (`--config results=... `).
-WORKFLOW_OPTIONS = {"results": "results", "tracking_uri": ""}
+WORKFLOW_OPTIONS = {"results": "results", "tracking_uri": "", "live_tracking": True}
 #: The cold starts (SFT teachers), in the order the typed config lists them.
 TEACHERS: tuple[str, ...] = next(f.metadata["choices"] for f in dataclasses.fields(RunConfig)
                                  if f.name == "cold_start")

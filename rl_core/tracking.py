@@ -24,7 +24,8 @@ Store: by default the embedded ``sqlite:///<abs results>/mlflow.db`` with artifa
 Re-mirroring is idempotent: a child is found by its tags (role, figure, arm, seed) in the grid's
 experiment. If one is FINISHED with the same ``digest`` tag (a hash of the run files, set last, so a
 half-mirrored run never matches) it is kept and nothing is written; otherwise the old children are deleted
-(soft delete; ``mlflow gc`` purges them) and the run is mirrored afresh.
+(soft delete; ``mlflow gc`` purges them) and the run is mirrored afresh. The live run that rl_core.live
+wrote while the arm ran has no digest, so the finished files always replace it.
 
 Concurrency: sqlite takes one writer at a time; every write is retried with exponential backoff while the
 database is locked (:func:`retry`), so mirror jobs may run in parallel.

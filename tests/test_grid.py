@@ -280,7 +280,9 @@ def test_workflow_options_are_split_from_the_grid_and_cli_seeds_become_ints():
     grid, options = G.split_workflow_options({"name": "x", "seeds": ["0", "1"], "results": "out",
                                               "tracking_uri": None})
     assert grid == {"name": "x", "seeds": [0, 1]}
-    assert options == {"results": "out", "tracking_uri": ""}
+    assert options == {"results": "out", "tracking_uri": "", "live_tracking": True}
+    _, options = G.split_workflow_options({"name": "x", "live_tracking": False})
+    assert options["live_tracking"] is False
 
 
 # ------------------------------------------------------------------ duplicate keys and findings at load

@@ -11,7 +11,7 @@ rule pretrain:
         f"{LOGS}/coldstart/pretrain.log",
     params:
         out=lambda w, output: os.path.dirname(output[0]),
-        config=stage_json("pretrain"),
+        config=lambda w: stage_json("pretrain"),  # a function: braces in task strings are not wildcards
     threads: GRID.base_config.train.threads
     shell:
         "{PYTHON} -m rl_core.coldstart pretrain --out {params.out} --config-json {params.config:q} "
