@@ -97,6 +97,22 @@ class Ranks:
         dist.broadcast_object_list(box, src=0)
         return box[0]
 
+    def from_main(self, produce):
+        """Rank 0's ``produce()`` on every rank (broadcast: let it return CPU tensors); a
+        FloatingPointError on rank 0 (a diverged rollout engine) is raised on every rank."""
+        if self.world == 1:
+            return produce()
+        out, error = None, ""
+        if self.main:
+            try:
+                out = produce()
+            except FloatingPointError as e:
+                error = str(e)
+        out, error = self.broadcast((out, error))
+        if error:
+            raise FloatingPointError(error)
+        return out
+
     def all_true(self, flag: bool) -> bool:
         """True on every rank when ``flag`` is True on every rank."""
         if self.world == 1:
@@ -172,6 +188,17 @@ def full_state_dict(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: _full(v) for k, v in policy.state_dict().items()}
 
 
+def unsharded(policy: torch.nn.Module, ranks: Ranks) -> torch.nn.Module:
+    """The policy as one plain CPU module (for save_pretrained); a collective under FSDP2."""
+    if ranks.world == 1:
+        return policy
+    from rl_core.model import MoEPolicy
+
+    plain = MoEPolicy(policy.config)
+    plain.load_state_dict({k: v.cpu() for k, v in full_state_dict(policy).items()})
+    return plain
+
+
 def full_optimizer_state(opt: torch.optim.Optimizer) -> dict:
     """``opt.state_dict()`` with full tensors: the single-process format (keys are parameter indices, and
     FSDP2 keeps the parameter order), so a checkpoint resumes at any world size. A collective."""
@@ -191,16 +218,6 @@ def load_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
                   if isinstance(p, DTensor) and torch.is_tensor(v) and v.shape == p.shape else v
                   for k, v in s.items()}
     opt.load_state_dict({**state, "state": out})
-
-
-def load_policy_state(policy: torch.nn.Module, state: dict[str, torch.Tensor]) -> None:
-    """Load full tensors into a policy, sharded (FSDP2) or not."""
-    from torch.distributed.tensor import DTensor, distribute_tensor
-
-    mine = policy.state_dict()
-    policy.load_state_dict({k: distribute_tensor(v.to(mine[k].device_mesh.device_type), mine[k].device_mesh,
-                                                 mine[k].placements) if isinstance(mine[k], DTensor) else v
-                            for k, v in state.items()})
 
 
 def clip_grad_norm(policy: torch.nn.Module, max_norm: float) -> torch.Tensor:
@@ -240,5 +257,5 @@ class OnDevice:
 
 
 __all__ = ["resolve_device", "Ranks", "SINGLE", "check_world", "from_env", "shard", "full_state_dict",
-           "full_optimizer_state", "load_optimizer_state", "load_policy_state", "clip_grad_norm",
-           "params_finite", "OnDevice"]
+           "unsharded", "full_optimizer_state", "load_optimizer_state", "clip_grad_norm", "params_finite",
+           "OnDevice"]

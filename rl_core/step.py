@@ -101,6 +101,9 @@ class Sampled:
     rewards: torch.Tensor  # (M,)
     advantages: torch.Tensor  # (M,)
 
+    def to(self, device: torch.device) -> Sampled:
+        return Sampled(to_device(self.rollout, device), self.rewards.to(device), self.advantages.to(device))
+
 
 def to_device(ro: RolloutBatch, device: torch.device) -> RolloutBatch:
     """The rollout batch with its tensors on ``device`` (a no-op where they already are)."""
@@ -109,14 +112,13 @@ def to_device(ro: RolloutBatch, device: torch.device) -> RolloutBatch:
 
 
 def sample(cfg: RunConfig, engine: RolloutEngine, task, problems: list, objective: Objective,
-           generator: torch.Generator, device: torch.device | None = None) -> tuple[Sampled, dict]:
-    """Sample G responses per problem, reward them, compute the advantages (on ``device``: default where the
-    engine returned them). Returns (sampled, metrics)."""
+           generator: torch.Generator) -> tuple[Sampled, dict]:
+    """Sample G responses per problem, reward them, compute the advantages (on the device the engine
+    returned the batch on). Returns (sampled, metrics)."""
     G = cfg.rollout.group_size
     t0 = time.perf_counter()
     prompts = [task.encode_prompt(p) for p in problems for _ in range(G)]
     ro = engine.generate(prompts, cfg.rollout.max_new_tokens, cfg.rollout.temperature, generator)
-    ro = ro if device is None else to_device(ro, device)
     t_rollout = time.perf_counter() - t0
     texts = [task.decode(row[ro.prompt_len:].tolist()) for row in ro.input_ids]
     rewards = torch.tensor([task.reward(t, p) for t, p in zip(texts, [p for p in problems for _ in range(G)],

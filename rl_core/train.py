@@ -41,11 +41,11 @@ from rl_core import config as C
 from rl_core import distributed as D
 from rl_core.backends import check_capabilities
 from rl_core.cli import check_checkpoint, config_from_args, guard, json_arg
-from rl_core.model import MoEPolicy, config_value, load_pretrained, save_pretrained
+from rl_core.model import config_value, load_pretrained, save_pretrained
 from rl_core.objectives import OBJECTIVES, LossParams
 from rl_core.rollout import EmbeddedRolloutEngine
 from rl_core.rundir import hold_lock, load_checkpoint, save_checkpoint, say, set_aside
-from rl_core.step import Sampled, prompt_indices, sample, score, to_device, update
+from rl_core.step import Sampled, prompt_indices, sample, score, update
 from rl_core.tasks import EVAL_SEED, evaluate, make_task
 
 
@@ -206,30 +206,17 @@ class Arm:
         return [self.task.train_problems[i] for i in idx]
 
     def sample(self) -> tuple[Sampled, dict]:
-        """Rank 0 samples the global step's rollouts; under torchrun every rank gets them (a diverged
-        rollout engine's FloatingPointError is raised on every rank)."""
+        """Rank 0 samples the global step's rollouts; under torchrun every rank gets them."""
         cfg, ranks = self.cfg, self.ranks
-        out, error = (None, {}), ""
-        if ranks.main:
+
+        def on_rank0() -> tuple[Sampled, dict]:
             on = self.engine.device if isinstance(self.engine, D.OnDevice) else torch.device("cpu")
             gen = torch.Generator(on).manual_seed(cfg.train.seed * 1_000_003 + self.global_step)
-            try:
-                out = sample(cfg, self.engine, self.task, self.problems(), self.objective, gen, ranks.device)
-            except FloatingPointError as e:
-                if ranks.world == 1:
-                    raise
-                error = str(e)
-        if ranks.world == 1:
-            return out
-        cpu = torch.device("cpu")
-        if out[0] is not None:
-            s = out[0]
-            out = (Sampled(to_device(s.rollout, cpu), s.rewards.cpu(), s.advantages.cpu()), out[1])
-        (s, gmetrics), error = ranks.broadcast((out, error))
-        if error:
-            raise FloatingPointError(error)
-        return Sampled(to_device(s.rollout, ranks.device), s.rewards.to(ranks.device),
-                       s.advantages.to(ranks.device)), gmetrics
+            sampled, metrics = sample(cfg, self.engine, self.task, self.problems(), self.objective, gen)
+            return (sampled if ranks.world == 1 else sampled.to(torch.device("cpu"))), metrics  # pickled
+
+        sampled, metrics = ranks.from_main(on_rank0)
+        return sampled.to(ranks.device), metrics
 
     def global_step_rows(self) -> tuple[list[dict], bool]:
         """Rollout, N updates in fixed order, weight sync. Returns (metric rows, finite)."""
@@ -269,15 +256,6 @@ class Arm:
         if not self.ranks.main:
             return {}
         return run_eval(self.cfg, self.policy, self.task, step, weights, self.ranks.device)
-
-    def final_policy(self):
-        """The policy as one unsharded module (for save_pretrained): a collective under FSDP2."""
-        if self.ranks.world == 1:
-            return self.policy
-        weights = {k: v.cpu() for k, v in D.full_state_dict(self.policy).items()}
-        plain = MoEPolicy(self.policy.config)
-        plain.load_state_dict(weights)
-        return plain
 
     def checkpoint(self) -> None:
         """Full weights and optimizer state (the single-process format at any world size; rank 0 writes)."""
@@ -379,7 +357,7 @@ def _train(cfg: C.RunConfig, out: Path, meta: dict | None, t_start: float, ranks
         if _due(arm.step, cfg.checkpoint_every, N, total):
             arm.checkpoint()
     # The policy the arm produced, as a Hugging Face checkpoint (loadable in transformers, servable).
-    policy = arm.final_policy()
+    policy = D.unsharded(arm.policy, ranks)
     if not ranks.main:
         return {}
     save_pretrained(policy, out / "policy", Path(cfg.init) / "tokenizer.json")
