@@ -18,7 +18,7 @@ Data parallel (W > 1), how one mini-batch of B prompts x G responses is trained:
 * The loss of a share is normalised by the GLOBAL mini-batch counts (LossParams.n_responses, n_tokens),
   and FSDP2's gradient reduce-scatter SUMS across ranks (divide factor 1, sum-only collectives, which gloo
   needs): the gradient is the single-process one. tests/test_distributed.py checks 2 ranks x half against
-  1 process x the whole for MiniRL with none, R2 and R3.
+  1 process x the whole for MiniRL with none, R2 and R3 and for CISPO's token-mean normaliser.
 * The per-token tensors of the shares (logp_old, logp_new, entropy, routings) are all-gathered, so pi_old
   of mini-batch 1 is filled in everywhere and every metric is that of the whole mini-batch, identical on
   every rank; rank 0 writes the run files.

@@ -89,6 +89,8 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.skipif(not (torch.distributed.is_available() and torch.distributed.is_gloo_available()),
+                    reason="needs torch.distributed with gloo")
 def test_two_ranks_on_half_the_minibatch_equal_one_process_on_the_whole(tmp_path):
     torch.set_num_threads(1)
     batches = {case: sampled_batch(case_config(case)) for case in CASES}
