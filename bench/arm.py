@@ -6,7 +6,7 @@ SPEC: config (a RunConfig tree, `init` included), threads, workdir, grid_runs. M
 
 1. `python -m rl_core.train --out RUN --config-json CONFIG --meta-json META` as a child process: its wall
    time (process start, imports, model load, evals, RL steps, checkpoints, run files) and its peak RSS
-   (resource.getrusage(RUSAGE_CHILDREN).ru_maxrss: this process's only child so far); summary.json's
+   and CPU seconds (resource.getrusage(RUSAGE_CHILDREN): this process's only child so far); summary.json's
    rl_wall_s is the time inside global steps.
 2. The benchmark evals, listed separately: one rl_core.train.run_eval timed in this process (after a
    warm-up) times the number of eval rows the arm wrote.
@@ -47,7 +47,9 @@ def main() -> None:
     cmd = [py, "-m", "rl_core.train", "--out", str(run_dir), "--config-json", json.dumps(s["config"]),
            "--meta-json", json.dumps(meta)]
     train_wall = wall(cmd)
-    peak_rss_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024  # KiB on Linux
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)  # this process's only child so far
+    peak_rss_mb = usage.ru_maxrss / 1024  # KiB on Linux
+    train_cpu_s = usage.ru_utime + usage.ru_stime
     summary = json.loads((run_dir / "summary.json").read_text())
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
     n_evals = sum("eval/score" in r for r in rows)
@@ -79,7 +81,8 @@ def main() -> None:
     python_start_s = min(wall([py, "-c", "pass"]) for _ in range(3))
     import_train_s = min(wall([py, "-c", "import rl_core.train"]) for _ in range(3)) - python_start_s
     emit({
-        "train_wall_s": train_wall, "rl_wall_s": summary["rl_wall_s"], "status": summary["status"],
+        "train_wall_s": train_wall, "train_cpu_s": train_cpu_s, "rl_wall_s": summary["rl_wall_s"],
+        "status": summary["status"],
         "steps": summary["steps_done"], "n_evals": n_evals, "eval_s_each": eval_s,
         "eval_s_total": eval_s * n_evals, "mirror_wall_s": mirror_wall_s, "mirror_run_s": mirror["runs_s"],
         "mirror_share_s": mirror_share_s, "grid_runs": s["grid_runs"],

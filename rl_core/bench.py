@@ -17,6 +17,9 @@ for a core while other jobs run is left out on both sides; bench.json keeps the 
 3. mfu: FLOP/s of the training engine's forward+backward over the measured fp32 matmul peak.
 4. arm: one arm at the `mini` scale end to end: share of wall time outside RL steps (evals excluded, the
    grid's one MLflow mirror process shared by its runs), peak RSS.
+5. scaling: RL step time against width, batch and response length, each rollout format, the cold start's
+   steps (rl_core.bench_scaling); rl_core.cost fits the grid cost model to them (bench.json `cost_model`,
+   used by `python -m rl_core.grid GRID --estimate`).
 
 All of it starts from a small cold start built here (ModelConfig defaults: the `mini` model), cached under
 OUT/coldstart. Writes OUT/bench.json (every raw figure plus the table) and prints the table.
@@ -35,6 +38,8 @@ import time
 from pathlib import Path
 
 from rl_core import config as C
+from rl_core import cost
+from rl_core.bench_scaling import arm_check, bench_scaling, format_scaling
 from rl_core.model import config_value
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -292,6 +297,11 @@ def table(res: dict) -> list[dict]:
                          "< 3%", full < 0.03))
         rows.append(_row("import rl_core.train, s", arm["import_train_s"], None, None, "-", None))
         rows.append(_row("peak RSS, mini arm (N=8), MiB", arm["peak_rss_mb"], None, None, "-", None))
+    ck = res.get("cost_check")
+    if ck:
+        pred, meas = ck["predicted_s"], ck["measured_s"]
+        rows.append(_row(f"cost model: CPU s of the {ARM_STEPS}-step arm, evals in (peer: measured)", pred,
+                         meas, pred / meas, "~ 1x", None))
     return rows
 
 
@@ -320,7 +330,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m rl_core.bench", description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=1, help="torch threads of every measured process")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
-    ap.add_argument("--only", default="rl_step,rollout,mfu,arm", help="comma-separated subset")
+    ap.add_argument("--only", default="rl_step,rollout,mfu,arm,scaling", help="comma-separated subset")
     ap.add_argument("--peers-python", type=Path, default=ROOT / ".venv-peers" / "bin" / "python")
     ap.add_argument("--vllm-python", type=Path, default=ROOT / ".venv-vllm" / "bin" / "python")
     args = ap.parse_args(argv)
@@ -335,7 +345,8 @@ def main(argv: list[str] | None = None) -> int:
     steps = {"rl_step": lambda: bench_rl_step(ckpt, args.threads, args.peers_python),
              "rollout": lambda: bench_rollout(ckpt, args.threads, args.vllm_python),
              "mfu": lambda: bench_mfu(ckpt, args.threads),
-             "arm": lambda: bench_arm(ckpt, args.threads, args.out / "arm")}
+             "arm": lambda: bench_arm(ckpt, args.threads, args.out / "arm"),
+             "scaling": lambda: bench_scaling(ckpt, args.threads, TASK)}
     for name, fn in steps.items():
         if name in only:
             t = time.perf_counter()
@@ -344,9 +355,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[bench] {name} done in {time.perf_counter() - t:.0f}s", flush=True)
     res["loadavg_end"] = os.getloadavg()
     res["wall_s"] = time.perf_counter() - t0
+    sc = res.get("scaling")
+    if sc and "error" not in sc:
+        res["cost_model"] = cost.fit(sc, res.get("rl_step"), res.get("arm"))
+        if res.get("arm") and "error" not in res["arm"]:
+            res["cost_check"] = arm_check(res["cost_model"], res["arm"], arm_config(ckpt, args.threads))
     res["table"] = table(res)
     (args.out / "bench.json").write_text(json.dumps(res, indent=2))
     print(format_table(res["table"]))
+    if "cost_model" in res:
+        print(format_scaling(sc, res["cost_model"]))
     print(f"[bench] {args.threads} thread(s), load average {res['loadavg_start'][0]:.1f} -> "
           f"{res['loadavg_end'][0]:.1f}; {res['wall_s']:.0f}s; wrote {args.out / 'bench.json'}")
     return 0

@@ -395,16 +395,28 @@ def validate_schema(data: Any, source: str = "<grid>", schema: str | Path | None
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m rl_core.grid GRID.yaml [--preset P]`: validate a grid and list its runs."""
+    """`python -m rl_core.grid GRID.yaml [--preset P] [--seeds 0,1,2] [--estimate [--cores N]]`: validate a
+    grid and list its runs, or estimate its wall time (rl_core.cost, coefficients from `make bench`)."""
     parser = argparse.ArgumentParser(prog="python -m rl_core.grid", description=main.__doc__)
     parser.add_argument("grid", help="grid file (experiments/*.yaml)")
     parser.add_argument("--preset", help="scale preset (default: the grid's)")
+    parser.add_argument("--seeds", help="comma-separated seeds replacing the grid's `seeds` (e.g. 0,1,2)")
+    parser.add_argument("--estimate", action="store_true", help="print the grid's estimated wall time")
+    parser.add_argument("--cores", type=int, default=2, help="cores the workflow runs on (--estimate)")
     args = parser.parse_args(argv)
     try:
-        grid = load_grid(args.grid, args.preset)
-    except GridError as e:
+        data = read_yaml(args.grid)
+        if args.seeds and isinstance(data, dict):
+            data["seeds"] = [int(x) for x in args.seeds.split(",")]
+        grid = grid_from_dict(data, source=args.grid, preset=args.preset)
+    except (GridError, ValueError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
+    if args.estimate:
+        from rl_core.cost import format_estimate, grid_estimate
+
+        print(format_estimate(grid_estimate(grid, args.cores)))
+        return 0
     for r in grid.runs:
         print(f"{r.figure:24s} {r.arm:28s} seed{r.seed:<3d} {r.meta['config_hash']}  {r.label}")
         if r.over_preset:
