@@ -1,0 +1,67 @@
+"""The smoke grid through workflow/profiles/slurm on a real (single-node) SLURM: `make test-slurm` starts
+slurmctld and slurmd on localhost (tests/slurm/cluster.sh), runs this with SLURM_CONF set, and stops them.
+
+The command line is how a user points the profile at a cluster: the partition and the memory the node has
+(`--default-resources`, `--set-resources`: the profile's 64 GB would not fit it), no accounting database
+(`--slurm-status-command squeue`, `--slurm-no-account`). The smoke arms use no GPU, so none is asked for.
+"""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slurm
+REPO = Path(__file__).resolve().parent.parent
+ARMS = 4  # experiments/smoke.yaml
+RULES = ("rl_run", "pretrain", "sft", "coldstart_eval")  # the rules that run as SLURM jobs
+
+
+def slurm_command(results: Path) -> list[str]:
+    return [sys.executable, "-m", "snakemake", "--profile", "workflow/profiles/slurm",
+            "--configfile", "experiments/smoke.yaml", "--config", f"results={results}",
+            "--default-resources", "slurm_partition=cpu", "mem_mb=1500", "runtime=30",
+            "--set-resources", *(f"{rule}:mem_mb=1500" for rule in RULES),
+            "--slurm-status-command", "squeue", "--slurm-init-seconds-before-status-checks", "2",
+            "--slurm-no-account", "--slurm-logdir", str(results.parent / "slurm_logs"),
+            "--slurm-keep-successful-logs",
+            "--jobs", "2", "--latency-wait", "5"]
+
+
+@pytest.fixture(scope="module")
+def slurm_results(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+    if not os.environ.get("SLURM_CONF") or not shutil.which("sbatch"):
+        pytest.fail("no SLURM here: run `make test-slurm`, which starts one on localhost")
+    results = tmp_path_factory.mktemp("slurm") / "results"
+    proc = subprocess.run(slurm_command(results), cwd=REPO, capture_output=True, text=True, timeout=1500)
+    return results, proc
+
+
+def test_the_smoke_grid_runs_through_the_slurm_profile(slurm_results):
+    results, proc = slurm_results
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    summaries = sorted((results / "smoke" / "runs").glob("*/*/seed0/summary.json"))
+    assert len(summaries) == ARMS
+    assert all(json.loads(p.read_text())["status"] == "completed" for p in summaries)
+    report = results / "smoke" / "report" / "report.html"
+    assert report.is_file() and "Stability" in report.read_text()
+    assert (results / "smoke" / "mlflow_parent.json").is_file()
+
+
+def test_every_non_local_job_was_a_slurm_job(slurm_results):
+    """pretrain, sft, the cold-start evals and the four arms ran as SLURM jobs that completed; the MLflow
+    mirror, grid file, report and index ran where Snakemake ran (localrules)."""
+    results, proc = slurm_results
+    log = proc.stdout + proc.stderr
+    assert "sbatch" in log.lower() or "slurm jobid" in log.lower(), log[-3000:]
+    jobs = subprocess.run(["squeue", "--states=all", "-h", "-o", "%i %T %P %C"], capture_output=True,
+                          text=True, check=True).stdout.split("\n")
+    done = [j for j in jobs if " COMPLETED " in j]
+    # the smoke DAG: pretrain, one sft, base + one cold start eval, four arms
+    assert len(done) >= 8, jobs
+    logs = list((results.parent / "slurm_logs").glob("rule_rl_run/**/*.log"))
+    assert len(logs) == ARMS, "the executor's per-job logs (--slurm-logdir) are missing"
