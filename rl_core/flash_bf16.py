@@ -16,7 +16,7 @@ so the plain expression did, at dP~ and at q, k, v); those roundings are kept.
 The g query heads that share a kv head ride along the query axis, (B, Hkv, g*T, D), so K and V are never
 repeated and their gradients need no sum over the group. The forward is bitwise that of the plain
 expression; gradients differ from autograd's by fp32 evaluation order only, which flips the bf16 rounding
-of an element now and then. 1.4x faster forward+backward at the mini scale on this CPU.
+of an element now and then. 1.45x faster forward+backward at the mini scale on this CPU.
 """
 
 from __future__ import annotations
@@ -40,9 +40,9 @@ class FlashBF16(torch.autograd.Function):
         g = H // Hkv
         qb = _round(q.float()).reshape(B, Hkv, g * T, D)
         kb, vb = _round(k.float()), _round(v.float())
-        s = (qb @ kb.transpose(-1, -2)).view(B, Hkv, g, T, T) * scale
-        s = s.masked_fill(~allowed[:, :, None], float("-inf"))
-        p = (s - s.amax(-1, keepdim=True)).exp_()
+        s = (qb @ kb.transpose(-1, -2)).view(B, Hkv, g, T, T).mul_(scale)  # in place: no new buffers
+        s.masked_fill_(~allowed[:, :, None], float("-inf"))
+        p = s.sub_(s.amax(-1, keepdim=True)).exp_()
         norm = p.sum(-1, keepdim=True)                                            # (B, Hkv, g, T, 1)
         pb = _round(p).view(B, Hkv, g * T, T)
         out = (pb @ vb).view(B, Hkv, g, T, D) / norm
@@ -59,8 +59,8 @@ class FlashBF16(torch.autograd.Function):
             rowsum = (dA * out).sum(-1, keepdim=True)
             dA = dA.reshape(B, Hkv, g * T, D)
             dv = pb.transpose(-1, -2) @ dA
-            dP = _round(dA @ vb.transpose(-1, -2)).view(B, Hkv, g, T, T) - rowsum
-            ds = (dP * p * ctx.scale).view(B, Hkv, g * T, T)
+            dP = _round(dA @ vb.transpose(-1, -2)).view(B, Hkv, g, T, T)
+            ds = dP.sub_(rowsum).mul_(p).mul_(ctx.scale).view(B, Hkv, g * T, T)
             dq = (ds @ kb).view(B, Hkv * g, T, D)
             dk = ds.transpose(-1, -2) @ qb
         return _round(dq), _round(dk), _round(dv), None, None
