@@ -18,9 +18,9 @@ was measured at, x = d / d0):
 
 A decode step costs r_step whatever the batch (per-op overhead: the engine is overhead-bound) plus r_row per
 live row; R = resp_frac L is the mean response length the bench's cold start samples (the rows that finish
-early leave the batch). The grid's wall: pretraining (one job), the SFTs spread over the cores, then the arms
-and cold-start evals list-scheduled longest first over the cores (Snakemake's order differs; the report's
-rendering, a few seconds, is left out).
+early leave the batch). The grid's wall: pretraining (one job, the other cores idle), the SFTs spread over
+the cores, then the arms and cold-start evals list-scheduled longest first onto whichever core frees first
+(Snakemake's order differs; the report's rendering, a few seconds, is left out).
 """
 
 from __future__ import annotations
@@ -171,12 +171,13 @@ def arm_seconds(c: dict, cfg) -> dict:
             "total_s": rl + ev + c["arm_fixed_s"]}
 
 
-def _schedule(jobs: list[float], cores: int) -> float:
-    """Makespan of `jobs` list-scheduled longest first onto `cores` workers."""
-    load = [0.0] * max(1, cores)
+def _schedule(jobs: list[float], cores: int, load: list[float] | None = None) -> list[float]:
+    """Each worker's busy time after `jobs` are list-scheduled longest first onto `cores` workers (busy for
+    `load` already)."""
+    load = list(load or [0.0] * max(1, cores))
     for j in sorted(jobs, reverse=True):
         load[load.index(min(load))] += j
-    return max(load)
+    return load
 
 
 def grid_estimate(grid, cores: int = 2, c: dict | None = None) -> dict:
@@ -190,9 +191,12 @@ def grid_estimate(grid, cores: int = 2, c: dict | None = None) -> dict:
     sft = p.sft_steps * c["sft_step_s"] * lm_step
     cs_eval = rollout_seconds(c, d, base.eval.n_problems * base.eval.k, base.rollout.max_new_tokens)
     arms = [(r, arm_seconds(c, r.config)) for r in grid.runs]
-    sft_wall = _schedule([sft] * len(teachers), cores) if teachers else 0.0
+    # The SFTs first, then the arms and evals onto whichever core frees first (an arm waits for its own
+    # cold start only; Snakemake starts it as soon as a core is free).
+    after_sft = _schedule([sft] * len(teachers), cores)
+    sft_wall = min(after_sft) if teachers else 0.0
     tail_jobs = [a["total_s"] for _, a in arms] + [cs_eval] * (len(teachers) + 1)
-    rl_wall = _schedule(tail_jobs, cores)
+    rl_wall = max(_schedule(tail_jobs, cores, after_sft)) - sft_wall
     return {
         "grid": grid.name, "preset": grid.preset, "runs": len(arms), "seeds": len(grid.seeds), "cores": cores,
         "teachers": teachers, "pretrain_s": pretrain, "sft_s": sft, "sft_wall_s": sft_wall,
@@ -219,7 +223,7 @@ def format_estimate(e: dict) -> str:
     for name, f in by_fig.items():
         lines.append(f"{name:24s} {f['runs']:4d} {f['steps']:10d} {f['evals']:5d} {f['s'] / 60:8.1f}")
     lines.append(f"cold start: pretrain {e['pretrain_s'] / 60:.1f} min, SFT {e['sft_s'] / 60:.1f} min x "
-                 f"{len(e['teachers'])} teacher(s) ({e['sft_wall_s'] / 60:.1f} min on {e['cores']} cores), "
+                 f"{len(e['teachers'])} teacher(s) (first core free after {e['sft_wall_s'] / 60:.1f} min), "
                  f"{len(e['teachers']) + 1} evals {e['coldstart_eval_s']:.0f} s each")
     lines.append(f"RL: {e['runs']} runs ({e['seeds']} seed(s)), {e['rl_cpu_s'] / 60:.0f} CPU min -> "
                  f"{e['rl_wall_s'] / 60:.0f} min on {e['cores']} cores")

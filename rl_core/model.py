@@ -44,6 +44,8 @@ from rl_core.export import write_side_files
 from rl_core.flash_bf16 import FlashBF16
 
 EXPERT_PROJS = ("gate_proj", "up_proj", "down_proj")
+#: bf16 expert matmuls run on row counts rounded up to this (see Experts._grouped).
+EXPERT_ROWS = 64
 
 
 def hf_config(model_cfg: ModelConfig, vocab_size: int, eos_token_id: int, pad_token_id: int) -> dict:
@@ -267,17 +269,32 @@ class Experts(nn.Module):
     def _grouped(self, x: torch.Tensor, flat: torch.Tensor, token_of: torch.Tensor,
                  gate_of: torch.Tensor) -> torch.Tensor:
         """The CPU path of :meth:`forward`: autocast's dtype applied by hand (grouped_mm is not on CPU
-        autocast's list), as F.linear under autocast would: inputs and weights rounded, fp32 accumulate."""
+        autocast's list), as F.linear under autocast would: inputs and weights rounded, fp32 accumulate.
+
+        In bf16 each expert's rows are padded with zero rows to a multiple of :data:`EXPERT_ROWS`: oneDNN
+        builds (JIT-compiles) a kernel per matrix shape, and the per-expert row counts change every step,
+        which cost more than the arithmetic (a mini update took 1.7x fp32's). A row's result does not depend
+        on the row count (tests/test_speed_invariance.py); pad rows have gate 0 and add into a dropped row."""
         dtype = torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else x.dtype
-        offs = torch.bincount(flat, minlength=self.gate_proj.shape[0]).cumsum(0).to(torch.int32)
-        xe = x.index_select(0, token_of)
+        N, counts = x.shape[0], torch.bincount(flat, minlength=self.gate_proj.shape[0])
+        tokens, gates, source = token_of, gate_of, x
+        if dtype != torch.float32:
+            padded = (counts + EXPERT_ROWS - 1) // EXPERT_ROWS * EXPERT_ROWS
+            expert = torch.repeat_interleave(torch.arange(len(counts)), counts)   # (N k,) in sorted order
+            shift = padded.cumsum(0) - padded - counts.cumsum(0) + counts  # padded - packed start
+            slot = torch.arange(len(token_of)) + shift[expert]
+            tokens = torch.full((int(padded.sum()),), N).index_copy_(0, slot, token_of)  # pads: row N
+            gates = gate_of.new_zeros(len(tokens)).index_copy(0, slot, gate_of)
+            source, counts = torch.cat([x, x.new_zeros(1, x.shape[1])]), padded
+        offs = counts.cumsum(0).to(torch.int32)
+        xe = source.index_select(0, tokens)
 
         def mm(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # a cast per use, as autocast does:
             return F.grouped_mm(a.to(dtype), w.to(dtype).transpose(-1, -2), offs=offs)  # fp32 grad sums
 
         h = F.silu(mm(xe, self.gate_proj)) * mm(xe, self.up_proj)
-        y = mm(h, self.down_proj) * gate_of[:, None].to(h.dtype)
-        return torch.zeros_like(x).index_add_(0, token_of, y.to(x.dtype))
+        y = mm(h, self.down_proj) * gates[:, None].to(h.dtype)
+        return torch.zeros_like(source).index_add_(0, tokens, y.to(x.dtype))[:N]
 
 
 class SparseMoeBlock(nn.Module):
