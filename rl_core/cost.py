@@ -36,12 +36,12 @@ BENCH_JSON = REPO / "results" / "bench" / "bench.json"
 #: per job), 2026-11-30, load average ~2-5 from other jobs; a newer results/bench/bench.json replaces them.
 DEFAULTS = {
     "source": "committed defaults (make bench, 2026-11-30, this machine)",
-    "d0": 128, "r_step": 2.0e-3, "r_row": 3.4e-5, "a_roll": 1.3,
-    "u_fixed": 0.03, "u_tok": 3.6e-5, "a_train": 1.4, "old_frac": 0.35,
-    "f_roll": {"fp32": 1.0, "bf16": 1.05, "fp8_w8a16": 1.05, "fp8": 1.7, "mxfp4": 1.05},
-    "f_train": {"fp32": 1.0, "bf16": 1.15},
-    "resp_frac": 0.5, "prompt_tokens": 8.0, "arm_fixed_s": 3.0,
-    "cs_batch": 32, "pretrain_step_s": 0.12, "sft_step_s": 0.1,
+    "d0": 128, "r_step": 1.71e-3, "r_row": 4.3e-5, "a_roll": 1.41,
+    "u_fixed": 0.0, "u_tok": 8.8e-5, "a_train": 1.49, "old_frac": 0.30,
+    "f_roll": {"fp32": 1.0, "bf16": 1.32, "fp8_w8a16": 1.36, "fp8": 2.12, "mxfp4": 1.39},
+    "f_train": {"fp32": 1.0, "bf16": 1.29},
+    "resp_frac": 0.37, "prompt_tokens": 9.1, "arm_fixed_s": 3.1,
+    "cs_batch": 32, "pretrain_step_s": 0.122, "sft_step_s": 0.080,
 }
 
 
@@ -90,8 +90,10 @@ def fit(scaling: dict, rl_step: dict | None = None, arm: dict | None = None) -> 
         c["r_step"], c["r_row"] = _lsq([[p["L"], rows_of(p) * p["L"]] for p in same],
                                        [p["rollout_s"] for p in same])
         upd = [(p["step_s"] - p["rollout_s"]) / p["N"] for p in same]
-        c["u_fixed"], c["u_tok"] = _lsq(
-            [[1.0, p["B"] * p["G"] * (p["prompt_tokens"] + p["L"])] for p in same], upd)
+        toks = [p["B"] * p["G"] * (p["prompt_tokens"] + p["L"]) for p in same]
+        c["u_fixed"], c["u_tok"] = _lsq([[1.0, x] for x in toks], upd)
+        if c["u_fixed"] < 0:  # no negative fixed cost: through the origin instead
+            c["u_fixed"], c["u_tok"] = 0.0, _lsq([[x] for x in toks], upd)[0]
     c["prompt_tokens"] = sum(p["prompt_tokens"] for p in pts) / len(pts)
     wide = [p for p in pts if p["d"] != d0]
     if wide:
@@ -113,6 +115,9 @@ def fit(scaling: dict, rl_step: dict | None = None, arm: dict | None = None) -> 
         c.update(cs_batch=cs["batch_size"], pretrain_step_s=cs["pretrain_step_s"],
                  sft_step_s=cs["sft_step_s"])
     ours = [r for r in (rl_step or {}).get("ours", []) if "error" not in r]
+    bf16 = [r for r in (rl_step or {}).get("ours_bf16", []) if "error" not in r]
+    if ours and bf16:  # more steps than the stress point: the trainer's bf16 factor from these
+        c["f_train"] = {"fp32": 1.0, "bf16": _outside_rollout(bf16) / _outside_rollout(ours)}
     if ours:
         spec = rl_step["spec"]
         N, M = spec["N"], spec["N"] * spec["B"] * spec["G"]
@@ -123,6 +128,13 @@ def fit(scaling: dict, rl_step: dict | None = None, arm: dict | None = None) -> 
         c["arm_fixed_s"] = (arm["train_wall_s"] - arm["rl_wall_s"] - arm["eval_s_total"]
                             + arm["mirror_share_s"])
     return c
+
+
+def _outside_rollout(results: list[dict]) -> float:
+    """Mean CPU s per global step outside the rollout (its share of the wall split by the step's own
+    perf counters) over bench/rl_step_ours.py results."""
+    return sum(sum(r["cpus"]) / len(r["cpus"]) * (1 - r["rollout_s"] / r["s_per_global_step"])
+               for r in results) / len(results)
 
 
 def load(path: Path = BENCH_JSON) -> dict:
@@ -224,7 +236,7 @@ def format_estimate(e: dict) -> str:
         lines.append(f"{name:24s} {f['runs']:4d} {f['steps']:10d} {f['evals']:5d} {f['s'] / 60:8.1f}")
     lines.append(f"cold start: pretrain {e['pretrain_s'] / 60:.1f} min, SFT {e['sft_s'] / 60:.1f} min x "
                  f"{len(e['teachers'])} teacher(s) (first core free after {e['sft_wall_s'] / 60:.1f} min), "
-                 f"{len(e['teachers']) + 1} evals {e['coldstart_eval_s']:.0f} s each")
+                 f"{len(e['teachers']) + 1} evals {e['coldstart_eval_s']:.1f} s each")
     lines.append(f"RL: {e['runs']} runs ({e['seeds']} seed(s)), {e['rl_cpu_s'] / 60:.0f} CPU min -> "
                  f"{e['rl_wall_s'] / 60:.0f} min on {e['cores']} cores")
     lines.append(f"{e['grid']} (preset {e['preset']}): about {_hm(e['wall_s'])} h:mm wall on {e['cores']} "

@@ -42,13 +42,17 @@ def test_fit_recovers_the_coefficients_that_made_the_points():
 def test_fit_reads_response_length_and_old_pass_share_from_the_rl_step():
     pts = [synthetic_point(128, 8, 48)]
     rl = {"spec": {"N": 4, "B": 8, "G": 8, "L": 48},
-          "ours": [{"response_tokens_per_step": 0.5 * 256 * 48, "old_logp_s": 0.3, "update_s": 2.0},
-                   {"error": "exit code 1"}]}
+          "ours": [{"response_tokens_per_step": 0.5 * 256 * 48, "old_logp_s": 0.3, "update_s": 2.0,
+                    "cpus": [1.0, 1.0], "rollout_s": 0.5, "s_per_global_step": 2.0},
+                   {"error": "exit code 1"}],
+          "ours_bf16": [{"cpus": [1.4, 1.6], "rollout_s": 0.5, "s_per_global_step": 2.5}]}
     arm = {"train_wall_s": 20.0, "rl_wall_s": 12.0, "eval_s_total": 3.0, "mirror_share_s": 1.0}
     c = cost.fit({"points": pts}, rl, arm)
     # 0.3 s for 3 passes = 0.1 s each, against 2.0 / 4 = 0.5 s per update; outside = 20 - 12 - 3 + 1
     assert c["resp_frac"] == pytest.approx(0.5) and c["old_frac"] == pytest.approx(0.2)
     assert c["arm_fixed_s"] == pytest.approx(6.0)
+    # CPU outside the rollout (wall share): fp32 1.0 x (1 - 0.5 / 2) = 0.75, bf16 1.5 x (1 - 0.5 / 2.5) = 1.2
+    assert c["f_train"]["bf16"] == pytest.approx(1.6)
 
 
 def test_a_global_step_is_its_rollout_its_updates_and_its_old_passes():
