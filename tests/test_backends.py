@@ -99,3 +99,20 @@ def test_vllm_never_serves_a_format_under_another_formats_name():
         with pytest.raises(CapabilityError, match=over.split("=")[0].replace(".", r"\.")):
             check_capabilities(cfg("rollout.engine=vllm", over), VLLM_GPU)
         check_capabilities(cfg(over), BARE)  # the embedded engine has them all
+
+
+def test_an_arm_no_machine_can_run_is_refused_when_the_grid_loads(tmp_path):
+    # vLLM (any build) serves our checkpoints in fp32/bf16 only; the Megatron training engine is not written:
+    # a grid asking for either fails before any job, even where Snakemake runs without GPUs.
+    from rl_core.grid import GridError, grid_from_dict
+
+    for bad, words in (({"rollout": {"engine": "vllm", "precision": "mxfp4"}}, "rollout.precision='mxfp4'"),
+                       ({"train": {"engine": "megatron"}}, "train.engine='megatron'")):
+        grid = {"name": "t", "preset": "smoke", "figures": {"f": {"title": "F", "arms": {
+            "a": {"label": "A", "config": bad}}}}}
+        with pytest.raises(GridError, match=rf"figure 'f', arm 'a': no backend can run this arm: {words}"):
+            grid_from_dict(grid)
+    possible = {"rollout": {"engine": "vllm", "precision": "bf16"}, "replay": {"mode": "r3"}}
+    ok = {"name": "t", "preset": "smoke", "figures": {"f": {"title": "F", "arms": {
+        "a": {"label": "A", "config": possible}}}}}
+    assert len(grid_from_dict(ok).runs) == 1   # possible on a GPU machine with the vLLM GPU build and Triton
