@@ -18,9 +18,11 @@ was measured at, x = d / d0):
 
 A decode step costs r_step whatever the batch (per-op overhead: the engine is overhead-bound) plus r_row per
 live row; R = resp_frac L is the mean response length the bench's cold start samples (the rows that finish
-early leave the batch). The grid's wall: pretraining (one job, the other cores idle), the SFTs spread over
-the cores, then the arms and cold-start evals list-scheduled longest first onto whichever core frees first
-(Snakemake's order differs; the report's rendering, a few seconds, is left out).
+early leave the batch); P is the arithmetic task's mean prompt (a ``task.kind: file`` task's prompts and
+vocabulary are not modelled: its estimate is a lower bound). The grid's wall: pretraining (one job, the
+other cores idle), the SFTs spread over the cores, then the arms and cold-start evals list-scheduled longest
+first onto whichever core frees first (Snakemake's order differs; the report's rendering, a few seconds, is
+left out).
 """
 
 from __future__ import annotations
