@@ -105,5 +105,6 @@ def test_helper_scripts_exist_and_share_the_marker():
     import common
 
     assert common.MARK == bench.MARK
-    for name in ("rl_step_ours.py", "rl_step_trl.py", "rollout.py", "rollout_vllm.py", "mfu.py", "arm.py"):
+    for name in ("rl_step_ours.py", "rl_step_trl.py", "rollout.py", "rollout_vllm.py", "mfu.py", "arm.py",
+                 "scaling.py"):
         assert Path(bench.ROOT / "bench" / name).is_file(), name
