@@ -69,7 +69,7 @@ def figure_layout(grid: dict, runs: pd.DataFrame) -> list[dict]:
     for key in keys:
         spec = defined.get(key) or {}
         seen = runs[runs["figure"] == key]
-        arm_specs = spec.get("arms") or {}
+        arm_specs = expand_axes(spec.get("arms") or {}, spec.get("axes") or {})  # the arms as run
         arm_keys = list(arm_specs) + sorted(set(seen["arm"]) - set(arm_specs))
         labels = {a: (arm_specs.get(a) or {}).get("label") for a in arm_keys}
         for row in seen.itertuples():

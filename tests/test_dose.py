@@ -77,3 +77,15 @@ def test_the_report_shows_the_dose_panel_for_a_figure_spanning_rollout_formats(t
     assert (grid_dir / "report" / "fig_dose_dose.png").is_file()
     assert not (grid_dir / "report" / "fig_plain_dose.png").exists()
     assert "across rollout formats" in html and html.count("data:image/png") == 3
+
+
+def test_a_figure_with_axes_lays_out_the_arms_as_run_not_their_templates():
+    from analysis.report import figure_layout
+
+    grid = {"figures": {"f": {"title": "F", "arms": {"m": {"label": "M"}},
+                              "axes": {"rollout.precision": ["fp32", "fp8"]}}}}
+    runs = pd.DataFrame({"figure": ["f", "f"], "arm": ["m-precision=fp32", "m-precision=fp8"],
+                         "label": ["M (precision=fp32)", "M (precision=fp8)"], "figure_title": ["F", "F"]})
+    (fig,) = figure_layout(grid, runs)
+    assert [a for a, _ in fig["arms"]] == ["m-precision=fp32", "m-precision=fp8"]
+    assert dict(fig["arms"])["m-precision=fp8"] == "M (precision=fp8)"
