@@ -24,6 +24,7 @@ $(STAMP): pyproject.toml
 	@$(BIN)/python -c "import rl_core, torch, snakemake, mlflow" && touch $(STAMP)
 
 reproduce: $(STAMP)
+	@$(BIN)/python -m rl_core.grid $(GRID) --preset $(PRESET) --estimate --cores $(CORES) | tail -n 1
 	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) \
 	  --configfile $(GRID) --config preset=$(PRESET)
 
