@@ -192,3 +192,26 @@ def test_the_benchmark_scores_a_file_task(tied):
     engine = EmbeddedRolloutEngine.from_model(load_pretrained(tied), "fp32")
     res = evaluate(engine, task, task.bench_problems[:4], 2, 1.0, 8, torch.Generator().manual_seed(0))
     assert res["n"] == 8 and 0.0 <= res["score"] <= 1.0 and res["score_level0"] == res["score"]
+
+
+def test_a_grid_on_its_own_checkpoint_and_dataset_plans_no_cold_start(tmp_path):
+    """Every arm brings its own init: no base model, no SFT, no cold-start eval; braces in task strings (the
+    prompt template's {prompt} and \\boxed{}) pass through the rules' params untouched."""
+    import subprocess
+
+    import yaml
+
+    grid = {"name": "mine", "preset": "smoke", "seeds": [0],
+            "base": {"init": str(tmp_path / "ckpt"), "model": MODEL, "task": TASK, "eval": {"n_problems": 8}},
+            "figures": {"math": {"title": "Math", "arms": {
+                "minirl": {"label": "MiniRL"},
+                "grpo": {"label": "GRPO", "config": {"loss": {"objective": "grpo"}}}}}}}
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump(grid))
+    snakemake = Path(sys.executable).with_name("snakemake")
+    out = subprocess.run([str(snakemake), "-n", "--nolock", "--configfile", str(tmp_path / "grid.yaml"),
+                          "--config", f"results={tmp_path / 'results'}"], cwd=Path(__file__).parent.parent,
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    stats = out.stdout.split("Job stats:")[1].strip().split("\n\n")[0].splitlines()[2:]  # job / count
+    jobs = dict(line.split() for line in stats if not line.startswith("total"))
+    assert jobs == {"grid_file": "1", "rl_run": "2", "mlflow": "1", "report": "1", "index": "1", "all": "1"}

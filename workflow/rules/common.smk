@@ -43,7 +43,9 @@ RUNS = {(r.figure, r.arm, str(r.seed)): r for r in GRID.runs}
 MLFLOW_DB = f"{RESULTS}/mlflow.db"
 MLFLOW_PARENT = f"{GDIR}/mlflow_parent.json"
 MODEL_FILES = ("config.json", "model.safetensors", "tokenizer.json")
-EVALUATED = ["base", *GRID.cold_starts]
+# The checkpoints the workflow builds and evaluates: none when every arm brings its own `init` (e.g. a
+# real checkpoint on a task.kind file dataset): the base model is built only for cold starts.
+EVALUATED = ["base", *GRID.cold_starts] if GRID.cold_starts else []
 
 
 wildcard_constraints:

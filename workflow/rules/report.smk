@@ -15,7 +15,7 @@ rule grid_file:
     log:
         f"{LOGS}/grid_file.log",
     params:
-        grid=compact(GRID.data),
+        grid=lambda w: compact(GRID.data),  # a function: braces in task strings are not wildcards
     run:
         write_grid_file(params.grid, output[0], log[0])
 

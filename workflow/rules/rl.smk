@@ -5,9 +5,9 @@
 # The resolved config is a param, so editing one arm's config reruns that arm only (Snakemake's params
 # rerun trigger); the meta (label, ...) is a param too: relabelling re-runs the job, which resumes from
 # its final checkpoint. A diverged run exits 0: it is a result, and the workflow goes on to the report.
-# Live tracking (on unless --config live_tracking=false): rl_core.live runs beside the trainer at a lower
-# CPU priority and tails metrics.jsonl into a live MLflow run (the grid's mirror replaces it once the grid
-# is done); its own log is {log}.live, and a follower that fails never fails the arm.
+# Live tracking (on unless --config live_tracking=false): rl_core.live runs beside the trainer and tails
+# metrics.jsonl into a live MLflow run (the grid's mirror replaces it once the grid is done); its own log
+# is {log}.live, and a follower that fails never fails the arm.
 
 
 rule rl_run:
