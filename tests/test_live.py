@@ -25,71 +25,84 @@ def _arm_config(init: Path, steps: int) -> dict:
             "eval": {"every": 10, "k": 1, "n_problems": 8}}
 
 
-def test_a_running_arms_metrics_reach_mlflow_before_it_ends(tmp_path):
+def test_running_arms_metrics_reach_mlflow_before_they_end(tmp_path):
+    """One follower for the grid, as the workflow starts it (--pid: Snakemake's process; here a sleep), and
+    two arms training at once: both are readable through MLflow's API while their trainers still run."""
     from mlflow.tracking import MlflowClient
 
     from rl_core import tracking as T
 
     init = build_checkpoint(tmp_path / "init")
     grid_dir = tmp_path / "results" / "live"
-    run_dir = grid_dir / "runs" / "fig" / "arm" / "seed0"
-    run_dir.mkdir(parents=True)
     T.mirror_parent(grid_dir, "live")  # a new sqlite store takes ~8 s to create: not what is tested here
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
-    live_cmd = ["-m", "rl_core.live", "--run-dir", str(run_dir), "--grid-dir", str(grid_dir),
-                "--grid", "live", "--interval", "0.5", "--nice", "0"]  # 0: a loaded CI machine
-    follower = subprocess.Popen([sys.executable, *live_cmd], cwd=ROOT, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
-    meta = {"grid": "live", "figure": "fig", "arm": "arm", "label": "Arm", "seed": 0}
-    train_cmd = ["-m", "rl_core.train", "--out", str(run_dir), "--config-json",
-                 json.dumps(_arm_config(init, 120)), "--meta-json", json.dumps(meta)]
-    trainer = subprocess.Popen([sys.executable, *train_cmd], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
+    snakemake = subprocess.Popen(["sleep", "600"])
+    follower = subprocess.Popen([sys.executable, "-m", "rl_core.live", "--grid-dir", str(grid_dir), "--grid",
+                                 "live", "--interval", "0.5", "--pid", str(snakemake.pid)], cwd=ROOT, env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    trainers, run_dirs = [], []
+    for arm in ("a", "b"):
+        run_dirs.append(grid_dir / "runs" / "fig" / arm / "seed0")
+        meta = {"grid": "live", "figure": "fig", "arm": arm, "label": arm.upper(), "seed": 0}
+        cmd = ["-m", "rl_core.train", "--out", str(run_dirs[-1]), "--config-json",
+               json.dumps(_arm_config(init, 120)), "--meta-json", json.dumps(meta)]
+        trainers.append(subprocess.Popen([sys.executable, *cmd], cwd=ROOT, env=env,
+                                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     try:
-        seen, deadline = [], time.time() + 120
-        while not seen and time.time() < deadline and trainer.poll() is None:
+        seen, deadline = {}, time.time() + 180
+        while len(seen) < 2 and time.time() < deadline:
             time.sleep(0.5)
-            live = run_dir / "mlflow_live.json"
-            if live.is_file():
+            for trainer, run_dir in zip(trainers, run_dirs, strict=True):
+                live = run_dir / "mlflow_live.json"
+                if run_dir in seen or not live.is_file():
+                    continue
                 record = json.loads(live.read_text())
                 client = MlflowClient(tracking_uri=record["tracking_uri"])
-                seen = client.get_metric_history(record["run_id"], "reward/mean")
-        running = trainer.poll() is None and not (run_dir / "DONE").exists()
-        assert seen and running, "no live metric before the arm ended"
-        run = client.get_run(record["run_id"])
-        assert run.info.status == "RUNNING" and run.data.tags["live"] == "1"
-        assert run.data.tags["figure"] == "fig" and run.data.params["task.kind"] == "file"
-        assert all(m.step >= 1 for m in seen)
+                history = client.get_metric_history(record["run_id"], "reward/mean")
+                if history:  # visible: was the arm still running?
+                    seen[run_dir] = (record, trainer.poll() is None and not (run_dir / "DONE").exists())
+        assert len(seen) == 2 and all(running for _, running in seen.values()), seen
+        for record, _ in seen.values():
+            run = client.get_run(record["run_id"])
+            assert run.data.tags["live"] == "1" and run.data.params["task.kind"] == "file"
     finally:
-        trainer.wait(timeout=300)
+        for trainer in trainers:
+            trainer.wait(timeout=300)
+        deadline = time.time() + 60  # the follower finishes each arm right after its DONE
+        while time.time() < deadline and any(
+                client.get_run(r["run_id"]).info.status != "FINISHED" for r, _ in seen.values()):
+            time.sleep(0.5)
+        snakemake.kill()  # not reaped yet: a zombie, which the follower must see as gone
         out, err = follower.communicate(timeout=60)
-    assert trainer.returncode == 0 and follower.returncode == 0, err
-    assert json.loads(out.strip().splitlines()[-1])["status"] == "FINISHED"
-    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
-    history = client.get_metric_history(record["run_id"], "reward/mean")
-    assert len(history) == sum("reward/mean" in r for r in rows) == 120  # every row, once
-    assert client.get_run(record["run_id"]).info.status == "FINISHED"
-    # the grid's mirror is the source of truth: it replaces the live run with the finished files
-    T.mirror_grid(grid_dir, "live", [run_dir])
-    children = client.search_runs([record["experiment_id"]], "tags.role = 'run'")
-    assert len(children) == 1 and "live" not in children[0].data.tags
-    assert children[0].info.run_id != record["run_id"]
-    assert client.get_run(record["run_id"]).info.lifecycle_stage == "deleted"
+    assert all(t.returncode == 0 for t in trainers) and follower.returncode == 0, err
+    record = json.loads(out.strip().splitlines()[-1])
+    assert (record["arms"], record["finished"], record["status"]) == (2, 2, "ended") and record["metrics"]
+    for run_dir, (record, _) in seen.items():
+        rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").open()]
+        history = client.get_metric_history(record["run_id"], "reward/mean")
+        assert len(history) == sum("reward/mean" in r for r in rows) == 120  # every row, once
+        assert client.get_run(record["run_id"]).info.status == "FINISHED"
+    # the grid's mirror is the source of truth: it replaces the live runs with the finished files
+    T.mirror_grid(grid_dir, "live", run_dirs)
+    experiment = next(iter(seen.values()))[0]["experiment_id"]
+    children = client.search_runs([experiment], "tags.role = 'run'")
+    assert len(children) == 2 and not any("live" in c.data.tags for c in children)
+    assert all(client.get_run(r["run_id"]).info.lifecycle_stage == "deleted" for r, _ in seen.values())
 
 
-def test_a_follower_whose_arm_never_starts_stops_with_its_shell(tmp_path):
-    """Started by a shell that then exits (a job that failed before its trainer wrote anything)."""
-    run_dir = tmp_path / "run"
-    cmd = (f"{sys.executable} -m rl_core.live --run-dir {run_dir} --grid-dir {tmp_path / 'g'} --grid g "
-           f"--interval 0.2 > {tmp_path / 'live.out'} 2>&1 & sleep 1")
-    subprocess.run(["bash", "-c", cmd], cwd=ROOT, check=True)
-    deadline = time.time() + 60
-    while time.time() < deadline and "not started" not in (tmp_path / "live.out").read_text():
-        time.sleep(0.2)
-    assert '"status": "not started"' in (tmp_path / "live.out").read_text()
+def test_a_follower_ends_with_the_process_it_follows(tmp_path):
+    """Snakemake gone (finished, failed or cancelled): the follower ends too, with nothing to follow."""
+    sleeper = subprocess.Popen(["sleep", "2"])
+    res = subprocess.run([sys.executable, "-m", "rl_core.live", "--grid-dir", str(tmp_path / "g"), "--grid",
+                          "g", "--interval", "0.2", "--pid", str(sleeper.pid)], cwd=ROOT, capture_output=True,
+                         text=True, timeout=120)
+    sleeper.wait()
+    assert res.returncode == 0, res.stderr
+    assert json.loads(res.stdout.strip().splitlines()[-1]) == {"arms": 0, "finished": 0, "metrics": 0,
+                                                              "status": "ended"}
 
 
-@pytest.mark.parametrize("argv", [["--run-dir", "r", "--grid-dir", "g", "--grid", "x", "--interval", "0"]])
+@pytest.mark.parametrize("argv", [["--grid-dir", "g", "--grid", "x", "--interval", "0"]])
 def test_bad_arguments_are_one_line(argv, tmp_path):
     res = subprocess.run([sys.executable, "-m", "rl_core.live", *argv], cwd=tmp_path, capture_output=True,
                          text=True)

@@ -36,7 +36,8 @@ LOGS = f"{GDIR}/logs"
 INDEX_HTML = f"{RESULTS}/index.html"
 # "" means the embedded store sqlite:///<abs RESULTS>/mlflow.db (rl_core.tracking.default_uri).
 TRACKING_URI = str(OPTIONS["tracking_uri"] or "")
-# Each arm's metric rows reach MLflow while it runs (rl_core.live); --config live_tracking=false: off.
+# Each arm's metric rows reach MLflow while it runs (rl_core.live, started in tracking.smk);
+# --config live_tracking=false turns it off.
 LIVE = "false" if str(OPTIONS["live_tracking"]).strip().lower() in ("false", "0", "no", "off", "") else "true"
 RUNS = {(r.figure, r.arm, str(r.seed)): r for r in GRID.runs}
 # The embedded MLflow store (shared by the grids of RESULTS) when no tracking_uri is given.

@@ -5,9 +5,6 @@
 # The resolved config is a param, so editing one arm's config reruns that arm only (Snakemake's params
 # rerun trigger); the meta (label, ...) is a param too: relabelling re-runs the job, which resumes from
 # its final checkpoint. A diverged run exits 0: it is a result, and the workflow goes on to the report.
-# Live tracking (on unless --config live_tracking=false): rl_core.live runs beside the trainer and tails
-# metrics.jsonl into a live MLflow run (the grid's mirror replaces it once the grid is done); its own log
-# is {log}.live, and a follower that fails never fails the arm.
 
 
 rule rl_run:
@@ -28,10 +25,6 @@ rule rl_run:
         slurm_partition=lambda w: run_partition(run_of(w)),
     shell:
         # tee: progress on the terminal and in the log (appended: a resumed run keeps its history).
-        # LIVE is a global, not a param: switching it does not rerun finished arms.
-        "if {LIVE}; then {PYTHON} -m rl_core.live --run-dir {params.run_dir} --grid-dir {GDIR:q} "
-        "--grid {GRID.name:q} --uri={TRACKING_URI:q} >> {log}.live 2>&1 & fi; "
         "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} "
         "{PYTHON} -m rl_core.train --out {params.run_dir} --config-json {params.config:q} "
-        "--meta-json {params.meta:q} 2>&1 | tee -a {log}; "
-        "wait || true"
+        "--meta-json {params.meta:q} 2>&1 | tee -a {log}"

@@ -27,3 +27,25 @@ rule mlflow:
     shell:
         "{PYTHON} -m rl_core.tracking grid --grid-dir {params.grid_dir} --grid {params.grid} "
         "--uri={params.uri:q} {params.run_dirs} >> {log} 2>&1"
+
+
+# Live tracking (rl_core.live): one follower per Snakemake invocation tails the metrics.jsonl of every arm
+# that starts into a live MLflow run (which the mirror above replaces with the finished files). It starts
+# when Snakemake starts executing jobs (not on a dry run, not inside cluster jobs: they run with --no-hooks),
+# runs where Snakemake runs and ends with it; its log is {LOGS}/live.log. --config live_tracking=false: off.
+def start_live_follower():
+    if LIVE != "true":
+        return
+    import subprocess
+
+    os.makedirs(LOGS, exist_ok=True)
+    with open(f"{LOGS}/live.log", "a") as log:
+        subprocess.Popen(
+            [PYTHON, "-m", "rl_core.live", "--grid-dir", GDIR, "--grid", GRID.name, f"--uri={TRACKING_URI}",
+             "--pid", str(os.getpid())],
+            stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
+        )
+
+
+onstart:
+    start_live_follower()
