@@ -8,8 +8,8 @@ The workflow starts it when Snakemake starts executing (an ``onstart`` handler, 
 that whoever watches a long run sees its curves in ``mlflow ui`` as they grow. One process per grid, not
 one per arm: MLflow's import and the store's opening (~2 s of CPU) are paid once per Snakemake invocation,
 and each arm costs only its looks (~0.6 s of CPU for a 96-step mini arm, 0.7% of it). The trainer imports
-no MLflow and never waits on a store. On a cluster it runs where Snakemake runs (the login node), reading the run
-directories on the shared filesystem, so only one process writes the store.
+no MLflow and never waits on a store. On a cluster it runs where Snakemake runs (the login node), reading
+the run directories on the shared filesystem, so only one process writes the store.
 
 What it writes: it opens the store at once (creating the grid's experiment and parent run like
 rl_core.tracking.mirror_parent). Every ``--interval`` seconds it looks for run directories whose
