@@ -11,14 +11,15 @@ and each arm costs only its looks (~0.6 s of CPU for a 96-step mini arm, 0.7% of
 no MLflow and never waits on a store. On a cluster it runs where Snakemake runs (the login node), reading
 the run directories on the shared filesystem, so only one process writes the store.
 
-What it writes: it opens the store at once (creating the grid's experiment and parent run like
-rl_core.tracking.mirror_parent). Every ``--interval`` seconds it looks for run directories whose
-config.json a trainer (re)wrote since the follower started; for each, a child run of the parent named
-``{figure}/{arm}/{seed}`` with the run's params and tags and ``live=1``, status RUNNING, its id in
-RUN_DIR/mlflow_live.json; then the complete rows appended to metrics.jsonl since the last look, as
-rl_core.tracking mirrors them (at their step and ``perf/time``). An arm's live run ends FINISHED, after a
-last look, when its trainer writes DONE; the follower ends when the process ``--pid`` is gone (or, with
-``--run-dir``, when that arm is done), leaving arms without DONE as KILLED.
+What it writes: every ``--interval`` seconds it looks for run directories whose config.json a trainer
+(re)wrote since the follower started. At the first, it opens the store (creating the grid's experiment and
+parent run like rl_core.tracking.mirror_parent; not before: an invocation that only re-mirrors or
+reports trains no arm, and its mirror job must be the only one to create them); for each, a child run
+of the parent named ``{figure}/{arm}/{seed}`` with the run's params and tags and ``live=1``, status
+RUNNING, its id in RUN_DIR/mlflow_live.json; then the complete rows appended to metrics.jsonl since the
+last look, as rl_core.tracking mirrors them (at their step and ``perf/time``). An arm's live run ends
+FINISHED, after a last look, when its trainer writes DONE; the follower ends when the process ``--pid``
+is gone (or, with ``--run-dir``, when that arm is done), leaving arms without DONE as KILLED.
 
 The grid mirror stays the source of truth for the final state: ``rl_core.tracking.mirror_run`` finds
 the live run by its tags, deletes it (its digest never matches) and mirrors the finished files afresh.
@@ -166,8 +167,9 @@ def _say(what: str, e: Exception) -> None:
 class GridFollower:
     """Every arm of a grid whose trainer started after this follower did (or only `only`)."""
 
-    def __init__(self, store: Store, grid_dir: Path, t0: float, only: Path | None = None):
-        self.store, self.grid_dir, self.t0, self.only = store, grid_dir, t0, only
+    def __init__(self, grid_dir: Path, grid: str, uri: str, t0: float, only: Path | None = None):
+        self.grid_dir, self.grid, self.uri, self.t0, self.only = grid_dir, grid, uri, t0, only
+        self.store: Store | None = None  # opened when the first arm starts (module docstring)
         self.arms: dict[Path, ArmRun] = {}
         self.done: dict[Path, float] = {}  # run dir -> config.json mtime of the arm that finished
         self.metrics = 0
@@ -184,7 +186,14 @@ class GridFollower:
 
     def look(self) -> None:
         """Start runs for new arms, log new rows, finish the arms whose DONE appeared."""
-        for d in self._started():
+        started = self._started()
+        if started and self.store is None:
+            try:
+                self.store = Store(self.grid_dir, self.grid, self.uri)
+            except Exception as e:  # noqa: BLE001 - said, tried again next look
+                _say("cannot open the MLflow store", e)
+                return
+        for d in started:
             try:
                 self.arms[d] = ArmRun(self.store, d)
             except Exception as e:  # noqa: BLE001 - a store error: said, tried again next look
@@ -214,17 +223,7 @@ def follow(grid_dir: Path, grid: str, uri: str = "", interval: float = 5.0, pid:
            only: Path | None = None) -> dict:
     """Follow the grid's arms (or `only`) until process `pid` is gone (or `only` is done)."""
     t0 = time.time() - 1.0  # 1 s: coarse mtimes of a trainer started just before
-    store = None
-    for attempt in range(5):
-        try:
-            store = Store(grid_dir, grid, uri)
-            break
-        except Exception as e:  # noqa: BLE001 - any store error: said, retried, then given up quietly
-            _say(f"cannot open the MLflow store (attempt {attempt + 1} of 5)", e)
-            time.sleep(1.0 + attempt)
-    if store is None:
-        return {"arms": 0, "metrics": 0, "status": "no store"}
-    follower, next_look = GridFollower(store, grid_dir, t0, only), 0.0
+    follower, next_look = GridFollower(grid_dir, grid, uri, t0, only), 0.0
     while pid is None or _alive(pid):
         if time.time() >= next_look:
             follower.look()
