@@ -204,7 +204,7 @@ def grid_estimate(grid, cores: int = 2, c: dict | None = None) -> dict:
     pretrain = p.pretrain_steps * c["pretrain_step_s"] * lm_step
     sft = p.sft_steps * c["sft_step_s"] * lm_step
     cs_eval = rollout_seconds(c, d, base.eval.n_problems * base.eval.k, base.rollout.max_new_tokens)
-    arms = [(r, arm_seconds(c, r.config)) for r in grid.runs]
+    arms = [(r, arm_seconds(c, r.config)) for r in grid.trained_runs]  # a shared run costs nothing
     # The SFTs first, then the arms and evals onto whichever core frees first (an arm waits for its own
     # cold start only; Snakemake starts it as soon as a core is free).
     after_sft = _schedule([sft] * len(teachers), cores)

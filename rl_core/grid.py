@@ -145,6 +145,20 @@ class Grid:
     runs: list[RunSpec]
 
     @property
+    def trained_by(self) -> dict[tuple[str, str, int], RunSpec]:
+        """(figure, arm, seed) -> the run that trains it: itself, or the first run in file order with the same
+        resolved config and seed (e.g. fig6's fp8 MiniRL is fig1's MiniRL), whose files it shares instead of
+        training the same thing twice."""
+        first: dict[str, RunSpec] = {}
+        return {(r.figure, r.arm, r.seed): first.setdefault(config_hash(r.config), r) for r in self.runs}
+
+    @property
+    def trained_runs(self) -> list[RunSpec]:
+        """The runs that train (the others share their files): what the grid costs."""
+        by = self.trained_by
+        return [r for r in self.runs if by[(r.figure, r.arm, r.seed)] is r]
+
+    @property
     def cold_starts(self) -> list[str]:
         """Teachers some run starts from (runs with their own `init` need none): one SFT job each."""
         used = {r.config.cold_start for r in self.runs if not r.config.init}

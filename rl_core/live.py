@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import os
 import sys
@@ -84,31 +83,13 @@ def _alive(pid: int) -> bool:
         return True
 
 
-@contextlib.contextmanager
-def _store_lock(uri: str):
-    """Held while the store is opened: the first opening of a new sqlite store migrates its schema, and
-    two followers (two grids of one results folder) must not migrate it at the same time."""
-    if not uri.startswith("sqlite:///"):
-        yield
-        return
-    path = Path(uri.removeprefix("sqlite:///") + ".lock")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
 class Store:
     """The grid's experiment and parent run in the tracking store, opened once."""
 
     def __init__(self, grid_dir: Path, grid: str, uri: str = ""):
         from rl_core import tracking as T
 
-        with _store_lock(uri or T.default_uri(grid_dir.parent)):
-            self.parent = T.mirror_parent(grid_dir, grid, uri)
+        self.parent = T.mirror_parent(grid_dir, grid, uri)  # opens the store under its lock
         self.client = T.retry(T.MlflowClient, tracking_uri=self.parent["tracking_uri"])
 
 

@@ -45,6 +45,8 @@ Imports no torch.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import fcntl
 import hashlib
 import json
 import math
@@ -146,14 +148,33 @@ def ui_path(exp_id: str) -> str:
     return f"#/experiments/{exp_id}/runs?workflowType=machine_learning"
 
 
+@contextlib.contextmanager
+def store_lock(uri: str):
+    """Held while a process opens the store: the first opening of a new sqlite store migrates its schema,
+    and two processes (the grid's mirror, the live followers of running arms, two grids of one results
+    folder) must not migrate it at the same time ("table ... already exists")."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    path = Path(uri.removeprefix("sqlite:///") + ".lock")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def mirror_parent(grid_dir: str | Path, grid: str, uri: str = "", out: str | Path | None = None,
                   start_ms: int | None = None) -> dict:
     """Find or create the grid's experiment and parent run (started at `start_ms`, default now); write
     their ids to `out`."""
     results = Path(grid_dir).resolve().parent
     uri = uri or default_uri(results)
-    client = retry(MlflowClient, tracking_uri=uri)  # opening the store reads it too
-    exp_id = ensure_experiment(client, grid, artifact_location(results, grid, uri))
+    with store_lock(uri):
+        client = retry(MlflowClient, tracking_uri=uri)  # opening the store reads it too
+        exp_id = ensure_experiment(client, grid, artifact_location(results, grid, uri))
     # A model-development experiment: the UI opens on its runs, not on the GenAI traces view.
     retry(client.set_experiment_tag, exp_id, "mlflow.experimentKind", EXPERIMENT_KIND)
     found = retry(client.search_runs, [exp_id], filter_string=f"tags.role = 'grid' and tags.grid = '{grid}'",

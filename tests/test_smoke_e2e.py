@@ -16,7 +16,9 @@ from mlflow.tracking import MlflowClient
 
 REPO = Path(__file__).resolve().parents[1]
 ARMS = {("on_policy", "minirl"), ("on_policy", "minirl_r3"), ("off_policy_n2", "minirl_r2"),
-        ("off_policy_n2", "minirl_r3")}
+        ("off_policy_n2", "minirl_r3"), ("precision", "minirl-precision=fp8"),
+        ("precision", "minirl-precision=bf16")}
+SHARED = {("precision", "minirl-precision=fp8"): ("on_policy", "minirl")}  # same resolved config and seed
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,22 @@ def test_every_arm_wrote_its_run_files(smoke_results):
         train = [r for r in rows_of(run_dir) if "minibatch" in r]
         assert [r["step"] for r in train] == list(range(1, summary["steps_done"] + 1))
         config = json.loads((run_dir / "config.json").read_text())
-        assert config["replay"]["mode"] == {"minirl": "none"}.get(arm, arm[-2:])
+        assert config["replay"]["mode"] == ("none" if arm.startswith("minirl-") else
+                                            {"minirl": "none"}.get(arm, arm[-2:]))
+
+
+def test_a_run_the_grid_repeats_is_trained_once_and_shared(smoke_results):
+    for (figure, arm), (src_figure, src_arm) in SHARED.items():
+        run_dir = smoke_results / "smoke" / "runs" / figure / arm / "seed0"
+        source = smoke_results / "smoke" / "runs" / src_figure / src_arm / "seed0"
+        meta = json.loads((run_dir / "meta.json").read_text())
+        assert meta["trained_by"] == f"runs/{src_figure}/{src_arm}/seed0" and meta["arm"] == arm
+        for name in ("config.json", "metrics.jsonl", "summary.json"):
+            assert (run_dir / name).is_symlink()
+            assert (run_dir / name).read_bytes() == (source / name).read_bytes()
+        assert not (run_dir / "ckpt").exists()   # never trained here
+    report = (smoke_results / "smoke" / "report" / "report.html").read_text()
+    assert "across rollout formats" in report   # the precision figure's dose panel
 
 
 def test_mlflow_holds_a_parent_and_every_metric_row(smoke_results):

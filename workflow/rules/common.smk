@@ -69,6 +69,16 @@ def run_of(wildcards):
     return RUNS[key]
 
 
+#: An input no rule makes: the rule whose input names it does not apply to that job (see rules/rl.smk).
+NOT_THIS_RULE = f"{GDIR}/.no-rule-makes-this"
+def trained_by(wildcards):
+    return GRID.trained_by[(wildcards.figure, wildcards.arm, int(wildcards.seed))]
+
+
+def shared(wildcards):
+    return trained_by(wildcards) is not run_of(wildcards)
+
+
 def run_file(run, name=""):
     return f"{GDIR}/{run.run_dir}/{name}" if name else f"{GDIR}/{run.run_dir}"
 

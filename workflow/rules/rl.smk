@@ -5,11 +5,20 @@
 # The resolved config is a param, so editing one arm's config reruns that arm only (Snakemake's params
 # rerun trigger); the meta (label, ...) is a param too: relabelling re-runs the job, which resumes from
 # its final checkpoint. A diverged run exits 0: it is a result, and the workflow goes on to the report.
+# A run whose resolved config and seed equal an earlier run's (GRID.trained_by) is not trained again:
+# rl_shared links that run's files under its own meta.json. Each run is made by exactly one of the two
+# rules: the other's input names a file no rule makes (NOT_THIS_RULE), which rules it out for that run.
+
+ruleorder: rl_shared > rl_run
+
+localrules:
+    rl_shared,
 
 
 rule rl_run:
     input:
-        lambda w: [] if run_of(w).config.init else model_files(run_of(w).config.cold_start),
+        lambda w: NOT_THIS_RULE if shared(w) else [] if run_of(w).config.init else
+        model_files(run_of(w).config.cold_start),
     output:
         summary=f"{GDIR}/runs/{{figure}}/{{arm}}/seed{{seed}}/summary.json",
         done=f"{GDIR}/runs/{{figure}}/{{arm}}/seed{{seed}}/DONE",
@@ -28,3 +37,21 @@ rule rl_run:
         "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} "
         "{PYTHON} -m rl_core.train --out {params.run_dir} --config-json {params.config:q} "
         "--meta-json {params.meta:q} 2>&1 | tee -a {log}"
+
+
+rule rl_shared:
+    input:
+        lambda w: run_file(trained_by(w), "DONE") if shared(w) else NOT_THIS_RULE,
+    output:
+        summary=f"{GDIR}/runs/{{figure}}/{{arm}}/seed{{seed}}/summary.json",
+        done=f"{GDIR}/runs/{{figure}}/{{arm}}/seed{{seed}}/DONE",
+    log:
+        f"{LOGS}/runs/{{figure}}/{{arm}}/seed{{seed}}.log",
+    params:
+        source=lambda w: run_file(trained_by(w)),
+        run_dir=lambda w, output: os.path.dirname(output.done),
+        meta=lambda w: compact(run_of(w).meta),
+        trained_by=lambda w: trained_by(w).run_dir,
+    shell:
+        "{PYTHON} {workflow.basedir}/workflow/scripts/share_run.py {params.source:q} {params.run_dir:q} "
+        "{params.meta:q} {params.trained_by:q} >> {log} 2>&1"
