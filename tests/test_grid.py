@@ -358,3 +358,14 @@ def test_corrections_grid_crosses_eight_objectives_with_two_settings_and_three_s
         assert (c.rollout.precision, c.train.precision) == ("fp8", "bf16")          # the stress test
         n, replay = (1, "none") if r.figure == "fig7_corrections" else (4, "r2")
         assert (c.train.n_minibatches, c.replay.mode) == (n, replay), (r.figure, r.arm)
+
+
+def test_runs_the_paper_grid_repeats_are_trained_once():
+    grid = G.load_grid(PAPER)
+    shared = {(f, a): (by.figure, by.arm) for (f, a, _), by in grid.trained_by.items()
+              if (by.figure, by.arm) != (f, a)}
+    fig6 = "fig6_precision_dose"
+    assert shared == {("fig5_cold_start", "cold_chain"): ("fig2_off_policy_n2", "minirl_r2"),
+                      (fig6, "minirl-precision=fp8"): ("fig1_on_policy", "minirl"),
+                      (fig6, "minirl_no_is-precision=fp8"): ("fig1_on_policy", "minirl_no_is")}
+    assert len(grid.trained_runs) == len(grid.runs) - 3
