@@ -140,6 +140,12 @@ class ArmRun:
 
         T.retry(self.store.client.set_terminated, self.run_id, status)
 
+    def delete(self) -> None:
+        from rl_core import tracking as T
+
+        with contextlib.suppress(Exception):
+            T.retry(self.store.client.delete_run, self.run_id)
+
 
 def _say(what: str, e: Exception) -> None:
     print(f"live: {what}: {e}", file=sys.stderr, flush=True)
@@ -156,12 +162,18 @@ class GridFollower:
         self.metrics = 0
 
     def _started(self) -> list[Path]:
-        """Run dirs whose config.json a trainer wrote since t0 and that are not followed yet."""
+        """Run dirs whose config.json a trainer wrote since t0 and that are not followed yet. One already
+        DONE when first seen (an arm shorter than a look, or a run that links an identical run's files)
+        gets no live run: there is nothing left to watch, and the mirror may already have run."""
         dirs = [self.only] if self.only else [p.parent for p in self.grid_dir.glob("runs/*/*/*/config.json")]
         out = []
         for d in dirs:
             m = _mtime(d / "config.json")
-            if m is not None and m >= self.t0 and d not in self.arms and self.done.get(d) != m:
+            if m is None or m < self.t0 or d in self.arms or self.done.get(d) == m:
+                continue
+            if (_mtime(d / "DONE") or 0) >= m:
+                self.done[d] = m
+            else:
                 out.append(d)
         return out
 
@@ -187,10 +199,13 @@ class GridFollower:
                     arm.finish("FINISHED")
             except Exception as e:  # noqa: BLE001 - the follower never stops an arm
                 _say(f"cannot log {d}", e)
-                continue
+                if not done:
+                    continue  # tried again next look; a done arm is not (the mirror has it)
             if done:
                 self.done[d] = arm.config_mtime
                 del self.arms[d]
+                if (_mtime(d / "mlflow_run.json") or 0) >= (arm.config_mtime or 0):
+                    arm.delete()  # the mirror ran before this last look: its run is the final state
 
     def close(self) -> None:
         """The last look; arms still without DONE end KILLED (their job was cancelled or failed)."""
