@@ -89,7 +89,8 @@ def test_paper_labels_and_meta():
 
 def test_smoke_grid_runs_the_dag_shapes_ci_needs():
     grid = G.load_grid(SMOKE)
-    assert grid.preset == "smoke" and len(grid.runs) == 4 and len(grid.seeds) == 1
+    assert grid.preset == "smoke" and len(grid.runs) == 6 and len(grid.seeds) == 1
+    assert len(grid.trained_runs) == 5   # precision/minirl-precision=fp8 is on_policy/minirl
     modes = {(r.config.train.n_minibatches, r.config.replay.mode) for r in grid.runs}
     assert (2, "r2") in modes and any(m == "r3" for _, m in modes)
 
@@ -273,7 +274,7 @@ def test_importing_grid_leaves_torch_out():
 def test_cli_lists_runs():
     out = subprocess.run([sys.executable, "-m", "rl_core.grid", str(SMOKE)], capture_output=True, text=True,
                          cwd=REPO, check=True).stdout
-    assert "smoke: 4 runs, preset smoke, cold starts ['chain']" in out
+    assert "smoke: 6 runs, preset smoke, cold starts ['chain']" in out
 
 
 def test_workflow_options_are_split_from_the_grid_and_cli_seeds_become_ints():

@@ -42,8 +42,10 @@ def planned(output):
     return jobs
 
 
-def arm_jobs(jobs, rule="rl_run"):
-    return Counter((j["wildcards"]["figure"], j["wildcards"]["arm"]) for j in jobs if j["rule"] == rule)
+def arm_jobs(jobs, rules=("rl_run", "rl_shared")):
+    """(figure, arm) -> planned jobs; every run is made by exactly one of rl_run (trains) and rl_shared (a run
+    the grid repeats, linked to the one that trains it)."""
+    return Counter((j["wildcards"]["figure"], j["wildcards"]["arm"]) for j in jobs if j["rule"] in rules)
 
 
 # ------------------------------------------------------------------------------------- paper.yaml
@@ -140,14 +142,14 @@ def test_an_rl_knob_in_the_grid_base_does_not_rebuild_the_cold_starts(done_works
         g["base"]["loss"]["eps_high"] = 0.3
 
     jobs = dry_run_with(done_workspace, edit)
-    assert len(arm_jobs(jobs)) == 4
+    assert len(arm_jobs(jobs)) == 6 and len(arm_jobs(jobs, ("rl_run",))) == 5   # one run is shared
     assert not {"pretrain", "sft", "coldstart_eval"} & {j["rule"] for j in jobs}
 
 
 def test_a_new_seed_plans_one_run_per_arm(done_workspace):
     jobs = dry_run_with(done_workspace, lambda g: g.update(seeds=[0, 1]))
-    seeds = Counter(j["wildcards"]["seed"] for j in jobs if j["rule"] == "rl_run")
-    assert seeds == {"1": 4}
+    seeds = Counter(j["wildcards"]["seed"] for j in jobs if j["rule"] in ("rl_run", "rl_shared"))
+    assert seeds == {"1": 6}
 
 
 # ------------------------------------------------------------------------------------------ profiles
@@ -169,7 +171,8 @@ def test_a_deleted_run_or_mlflow_record_is_rebuilt(done_workspace):
     args = ("-n", "--configfile", str(wd / "grid.yaml"))
     run_done = wd / "results" / "smoke" / "runs" / "on_policy" / "minirl" / "seed0" / "DONE"
     record = wd / "results" / "smoke" / "runs" / "off_policy_n2" / "minirl_r3" / "seed0" / "mlflow_run.json"
-    for path, rules in ((run_done, ["rl_run", "mlflow", *DOWNSTREAM - {"grid_file"}]),
+    # on_policy/minirl is also precision/minirl-precision=fp8 (shared): its link is remade too.
+    for path, rules in ((run_done, ["rl_run", "rl_shared", "mlflow", *DOWNSTREAM - {"grid_file"}]),
                         (record, ["mlflow", *DOWNSTREAM - {"grid_file"}])):
         path.rename(path.with_suffix(".bak"))
         try:
