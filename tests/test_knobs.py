@@ -74,11 +74,6 @@ NOT_NUMBERS = {
     **{f"task.{k}": "read only by task.kind file (this test's task is arithmetic); tests/test_file_task.py "
                     "covers it" for k in ("train_file", "bench_file", "prompt_key", "answer_key",
                                           "prompt_template", "chat_template", "max_prompt_tokens")},
-    "task.kind": "another task family (file), not a knob of this one: tests/test_file_task.py runs an arm "
-                 "on it",
-    **{f"task.{k}": "read only by task.kind file (this test's task is arithmetic); tests/test_file_task.py "
-                    "covers it" for k in ("train_file", "bench_file", "prompt_key", "answer_key",
-                                          "prompt_template", "chat_template", "max_prompt_tokens")},
 }
 
 
