@@ -50,18 +50,6 @@ def _complete_lines(path: Path) -> list[bytes]:
     return data[:data.rfind(b"\n") + 1].splitlines()
 
 
-def _rows(lines: list[bytes]) -> list[dict]:
-    rows = []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
-
-
 def _mtime(path: Path) -> float | None:
     try:
         return path.stat().st_mtime
@@ -123,7 +111,7 @@ class ArmRun:
         from rl_core import tracking as T
 
         lines = _complete_lines(self.run_dir / "metrics.jsonl")
-        rows = _rows(lines[min(self.logged, len(lines)):])  # fewer lines: a resumed trainer truncated
+        rows = T.parse_rows(lines[min(self.logged, len(lines)):])  # fewer lines: a resumed trainer truncated
         n = 0
         if rows:
             now = time.time()

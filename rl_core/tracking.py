@@ -204,18 +204,22 @@ def _read(path: Path) -> dict:
     return data if isinstance(data, dict) else {}
 
 
+def parse_rows(lines: list[str] | list[bytes]) -> list[dict]:
+    """metrics.jsonl lines -> rows; a line that is not a JSON object (a torn last line) is skipped."""
+    rows = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
 def read_rows(path: Path) -> list[dict]:
     """metrics.jsonl -> rows; a torn last line (a run killed mid-write) is skipped."""
-    rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict):
-                rows.append(row)
-    return rows
+    return parse_rows(path.read_text().splitlines()) if path.is_file() else []
 
 
 def run_meta(run_dir: Path) -> dict:
