@@ -23,7 +23,8 @@ def share_run(source: Path, run_dir: Path, meta: dict, trained_by: str) -> None:
             link.unlink()
         if target.exists():
             link.symlink_to(os.path.relpath(target, run_dir))
-    (run_dir / "meta.json").write_text(json.dumps({**meta, "trained_by": trained_by}, indent=2, sort_keys=True))
+    meta = {**meta, "trained_by": trained_by}
+    (run_dir / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
     (run_dir / "DONE").write_text("")
     print(f"{run_dir} shares the run {source} (same resolved config and seed): linked, not trained again")
 
