@@ -83,7 +83,8 @@ def test_grid_estimate_schedules_arms_over_the_cores():
     assert (one["rl_wall_s"] / 2 <= two["rl_wall_s"] < one["rl_wall_s"])
     assert two["wall_s"] == pytest.approx(two["pretrain_s"] + two["sft_wall_s"] + two["rl_wall_s"])
     # the runs that train: a run the grid repeats (smoke: precision/minirl-precision=fp8) costs nothing
-    assert sum(a["grad_steps"] for _, a in two["arms"]) == sum(r.config.train.steps for r in grid.trained_runs)
+    trained = sum(r.config.train.steps for r in grid.trained_runs)
+    assert sum(a["grad_steps"] for _, a in two["arms"]) == trained
     assert len(two["arms"]) == len(grid.runs) - 1
 
 
