@@ -7,21 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train import TINY as TRAIN_TINY
 from tiny import build_cold_start
 
 from rl_core import config as C
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = {
-    "model": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2, "num_key_value_heads": 1,
-              "head_dim": 16, "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32},
-    "task": {"min_operands": 2, "max_operands": 3, "max_operand": 3, "ops": "+", "n_train": 48,
-             "n_bench": 16},
-    "pipeline": {"pretrain_steps": 60, "sft_steps": 120, "batch_size": 32, "sft_lr": 3e-3},
-    "rollout": {"max_new_tokens": 16, "group_size": 4},
-    "train": {"batch_prompts": 4, "steps": 4, "n_minibatches": 2, "lr": 1e-3},
-    "eval": {"every": 4, "k": 2, "n_problems": 16},
-}
+# test_train's tiny arm, off-policy (N = 2).
+TINY = {**{k: v for k, v in TRAIN_TINY.items() if k != "checkpoint_every"},
+        "train": {**TRAIN_TINY["train"], "n_minibatches": 2}}
 
 
 def needs_gpu(test):
