@@ -48,9 +48,12 @@ forced ids and softmaxes them: the same live, renormalised gates as rl_core.mode
 
 from __future__ import annotations
 
+import functools
+
 import torch
 
-from rl_core.model import config_value, from_hub_layout, to_hub_layout
+from rl_core.config import ConfigError
+from rl_core.model import PolicyOutput, config_value, from_hub_layout, load_pretrained, to_hub_layout
 
 
 def transformer_config_kwargs(hf_cfg: dict, params_dtype: torch.dtype = torch.float32) -> dict:
@@ -188,5 +191,158 @@ def megatron_route(router, hidden: torch.Tensor, replay: torch.Tensor | None) ->
         router.router_replay.clear_router_replay_action()
 
 
+# ----------------------------------------------------------------------------------- the engine
+
+
+@functools.cache
+def partial_router_replay() -> type:
+    """Megatron's ``RouterReplay`` with the two things our replay schedule needs (a class made on first use,
+    so importing this module needs no megatron):
+
+    * rows of the target indices that hold -1 route naturally (pads, tokens the rollout engine never ran,
+      prompts when ``replay.replay_prompt`` is false), as rl_core.model.route does;
+    * the natural top-k is recorded under replay too (``recorded_topk_idx``: e_pi, the diagnostics need
+      it), and the ids actually used are kept in ``used_topk_idx``.
+
+    Gates: the logits at the chosen ids, softmaxed over the k (``moe_router_pre_softmax=False``), the same
+    live renormalised gates as route() (module docstring).
+    """
+    from megatron.core.transformer.moe.router_replay import RouterReplay, RouterReplayAction
+
+    class PartialRouterReplay(RouterReplay):
+        used_topk_idx: torch.Tensor | None = None
+
+        def get_replay_topk(self, scores, topk, num_groups=None, group_topk=None, default_compute_topk=None):
+            _, natural = default_compute_topk(scores, topk, num_groups=num_groups, group_topk=group_topk)
+            self.record_indices(natural)
+            ids = natural
+            if self.router_replay_action == RouterReplayAction.REPLAY_FORWARD:
+                target = self.target_topk_idx.to(scores.device)
+                ids = torch.where((target >= 0).all(-1, keepdim=True), target, natural)
+            self.used_topk_idx = ids
+            return scores.gather(1, ids), ids
+
+    return PartialRouterReplay
+
+
+def _left_aligned(mask: torch.Tensor) -> torch.Tensor:
+    """mask (B, T) -> cols (B, T) long: row b's real tokens moved to columns 0.. (``x.gather(1, cols)``).
+
+    Megatron's RoPE takes positions 0..T-1 of the tensor, not position ids; our positions start at each
+    row's first real token. Left-aligning makes the two the same. A row's real tokens must be contiguous
+    (left-padded prompt, right-padded response)."""
+    B, T = mask.shape
+    lengths = mask.sum(1)
+    first = mask.float().argmax(1)
+    ar = torch.arange(T, device=mask.device)
+    if not bool((mask.bool() == ((ar >= first[:, None]) & (ar < (first + lengths)[:, None]))).all()):
+        raise ValueError("the Megatron engine needs each row's real tokens contiguous")
+    return (ar[None] + first[:, None]) % T
+
+
+class MegatronPolicy(torch.nn.Module):
+    """Megatron-core's GPTModel behind the interface of rl_core.model.MoEPolicy, so the torch engine's
+    scoring (rl_core.engine.token_logprobs), the objectives, AdamW and the run loop use it unchanged.
+
+    ``forward(input_ids, attention_mask, replay) -> PolicyOutput`` (logits (B, T, V), routing and
+    routing_natural (B, T, L, k), -1 and 0 at pads); routing record / replay through Megatron's RouterReplay
+    (``moe_enable_routing_replay``): RECORD when ``replay`` is None, else REPLAY_FORWARD of ``replay``.
+    ``parameters()`` are the GPTModel's (the optimizer steps them); ``state_dict()`` /
+    ``load_state_dict()`` speak our layout (rl_core.model), so checkpoints, the rollout engine's weight
+    sync and save_pretrained need no Megatron.
+    """
+
+    def __init__(self, hf_cfg: dict, gpt):
+        super().__init__()
+        self.config = dict(hf_cfg)
+        self.gpt = gpt
+        self.routers = [layer.mlp.router for layer in gpt.decoder.layers]
+        for router in self.routers:  # Megatron built one RouterReplay per router; ours replaces it
+            router.router_replay = partial_router_replay()()
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                replay: torch.Tensor | None = None) -> PolicyOutput:
+        from megatron.core.transformer.moe.router_replay import RouterReplayAction
+
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        B, T = input_ids.shape
+        cols = _left_aligned(attention_mask)
+        ids, real = input_ids.gather(1, cols), attention_mask.gather(1, cols).bool()
+        causal = torch.ones(T, T, dtype=torch.bool, device=ids.device).tril()
+        masked = ~(causal[None] & real[:, None, :])[:, None]                       # (B, 1, T, T) True: hidden
+        for i, router in enumerate(self.routers):
+            if replay is None:
+                router.router_replay.set_router_replay_action(RouterReplayAction.RECORD)
+            else:  # Megatron's tokens are [seq, batch] flattened: row s * B + b
+                target = replay.gather(1, cols[..., None, None].expand_as(replay))[:, :, i]
+                router.router_replay.set_target_indices(target.transpose(0, 1).reshape(T * B, -1))
+                router.router_replay.set_router_replay_action(RouterReplayAction.REPLAY_FORWARD)
+        try:
+            logits = self.gpt(ids, torch.arange(T, device=ids.device)[None].expand(B, T), masked)
+            used, natural = ([getattr(r.router_replay, name).view(T, B, -1).transpose(0, 1)
+                              for r in self.routers] for name in ("used_topk_idx", "recorded_topk_idx"))
+        finally:
+            for router in self.routers:
+                router.router_replay.clear_indices()
+                router.router_replay.clear_router_replay_action()
+        back = torch.argsort(cols, dim=1)  # the inverse permutation of each row
+
+        def unalign(x: torch.Tensor, fill: float) -> torch.Tensor:  # (B, T, ...) aligned -> original columns
+            x = torch.where(real.view(B, T, *[1] * (x.dim() - 2)), x, torch.full_like(x, fill))
+            return x.gather(1, back.view(B, T, *[1] * (x.dim() - 2)).expand_as(x))
+
+        return PolicyOutput(unalign(logits.float(), 0), unalign(torch.stack(used, 2), -1),
+                            unalign(torch.stack(natural, 2), -1))
+
+    def state_dict(self, *args, **kwargs) -> dict[str, torch.Tensor]:
+        """The weights in our layout (rl_core.model's stacked experts), detached."""
+        own = {k: v.detach() for k, v in self.gpt.state_dict().items()}
+        return from_hub_layout(megatron_to_hf(self.config, own))
+
+    def load_state_dict(self, state_dict: dict, strict: bool = True, assign: bool = False):
+        """Load weights given in our layout (or the hub's) into the GPTModel (strict)."""
+        converted = hf_to_megatron(self.config, state_dict)
+        return self.gpt.load_state_dict({**self.gpt.state_dict(), **converted}, strict=strict)
+
+
+def init_megatron(seed: int, tensor_parallel: int = 1, expert_parallel: int = 1) -> None:
+    """torch.distributed (a gloo group of world size 1 when none exists: one process, with or without
+    torchrun) and Megatron's parallel state and RNG tracker, unless already set up."""
+    import torch.distributed as dist
+    from megatron.core import parallel_state
+    from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
+
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    if not parallel_state.model_parallel_is_initialized():
+        parallel_state.initialize_model_parallel(tensor_model_parallel_size=tensor_parallel,
+                                                 expert_model_parallel_size=expert_parallel)
+    model_parallel_cuda_manual_seed(seed)
+
+
+def load_megatron(path, seed: int = 0, device: torch.device | None = None) -> MegatronPolicy:
+    """The checkpoint at ``path`` (our HF layout) as a :class:`MegatronPolicy` (fp32 parameters).
+
+    On a CUDA GPU Megatron runs as shipped. On a CPU megatron-core 0.16.1 does not run as shipped (its
+    RNG tracker, RoPE and router call CUDA); tests/megatron_cpu_shim.py, which only the tests install,
+    maps those calls to the CPU. Without it a CPU run stops here with a ConfigError that says so.
+    """
+    device = torch.device("cpu") if device is None else device
+    try:
+        init_megatron(seed)
+    except (AssertionError, RuntimeError) as e:
+        if device.type == "cuda":
+            raise
+        raise ConfigError(f"train.engine='megatron': megatron-core needs a CUDA GPU here ({e}); on a CPU it "
+                          f"runs only under the test shim tests/megatron_cpu_shim.py (make test-megatron)"
+                          ) from None
+    torch_policy = load_pretrained(path)
+    policy = MegatronPolicy(torch_policy.config, build_gpt_model(torch_policy.config))
+    policy.load_state_dict(torch_policy.state_dict())
+    return policy.to(device)
+
+
 __all__ = ["transformer_config_kwargs", "gpt_model_kwargs", "build_gpt_model", "hf_to_megatron",
-           "megatron_to_hf", "megatron_route"]
+           "megatron_to_hf", "megatron_route", "partial_router_replay", "MegatronPolicy", "init_megatron",
+           "load_megatron"]
