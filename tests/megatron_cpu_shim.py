@@ -51,7 +51,7 @@ def install():
     causal = lambda sq: torch.triu(torch.ones(sq, sq), diagonal=1).bool()  # noqa: E731
     patches = [
         (torch.cuda, "current_device", lambda: "cpu"),
-        (torch.cuda, "manual_seed", torch.manual_seed),
+        (torch.cuda, "manual_seed", lambda seed: None),  # the tracker keeps CPU states: leave the CPU seed
         (torch.cuda, "get_rng_state", lambda device="cuda": torch.get_rng_state()),
         (torch.cuda, "Stream", _NoStream), (torch.cuda, "Event", _NoStream),
         (torch.cuda, "stream", lambda s: contextlib.nullcontext()),

@@ -66,14 +66,14 @@ def test_vllm_gpu_build_offers_routed_experts_only_with_triton():
         check_capabilities(cfg("rollout.engine=vllm"), no_gpu)
 
 
-def test_megatron_not_importable_then_no_gpu_then_not_implemented():
+def test_megatron_needs_megatron_core_and_fp32_only():
     arm = cfg("train.engine=megatron")
     with pytest.raises(CapabilityError, match=r"backend 'megatron-core' is not importable"):
         check_capabilities(arm, BARE)
-    with pytest.raises(CapabilityError, match=r"needs capability 'cuda'.*'megatron-core'"):
-        check_capabilities(arm, Environment(False, "", False, megatron=True, cuda_gpu=False))
-    with pytest.raises(CapabilityError, match=r"needs capability 'training_engine'.*'megatron-core'"):
-        check_capabilities(arm, VLLM_GPU)
+    check_capabilities(arm, Environment(False, "", False, megatron=True, cuda_gpu=False))  # CPU: the shim's
+    check_capabilities(arm, VLLM_GPU)
+    with pytest.raises(CapabilityError, match=r"precision='bf16' needs capability 'bf16'.*'megatron-core'"):
+        check_capabilities(cfg("train.engine=megatron", "train.precision=bf16"), VLLM_GPU)
 
 
 def test_probe_imports_neither_torch_nor_vllm():
@@ -102,12 +102,12 @@ def test_vllm_never_serves_a_format_under_another_formats_name():
 
 
 def test_an_arm_no_machine_can_run_is_refused_when_the_grid_loads(tmp_path):
-    # vLLM (any build) serves our checkpoints in fp32/bf16 only; the Megatron training engine is not written:
+    # vLLM (any build) serves our checkpoints in fp32/bf16 only; the Megatron engine trains in fp32 only:
     # a grid asking for either fails before any job, even where Snakemake runs without GPUs.
     from rl_core.grid import GridError, grid_from_dict
 
     for bad, words in (({"rollout": {"engine": "vllm", "precision": "mxfp4"}}, "rollout.precision='mxfp4'"),
-                       ({"train": {"engine": "megatron"}}, "train.engine='megatron'")):
+                       ({"train": {"engine": "megatron", "precision": "bf16"}}, "train.precision='bf16'")):
         grid = {"name": "t", "preset": "smoke", "figures": {"f": {"title": "F", "arms": {
             "a": {"label": "A", "config": bad}}}}}
         with pytest.raises(GridError, match=rf"figure 'f', arm 'a': no backend can run this arm: {words}"):

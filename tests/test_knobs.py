@@ -61,7 +61,8 @@ NOT_NUMBERS = {
     "train.device": "device placement (cpu or a GPU): the same numbers to float rounding; cuda without a GPU "
                     "is refused before any work (tests/test_distributed.py)",
     "rollout.engine": "vllm: an optional extra, tested in tests/test_vllm_engine.py (make test-vllm)",
-    "train.engine": "megatron: refused by its capability check before any work (tests/test_backends.py)",
+    "train.engine": "megatron: the same numbers to fp32 rounding (tests/test_megatron.py, make "
+                    "test-megatron)",
     "model.*": "the architecture is the init checkpoint's: another value is refused before any work "
                "(test_a_model_field_the_checkpoint_does_not_have_is_refused)",
     "pipeline.*": "the cold-start stage (rl_core.coldstart), not the RL run (tests/test_coldstart.py)",
