@@ -103,3 +103,35 @@ def test_fp8_table_decode_is_torchs_cast_bitwise_for_every_bit_pattern(dtype):
     assert torch.equal(cast[~cast.isnan()], table[~table.isnan()])
     sliced = every[:, ::2]  # a non-contiguous view decodes too
     assert torch.equal(fp8_to(sliced, dtype).nan_to_num(), sliced.to(dtype).nan_to_num())
+
+
+def plain_w8a8(layer, x: torch.Tensor, offs: torch.Tensor | None = None) -> torch.Tensor:
+    """The reference W8A8 product: per 128-wide input block, the bf16 partial sum widened, times the
+    activation scale, times the weight scale, the blocks summed from 0; one expression per op."""
+    from rl_core.rollout.formats import fp8_act_quant
+
+    xq, sx = fp8_act_quant(x, layer.block)
+    expert = None if offs is None else torch.bucketize(torch.arange(x.shape[0]), offs.long(), right=True)
+    out = 0
+    for g, (cols, wq, wq_t, row_scale) in enumerate(layer.parts):
+        if offs is None:
+            part = F.linear(xq[:, cols], wq).float() * sx[:, g, None] * row_scale
+        else:
+            part = F.grouped_mm(xq[:, cols].contiguous(), wq_t, offs=offs).float() * sx[:, g, None] \
+                * row_scale[expert]
+        out = out + part
+    return out.to(torch.bfloat16)
+
+
+@pytest.mark.parametrize("n_in", [128, 96, 256, 320])  # one block, a padded block, two, a padded third
+def test_w8a8_fast_products_are_the_plain_expression_bitwise(n_in):
+    from rl_core.rollout.formats import W8A8Block
+
+    gen = torch.Generator().manual_seed(n_in)
+    x = (torch.randn(40, n_in, generator=gen) * 3).to(torch.bfloat16)
+    x[3] = 0  # an all-zero token: its scale is clamped, not 0
+    dense = W8A8Block(torch.randn(200, n_in, generator=gen) * 0.05)
+    assert torch.equal(dense.linear(x), plain_w8a8(dense, x))
+    experts = W8A8Block(torch.randn(4, 136, n_in, generator=gen) * 0.05)
+    offs = torch.tensor([7, 0, 21, 12]).cumsum(0).to(torch.int32)  # an expert without rows
+    assert torch.equal(experts.grouped(x, offs), plain_w8a8(experts, x, offs))

@@ -1,0 +1,163 @@
+"""Where one arm's wall time goes: process start, imports, setup, rollout, pi_old, updates, evals, files.
+
+    .venv/bin/python bench/arm_profile.py [--init results/paper/models/chain]
+        [--arms fig1_on_policy/minirl,...] [--global-steps 3] [--threads 1] [--ops] [--json OUT]
+
+Each arm of experiments/paper.yaml (preset mini) is run in this process for a few global steps through
+rl_core.train.Arm, each phase timed on its own; the figures are projected onto the whole arm (train.steps /
+N global steps, its evals every eval.every steps plus step 0, a checkpoint every checkpoint_every steps).
+Process start and imports are measured in fresh interpreters (best of 3). `--ops` adds torch.profiler's
+top operators of one rollout and one update. Needs a cold start of the mini model (`--init`; the workflow's
+results/paper/models/chain). Seconds are wall seconds at `--threads` (use 1 on a shared machine: compare
+shares, not seconds, across runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ARMS = "fig1_on_policy/minirl,fig4_off_policy_n8/minirl_r2"
+
+
+def fresh(code: str) -> float:
+    """Best of 3 wall seconds of `python -c code` in a fresh interpreter."""
+    walls = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT, capture_output=True)
+        walls.append(time.perf_counter() - t0)
+    return min(walls)
+
+
+def process_costs() -> dict:
+    start = fresh("pass")
+    train = fresh("import rl_core.train") - start
+    # torch.optim's step() imports torch._dynamo on its first call
+    opt = fresh("import rl_core.train, torch; p = torch.zeros(1, requires_grad=True); p.grad = p.detach(); "
+                "torch.optim.AdamW([p]).step()") - start
+    return {"python_start_s": start, "import_train_s": train, "optimizer_first_s": opt - train}
+
+
+def top_ops(fn, n: int = 12) -> str:
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    return prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=n)
+
+
+def profile_arm(run, init: str, global_steps: int, ops: bool) -> dict:
+    import torch
+
+    from rl_core import config as C
+    from rl_core.step import score, update
+    from rl_core.train import Arm, RunFiles, _due, run_eval
+
+    cfg = C.from_dict({**C.to_dict(run.config), "init": init})
+    t, N = cfg.train, cfg.train.n_minibatches
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        arm = Arm(cfg, RunFiles(Path(tmp)))
+        setup_s = time.perf_counter() - t0
+        phases = {"rollout": 0.0, "pi_old": 0.0, "update": 0.0, "sync": 0.0}
+        tokens, lens = 0, []
+        for _ in range(global_steps):
+            t0 = time.perf_counter()
+            sampled, gm = arm.sample()
+            t1 = time.perf_counter()
+            batch = score(cfg, arm.policy, sampled)
+            t2 = time.perf_counter()
+            for j in range(N):
+                sel = torch.arange(j * arm.mb, (j + 1) * arm.mb)
+                m, _ = update(cfg, arm.policy, arm.opt, batch, sel, arm.objective, arm.params)
+                lens.append(m["response/length_mean"])
+            t3 = time.perf_counter()
+            arm.engine.sync_weights(arm.policy.state_dict())
+            t4 = time.perf_counter()
+            arm.global_step += 1
+            arm.step += N
+            for k, a, b in (("rollout", t0, t1), ("pi_old", t1, t2), ("update", t2, t3), ("sync", t3, t4)):
+                phases[k] += b - a
+            tokens += gm["response/tokens"]
+        t0 = time.perf_counter()
+        run_eval(cfg, arm.policy, arm.task, arm.step)
+        eval_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        arm.checkpoint()
+        ckpt_s = time.perf_counter() - t0
+        op_tables = {}
+        if ops:
+            op_tables["rollout"] = top_ops(arm.sample)
+            sampled, _ = arm.sample()
+            batch = score(cfg, arm.policy, sampled)
+            sel = torch.arange(0, arm.mb)
+            op_tables["update"] = top_ops(lambda: update(cfg, arm.policy, arm.opt, batch, sel, arm.objective,
+                                                         arm.params))
+            op_tables["eval"] = top_ops(lambda: run_eval(cfg, arm.policy, arm.task, arm.step))
+    n_global = t.steps // N
+    n_evals = 1 + sum(_due(s, cfg.eval.every, N, t.steps) for s in range(N, t.steps + 1, N))
+    n_ckpts = sum(_due(s, cfg.checkpoint_every, N, t.steps) for s in range(N, t.steps + 1, N))
+    per = {k: v / global_steps for k, v in phases.items()}
+    whole = {k: v * n_global for k, v in per.items()}
+    whole.update(setup=setup_s, evals=eval_s * n_evals, checkpoints=ckpt_s * n_ckpts)
+    return {"arm": f"{run.figure}/{run.arm}", "N": N, "global_steps_measured": global_steps,
+            "response_length_mean": sum(lens) / len(lens), "tokens_per_global_step": tokens / global_steps,
+            "per_global_step_s": per, "eval_s_each": eval_s, "n_evals": n_evals, "checkpoint_s_each": ckpt_s,
+            "n_checkpoints": n_ckpts, "projected_s": whole, "ops": op_tables}
+
+
+def report(res: dict, proc: dict) -> None:
+    fixed = {"python start": proc["python_start_s"], "import rl_core.train": proc["import_train_s"],
+             "first optimizer (torch._dynamo)": proc["optimizer_first_s"]}
+    w = res["projected_s"]
+    parts = {**fixed, "setup (task, load, engine; minus optimizer import)":
+             max(w["setup"] - proc["optimizer_first_s"], 0.0),
+             "rollout decode": w["rollout"], "pi_old scoring": w["pi_old"], "updates": w["update"],
+             "weight sync": w["sync"], f"evals ({res['n_evals']} x {res['eval_s_each']:.2f} s)": w["evals"],
+             f"checkpoints ({res['n_checkpoints']})": w["checkpoints"]}
+    total = sum(parts.values())
+    print(f"\n== {res['arm']} (N={res['N']}; {res['global_steps_measured']} global steps measured, "
+          f"{res['tokens_per_global_step']:.0f} response tokens each, mean length "
+          f"{res['response_length_mean']:.1f}), projected onto the whole arm: {total:.1f} s")
+    for k, v in parts.items():
+        print(f"  {k:<52} {v:7.2f} s  {100 * v / total:5.1f}%")
+    for name, tab in res["ops"].items():
+        print(f"\n-- top ops, one {name} --\n{tab}")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--init", default=str(ROOT / "results" / "paper" / "models" / "chain"))
+    ap.add_argument("--arms", default=ARMS, help="comma-separated figure/arm of experiments/paper.yaml")
+    ap.add_argument("--global-steps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--ops", action="store_true", help="torch.profiler's top operators too")
+    ap.add_argument("--json", type=Path, help="also write the figures here")
+    args = ap.parse_args()
+    sys.path.insert(0, str(ROOT / "bench"))
+    from common import pin_threads
+
+    pin_threads(args.threads)
+    proc = process_costs()
+    from rl_core.grid import load_grid
+
+    runs = {f"{r.figure}/{r.arm}": r for r in load_grid(ROOT / "experiments" / "paper.yaml", "mini").runs}
+    out = []
+    for name in args.arms.split(","):
+        res = profile_arm(runs[name], args.init, args.global_steps, args.ops)
+        report(res, proc)
+        out.append(res)
+    if args.json:
+        args.json.write_text(json.dumps({"process": proc, "arms": out}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
