@@ -48,10 +48,12 @@ def sampled_batch(cfg: C.RunConfig) -> Sampled:
     return Sampled(ro, rewards, ADVANTAGES[OBJECTIVES[cfg.loss.objective].advantage](rewards, G))
 
 
-def global_step(cfg: C.RunConfig, sampled: Sampled, ranks: D.Ranks) -> tuple[dict, list[dict]]:
-    """Score and N updates from the seed-0 policy; returns (full weights after, metrics per update)."""
+def global_step(cfg: C.RunConfig, sampled: Sampled, ranks: D.Ranks, policy=None) -> tuple[dict, list[dict]]:
+    """Score and N updates from ``policy`` (default: the seed-0 MoEPolicy); returns (full weights after,
+    metrics per update)."""
     torch.manual_seed(0)
-    policy = D.shard(MoEPolicy(hf_config(cfg.model, VOCAB, EOS, PAD), seed=0), ranks)
+    policy = D.shard(MoEPolicy(hf_config(cfg.model, VOCAB, EOS, PAD), seed=0) if policy is None else policy,
+                     ranks)
     t = cfg.train
     opt = torch.optim.AdamW(policy.parameters(), lr=t.lr, betas=(t.beta1, t.beta2),
                             weight_decay=t.weight_decay)
