@@ -320,3 +320,16 @@ def test_a_short_arm_runs_end_to_end(megatron, tmp_path):
     final = load_pretrained(tmp_path / "megatron" / "policy").state_dict()
     torch_final = load_pretrained(tmp_path / "torch" / "policy").state_dict()
     assert max(float((final[k] - torch_final[k]).abs().max()) for k in final) < 1e-4
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
+def test_without_the_shim_a_cpu_run_stops_with_a_clear_error(tmp_path):
+    """Production code never installs the shim: on a CPU, loading the engine is a ConfigError naming it."""
+    import subprocess
+    import sys
+
+    code = ("from rl_core.megatron_engine import load_megatron\n"
+            "try:\n    load_megatron('unused')\nexcept Exception as e:\n    print(type(e).__name__, e)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
+    assert out.startswith("ConfigError train.engine='megatron': megatron-core needs a CUDA GPU")
+    assert "tests/megatron_cpu_shim.py" in out
