@@ -1,22 +1,46 @@
-"""Megatron-core for the policy: the HF <-> Megatron checkpoint converter and the router it replays with.
+"""Megatron-core as the training engine (``train.engine: megatron``), and the HF <-> Megatron converter.
 
-What is here, and what is not (megatron-core 0.16.1, CPU torch 2.13):
+Read in this order (megatron-core 0.16.1):
 
 * :func:`transformer_config_kwargs` / :func:`gpt_model_kwargs`: our Qwen3-MoE config.json as Megatron's
   ``TransformerConfig`` and ``GPTModel`` arguments (plain dicts: no megatron import needed to read them).
-* :func:`hf_to_megatron` / :func:`megatron_to_hf`: the state-dict key mapping between the hub layout and
-  a ``GPTModel`` built with ``get_gpt_layer_local_spec(num_experts=E, moe_grouped_gemm=False,
-  qk_layernorm=True, normalization="RMSNorm")`` (SequentialMLP experts, no Transformer Engine). Checked on
-  CPU by tests/test_megatron.py: the converted dict loads into the real GPTModel with strict=True, the
-  fused QKV projection with q/k norms and one expert MLP compute what our model computes, and the router
-  with its routing replay agrees with rl_core.model.route.
-* :func:`build_gpt_model`: that GPTModel, needing torch.distributed and Megatron's parallel state
-  initialised by the caller (one process: a gloo group of world size 1 is enough to build it).
+* :func:`build_gpt_model`: a ``GPTModel`` built with ``get_gpt_layer_local_spec(num_experts=E,
+  moe_grouped_gemm=False, qk_layernorm=True, normalization="RMSNorm")`` (SequentialMLP experts, the
+  allgather token dispatcher, no Transformer Engine), ``use_cpu_initialization=True`` and
+  ``moe_enable_routing_replay=True``.
+* :func:`hf_to_megatron` / :func:`megatron_to_hf`: the state-dict key mapping (below).
+* :func:`megatron_route`: Megatron's router with replay on a bare tensor (the router check).
+* The engine: :class:`MegatronPolicy` puts the GPTModel behind rl_core.model.MoEPolicy's interface, so the
+  run uses the torch engine's scoring (rl_core.engine.token_logprobs: log-probs and entropy over the
+  vocabulary, the same layout and temperature), objectives (rl_core.objectives) and AdamW step
+  (rl_core.step.update) unchanged; only the forward is Megatron's. R2 and R3 go through Megatron's own
+  ``RouterReplay`` (:func:`partial_router_replay`): RECORD in the pi_old pass, REPLAY_FORWARD of the
+  recorded (R2) or the rollout engine's (R3) routing in the updates. :func:`load_megatron` loads our HF
+  checkpoint into it through the converter, after :func:`init_megatron` (a gloo group of world size 1
+  when none exists, Megatron's parallel state and RNG tracker).
 
-Not here: the Megatron **training engine** (forward/backward, optimizer, the R2/R3 replay schedule through
-``RouterReplay``). It needs a CUDA GPU: on CPU ``TopKRouter.forward`` fails in ``gating`` and the model
-forward fails in RoPE, both with ``AssertionError: Torch not compiled with CUDA enabled`` (they move
-tensors to ``torch.cuda.current_device()``). rl_core.backends therefore rejects ``train.engine=megatron``.
+Where it departs from Megatron's own training loop, and why:
+
+* Rows are left-aligned before the forward (:func:`_left_aligned`): Megatron's RoPE rotates by the column
+  index, not by position ids, and our positions start at each row's first real token (left-padded
+  prompts). The attention mask is causal AND real keys, passed explicitly.
+* Replay rows of -1 (pads, tokens the rollout engine never ran, prompts under ``replay_prompt: false``)
+  route naturally, and the natural top-k is recorded under replay as well (e_pi for the diagnostics):
+  Megatron's REPLAY_FORWARD replays every row and records nothing, so the class extends it by one method.
+* The optimizer is torch's AdamW on the GPTModel's parameters, not Megatron's DistributedOptimizer: the
+  same step as the torch engine (what the comparison needs), and enough for one process.
+* One process only: tensor and expert parallel size 1 (the converter writes full tensors; sharding them
+  for TP/EP > 1 and data parallelism over torchrun ranks are not written). fp32 only: Megatron's bf16 is
+  its Float16Module with fp32 main gradients, not wired (rl_core.backends refuses ``train.precision=bf16``).
+
+Devices. On a CUDA GPU megatron-core runs as shipped. On a CPU 0.16.1 does not (its RNG tracker, RoPE,
+router gating, the global memory buffer and the default causal mask call CUDA; ``router_gating_linear``
+names ``te_general_gemm``, undefined without Transformer Engine). tests/megatron_cpu_shim.py maps those
+calls to the CPU; only the tests install it (nothing in rl_core imports it), and without it
+:func:`load_megatron` on a CPU stops with a ConfigError that says so. Measured on CPU through the shim
+(tests/test_megatron.py, ``make test-megatron``): log-probs equal the torch engine's to 2.4e-7 (one ulp)
+with no replay, R2, R3 and forced routing; gradients to 6e-7 of each tensor's largest; weights after a
+global step of two AdamW updates (lr 1e-2) to 3.8e-5; a 4-step R2 arm's metrics to 1.3e-5 (relative).
 
 Key mapping (layer i, expert j; Megatron name <- hub name)::
 
@@ -172,9 +196,9 @@ def megatron_route(router, hidden: torch.Tensor, replay: torch.Tensor | None) ->
     Runs Megatron's ``TopKRouter.routing`` with its routing-replay feature: ``replay`` (N, k) forces the
     experts (REPLAY_FORWARD), None routes naturally (RECORD, so the recorded ids can be read back).
     The gating linear is computed here as the fp32 ``hidden @ router.weight.T`` that Megatron's
-    ``router_gating_linear`` computes with ``moe_router_dtype="fp32"``: neither runs on CPU in 0.16.1
-    (``TopKRouter.gating`` moves the weight to CUDA; ``router_gating_linear`` without Transformer Engine
-    raises ``NameError: name 'te_general_gemm' is not defined``). Megatron keeps its replay state in
+    ``router_gating_linear`` computes with ``moe_router_dtype="fp32"``: neither runs on an unshimmed CPU in
+    0.16.1 (``TopKRouter.gating`` moves the weight to CUDA; ``router_gating_linear`` without Transformer
+    Engine raises ``NameError: name 'te_general_gemm' is not defined``). Megatron keeps its replay state in
     class-level globals (``RouterReplay.global_router_replay_instances``); the caller clears them.
     """
     from megatron.core.transformer.moe.router_replay import RouterReplayAction
