@@ -86,12 +86,16 @@ venv-vllm:
 test-vllm: venv-vllm
 	.venv-vllm/bin/python -m pytest -m vllm tests/test_vllm_engine.py -p no:cacheprovider -q
 
-venv-megatron:
+venv-megatron: .venv-megatron/.installed
+
+.venv-megatron/.installed: pyproject.toml  # installed once (again only when pyproject.toml changes)
 	test -x .venv-megatron/bin/python || $(PY) -m venv .venv-megatron
 	.venv-megatron/bin/pip install -q torch==2.13.0 && .venv-megatron/bin/pip install -q megatron-core==0.16.1 \
 	  pytest==9.0.3 safetensors==0.8.0 tokenizers==0.23.3 pyyaml==6.0.3
 	.venv-megatron/bin/pip install -q --no-deps -e .
+	touch $@
 
+# The Megatron training engine against the torch engine on the CPU (through tests/megatron_cpu_shim.py).
 test-megatron: venv-megatron
 	.venv-megatron/bin/python -m pytest -m megatron tests/test_megatron.py -p no:cacheprovider -q
 

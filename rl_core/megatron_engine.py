@@ -90,7 +90,7 @@ def transformer_config_kwargs(hf_cfg: dict, params_dtype: torch.dtype = torch.fl
         num_moe_experts=config_value(hf_cfg, "num_experts"),
         moe_router_topk=hf_cfg["num_experts_per_tok"], moe_router_pre_softmax=False,
         moe_router_score_function="softmax", moe_router_dtype="fp32", moe_router_load_balancing_type="none",
-        moe_aux_loss_coeff=0.0, moe_enable_routing_replay=True,
+        moe_aux_loss_coeff=0.0, moe_enable_routing_replay=True, moe_token_dispatcher_type="allgather",
         normalization="RMSNorm", layernorm_epsilon=hf_cfg["rms_norm_eps"], qk_layernorm=True,
         gated_linear_unit=True, activation_func=torch.nn.functional.silu, add_bias_linear=False,
         add_qkv_bias=False, hidden_dropout=0.0, attention_dropout=0.0, use_cpu_initialization=True,
