@@ -313,6 +313,7 @@ def test_a_short_arm_runs_end_to_end(megatron, tmp_path):
         rows[engine] = [json.loads(line) for line in lines]
     assert json.loads((tmp_path / "megatron" / "config.json").read_text())["train"]["engine"] == "megatron"
     assert len(rows["megatron"]) == len(rows["torch"]) == 4 + 2  # 4 updates, evals at steps 0 and 4
+    assert max(r.get("grad/norm", 0.0) for r in rows["megatron"]) > 0.1  # it trained
     pairs = zip(rows["torch"], rows["megatron"], strict=True)
     d_m = max(abs(a[k] - b[k]) / max(1.0, abs(a[k])) for a, b in pairs for k in a if k[:5] != "perf/")
     print(f"arm: max metric difference (relative) {d_m:.2e}")
