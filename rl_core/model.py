@@ -10,9 +10,12 @@ Departures from the textbook / HF implementation, all deliberate:
 * Position ids come from the attention mask, ``(cumsum(mask) - 1).clamp(min=0)``: prompts are
   left-padded, responses right-padded, and the first real token of every row sits at position 0.
 * Pads are never computed (:class:`Layout`): every token-wise op runs on the real tokens packed as
-  (N, d); only attention scatters them to (B, H, T, D), causal AND masking padded keys (a padded query
-  keeps its own key so no softmax row is empty; its output is dropped). Logits are 0 and routing -1 at
-  pads. With responses of very different lengths this halves the FLOPs of a training step.
+  (N, d); only attention scatters them to a padded (rows, H, T', D), causal AND masking padded keys (a
+  padded query keeps its own key so no softmax row is empty; its output is dropped). Logits are 0 and
+  routing -1 at pads. With responses of very different lengths this halves the FLOPs of a training step.
+  Attention runs per bucket of rows of similar length, each row's real tokens left-aligned and padded
+  only to its bucket's longest row (T' <= T): the same keys in the same order, so the same result up to
+  fp32 summation order (which already depended on the batch's T); its (T')^2 work is 2-3x less than T^2.
 * Routing replay (PAPER.md section 2): ``replay`` (B, T, L, k) forces the discrete top-k choice of a
   (token, layer) whose row is all >= 0; a row of -1 routes naturally. Gates are always the LIVE softmax
   probabilities gathered at the chosen ids and renormalised, so the router still gets gradients. Natural
@@ -141,15 +144,57 @@ def attention_allowed(attention_mask: torch.Tensor) -> torch.Tensor:
     return ((causal & attention_mask.bool()[:, None, :]) | eye)[:, None]
 
 
+#: Attention's row buckets (see Layout): rows sorted by length, split into this many equal counts.
+ATTENTION_BUCKETS = 4
+
+
+class Bucket(NamedTuple):
+    """Rows of similar length for attention: their N_b real tokens left-aligned in an (n, T_b) grid."""
+
+    tokens: torch.Tensor   # (N_b,) indices into the packed (N, ...) tokens, row by row
+    slots: torch.Tensor    # (N_b,) flat positions of those tokens in the (n * T_b) grid
+    n: int                 # rows
+    T: int                 # T_b: the bucket's longest row
+    allowed: torch.Tensor  # (n, 1, T_b, T_b) bool: causal, real keys only, plus the diagonal
+
+
 class Layout:
     """Where the real tokens of a padded (B, T) batch are: the model runs every token-wise op (embedding,
     norms, projections, router, experts, lm_head) on the N real tokens only, packed as (N, ...), and
-    scatters to the padded layout just for attention. Pads cost no expert or projection FLOPs."""
+    scatters them to a padded grid just for attention (:meth:`attend`). Pads cost no expert or projection
+    FLOPs, and attention pays for each bucket's longest row, not the batch's (``buckets``)."""
 
-    def __init__(self, attention_mask: torch.Tensor):
+    def __init__(self, attention_mask: torch.Tensor, buckets: int = ATTENTION_BUCKETS):
         self.B, self.T = attention_mask.shape
-        self.index = attention_mask.reshape(-1).nonzero().squeeze(1)  # (N,) flat positions of real tokens
-        self.allowed = attention_allowed(attention_mask)
+        real = attention_mask.bool()
+        self.index = real.reshape(-1).nonzero().squeeze(1)  # (N,) flat positions of real tokens
+        lengths = real.sum(1)                                # (B,)
+        first = lengths.cumsum(0) - lengths                  # (B,) a row's first packed token
+        self.buckets = []
+        for rows in torch.sort(lengths, stable=True).indices.tensor_split(min(buckets, self.B)):
+            T_b = int(lengths[rows].max()) if len(rows) else 0
+            if T_b == 0:
+                continue
+            cols = torch.arange(T_b, device=real.device)
+            valid = cols < lengths[rows, None]                # (n, T_b) left-aligned real tokens
+            slots = valid.reshape(-1).nonzero().squeeze(1)
+            self.buckets.append(Bucket((first[rows, None] + cols)[valid], slots, len(rows), T_b,
+                                       attention_allowed(valid)))
+        order = torch.cat([b.tokens for b in self.buckets]) if self.buckets else self.index
+        self.unbucket = torch.argsort(order)  # (N,) bucketed order -> packed order
+
+    def attend(self, fn, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q (N, H, D), k/v (N, Hkv, D) -> fn(q, k, v, allowed) per bucket on (n, H, T_b, D) -> (N, H, D).
+
+        Each row's real tokens keep their order, so a query sees the keys it saw in the (B, T) layout.
+        Pad slots hold zeros; no real query reads them, a pad query reads only itself and is dropped."""
+        outs = []
+        for b in self.buckets:
+            grid = [t.new_zeros(b.n * b.T, *t.shape[1:]).index_copy(0, b.slots, t.index_select(0, b.tokens))
+                    .view(b.n, b.T, *t.shape[1:]).transpose(1, 2) for t in (q, k, v)]
+            out = fn(*grid, b.allowed).transpose(1, 2)        # (n, T_b, H, D)
+            outs.append(out.reshape(b.n * b.T, *out.shape[2:]).index_select(0, b.slots))
+        return torch.cat(outs).index_select(0, self.unbucket)
 
     def unpad(self, t: torch.Tensor) -> torch.Tensor:
         """(B, T, ...) -> (N, ...)"""
@@ -193,20 +238,19 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, layout: Layout) -> torch.Tensor:
         """x (N, d) real tokens, cos/sin (N, D) -> (N, d). Projections, norms and RoPE run on the N real
-        tokens; only the score/softmax/value product runs on the padded (B, H, T, D) layout."""
+        tokens; only the score/softmax/value product runs on a padded layout (:meth:`Layout.attend`)."""
         N, D = x.shape[0], self.head_dim
         q = apply_rope(self.q_norm(self.q_proj(x).view(N, self.n_heads, D)), cos, sin)
         k = apply_rope(self.k_norm(self.k_proj(x).view(N, self.n_kv, D)), cos, sin)
         v = self.v_proj(x).view(N, self.n_kv, D)
-        # q head h reads kv head h // (H / Hkv), as HF's repeat_kv does. Pad slots hold zeros; no real
-        # query reads them (layout.allowed), a pad query reads only itself and is dropped by unpad.
-        q, k, v = (layout.pad(t).transpose(1, 2) for t in (q, k, v))
+        # q head h reads kv head h // (H / Hkv), as HF's repeat_kv does.
         if torch.is_autocast_enabled(x.device.type):
-            out = flash_attention_bf16(q, k, v, layout.allowed, D ** -0.5)
+            out = layout.attend(lambda q, k, v, allowed: flash_attention_bf16(q, k, v, allowed, D ** -0.5),
+                                q, k, v)
         else:
-            out = F.scaled_dot_product_attention(q, k, v, attn_mask=layout.allowed, scale=D ** -0.5,
-                                                 enable_gqa=True)
-        return self.o_proj(layout.unpad(out.transpose(1, 2)).reshape(N, -1))
+            out = layout.attend(lambda q, k, v, allowed: F.scaled_dot_product_attention(
+                q, k, v, attn_mask=allowed, scale=D ** -0.5, enable_gqa=True), q, k, v)
+        return self.o_proj(out.reshape(N, -1))
 
 
 def route(router_logits: torch.Tensor, top_k: int,

@@ -135,3 +135,36 @@ def test_w8a8_fast_products_are_the_plain_expression_bitwise(n_in):
     experts = W8A8Block(torch.randn(4, 136, n_in, generator=gen) * 0.05)
     offs = torch.tensor([7, 0, 21, 12]).cumsum(0).to(torch.int32)  # an expert without rows
     assert torch.equal(experts.grouped(x, offs), plain_w8a8(experts, x, offs))
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_attention_buckets_agree_with_one_padded_block_forward_and_gradients(monkeypatch, precision):
+    """Rows bucketed by length (rl_core.model.Layout) see the same keys in the same order as in one block
+    padded to the longest row: scores agree to summation order, routing exactly, gradients closely."""
+    from rl_core.model import Layout
+
+    cfg = hf_config(ModelConfig(init_std=0.1), vocab_size=24, eos_token_id=1, pad_token_id=0)
+    model = MoEPolicy(cfg, seed=0)
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(3, 24, (12, 30), generator=gen)
+    mask = torch.zeros_like(ids)
+    for b, (pad, n) in enumerate(zip(torch.randint(0, 6, (12,), generator=gen).tolist(),
+                                     torch.randint(3, 24, (12,), generator=gen).tolist(), strict=True)):
+        mask[b, pad:pad + n] = 1  # left padding, then a response of its own length, then right padding
+    mask[5] = 0  # a row without tokens
+
+    def run(buckets: int):
+        monkeypatch.setattr(Layout.__init__, "__defaults__", (buckets,))
+        assert len(Layout(mask).buckets) == min(buckets, 11)
+        model.zero_grad(set_to_none=True)
+        out = token_logprobs(model, ids, mask, precision=precision)
+        (out.logp * 0.01).sum().backward()
+        return out, {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    (one, one_grads), (four, four_grads) = run(1), run(4)
+    tol = {"fp32": 1e-5, "bf16": 2e-2}[precision]
+    torch.testing.assert_close(four.logp, one.logp, rtol=tol, atol=tol)
+    assert torch.equal(four.routing, one.routing)
+    for n in one_grads:
+        scale = float(one_grads[n].abs().max())  # small entries are sums that cancel: tolerance on the scale
+        torch.testing.assert_close(four_grads[n], one_grads[n], rtol=tol, atol=tol * scale)
