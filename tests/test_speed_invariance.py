@@ -168,3 +168,19 @@ def test_attention_buckets_agree_with_one_padded_block_forward_and_gradients(mon
     for n in one_grads:
         scale = float(one_grads[n].abs().max())  # small entries are sums that cancel: tolerance on the scale
         torch.testing.assert_close(four_grads[n], one_grads[n], rtol=tol, atol=tol * scale)
+
+
+@pytest.mark.parametrize("precision", ["fp32", "fp8"])
+def test_generate_under_inference_mode_is_generate_under_no_grad_bitwise(precision):
+    from rl_core.rollout import EmbeddedRolloutEngine
+
+    cfg = hf_config(ModelConfig(init_std=0.1), vocab_size=24, eos_token_id=1, pad_token_id=0)
+    engine = EmbeddedRolloutEngine.from_model(MoEPolicy(cfg, seed=0), precision)
+    prompts = [[3, 4, 5], [6, 7], [8, 9, 10, 11]] * 4
+    fast = engine.generate(prompts, 12, 1.0, torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        plain = engine._generate(prompts, 12, 1.0, torch.Generator().manual_seed(0))
+    for name in ("input_ids", "attention_mask", "response_mask", "logp_behavior", "routing"):
+        assert torch.equal(getattr(fast, name), getattr(plain, name)), name
+        assert not getattr(fast, name).is_inference()  # usable in autograd, writable in place
+    assert fast.finish_reason == plain.finish_reason
