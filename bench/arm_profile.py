@@ -5,11 +5,12 @@
 
 Each arm of experiments/paper.yaml (preset mini) is run in this process for a few global steps through
 rl_core.train.Arm, each phase timed on its own; the figures are projected onto the whole arm (train.steps /
-N global steps, its evals every eval.every steps plus step 0, a checkpoint every checkpoint_every steps).
-Process start and imports are measured in fresh interpreters (best of 3). `--ops` adds torch.profiler's
-top operators of one rollout and one update. Needs a cold start of the mini model (`--init`; the workflow's
-results/paper/models/chain). Seconds are wall seconds at `--threads` (use 1 on a shared machine: compare
-shares, not seconds, across runs).
+N global steps, its evals every eval.every steps plus step 0, a checkpoint every checkpoint_every steps),
+after one warm-up global step, whose extra cost is listed on its own. Process start and imports are wall
+seconds of fresh interpreters (best of 3); the rest is CPU seconds of this process (time.process_time).
+`--ops` adds torch.profiler's top operators of one rollout, one update and one eval. Needs a cold start
+of the mini model (`--init`; the workflow's results/paper/models/chain). Use `--threads 1` on a shared
+machine and compare shares and ratios measured in one session, not seconds across days.
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ def process_costs() -> dict:
     return {"python_start_s": start, "import_train_s": train, "optimizer_first_s": opt - train}
 
 
+def clock() -> float:
+    """CPU seconds of this process: with one thread, the work done, whatever else runs on the machine."""
+    return time.process_time()
+
+
 def top_ops(fn, n: int = 12) -> str:
     from torch.profiler import ProfilerActivity, profile
 
@@ -63,35 +69,43 @@ def profile_arm(run, init: str, global_steps: int, ops: bool) -> dict:
     cfg = C.from_dict({**C.to_dict(run.config), "init": init})
     t, N = cfg.train, cfg.train.n_minibatches
     with tempfile.TemporaryDirectory() as tmp:
-        t0 = time.perf_counter()
+        t0 = clock()
         arm = Arm(cfg, RunFiles(Path(tmp)))
-        setup_s = time.perf_counter() - t0
-        phases = {"rollout": 0.0, "pi_old": 0.0, "update": 0.0, "sync": 0.0}
-        tokens, lens = 0, []
-        for _ in range(global_steps):
-            t0 = time.perf_counter()
+        setup_s = clock() - t0
+
+        def global_step() -> tuple[dict, int, list[float]]:
+            t0 = clock()
             sampled, gm = arm.sample()
-            t1 = time.perf_counter()
+            t1 = clock()
             batch = score(cfg, arm.policy, sampled)
-            t2 = time.perf_counter()
+            t2 = clock()
+            lens = []
             for j in range(N):
                 sel = torch.arange(j * arm.mb, (j + 1) * arm.mb)
                 m, _ = update(cfg, arm.policy, arm.opt, batch, sel, arm.objective, arm.params)
                 lens.append(m["response/length_mean"])
-            t3 = time.perf_counter()
+            t3 = clock()
             arm.engine.sync_weights(arm.policy.state_dict())
-            t4 = time.perf_counter()
+            t4 = clock()
             arm.global_step += 1
             arm.step += N
-            for k, a, b in (("rollout", t0, t1), ("pi_old", t1, t2), ("update", t2, t3), ("sync", t3, t4)):
-                phases[k] += b - a
-            tokens += gm["response/tokens"]
-        t0 = time.perf_counter()
+            return ({"rollout": t1 - t0, "pi_old": t2 - t1, "update": t3 - t2, "sync": t4 - t3},
+                    gm["response/tokens"], lens)
+
+        first, _, _ = global_step()  # its extra over a later one: torch._dynamo's import, oneDNN's kernels
+        phases = {k: 0.0 for k in first}
+        tokens, lens = 0, []
+        for _ in range(global_steps):
+            times, n_tokens, step_lens = global_step()
+            phases = {k: phases[k] + times[k] for k in phases}
+            tokens, lens = tokens + n_tokens, lens + step_lens
+        run_eval(cfg, arm.policy, arm.task, arm.step)  # warm-up
+        t0 = clock()
         run_eval(cfg, arm.policy, arm.task, arm.step)
-        eval_s = time.perf_counter() - t0
-        t0 = time.perf_counter()
+        eval_s = clock() - t0
+        t0 = clock()
         arm.checkpoint()
-        ckpt_s = time.perf_counter() - t0
+        ckpt_s = clock() - t0
         op_tables = {}
         if ops:
             op_tables["rollout"] = top_ops(arm.sample)
@@ -106,7 +120,8 @@ def profile_arm(run, init: str, global_steps: int, ops: bool) -> dict:
     n_ckpts = sum(_due(s, cfg.checkpoint_every, N, t.steps) for s in range(N, t.steps + 1, N))
     per = {k: v / global_steps for k, v in phases.items()}
     whole = {k: v * n_global for k, v in per.items()}
-    whole.update(setup=setup_s, evals=eval_s * n_evals, checkpoints=ckpt_s * n_ckpts)
+    whole.update(setup=setup_s, first_step_extra=max(sum(first.values()) - sum(per.values()), 0.0),
+                 evals=eval_s * n_evals, checkpoints=ckpt_s * n_ckpts)
     return {"arm": f"{run.figure}/{run.arm}", "N": N, "global_steps_measured": global_steps,
             "response_length_mean": sum(lens) / len(lens), "tokens_per_global_step": tokens / global_steps,
             "per_global_step_s": per, "eval_s_each": eval_s, "n_evals": n_evals, "checkpoint_s_each": ckpt_s,
@@ -114,11 +129,11 @@ def profile_arm(run, init: str, global_steps: int, ops: bool) -> dict:
 
 
 def report(res: dict, proc: dict) -> None:
-    fixed = {"python start": proc["python_start_s"], "import rl_core.train": proc["import_train_s"],
-             "first optimizer (torch._dynamo)": proc["optimizer_first_s"]}
     w = res["projected_s"]
-    parts = {**fixed, "setup (task, load, engine; minus optimizer import)":
-             max(w["setup"] - proc["optimizer_first_s"], 0.0),
+    parts = {"python start": proc["python_start_s"], "import rl_core.train": proc["import_train_s"],
+             "setup (task, policy, rollout engine, optimizer)": w["setup"],
+             f"first step's extra (of which torch._dynamo's import {proc['optimizer_first_s']:.2f} s)":
+             w["first_step_extra"],
              "rollout decode": w["rollout"], "pi_old scoring": w["pi_old"], "updates": w["update"],
              "weight sync": w["sync"], f"evals ({res['n_evals']} x {res['eval_s_each']:.2f} s)": w["evals"],
              f"checkpoints ({res['n_checkpoints']})": w["checkpoints"]}
@@ -127,7 +142,7 @@ def report(res: dict, proc: dict) -> None:
           f"{res['tokens_per_global_step']:.0f} response tokens each, mean length "
           f"{res['response_length_mean']:.1f}), projected onto the whole arm: {total:.1f} s")
     for k, v in parts.items():
-        print(f"  {k:<52} {v:7.2f} s  {100 * v / total:5.1f}%")
+        print(f"  {k:<62} {v:7.2f} s  {100 * v / total:5.1f}%")
     for name, tab in res["ops"].items():
         print(f"\n-- top ops, one {name} --\n{tab}")
 
