@@ -6,8 +6,9 @@
 Each arm of experiments/paper.yaml (preset mini) is run in this process for a few global steps through
 rl_core.train.Arm, each phase timed on its own; the figures are projected onto the whole arm (train.steps /
 N global steps, its evals every eval.every steps plus step 0, a checkpoint every checkpoint_every steps),
-after one warm-up global step, whose extra cost is listed on its own. Process start and imports are wall
-seconds of fresh interpreters (best of 3); the rest is CPU seconds of this process (time.process_time).
+after one warm-up global step. The fixed part of an arm process is listed once, the same for every arm:
+process start, imports and torch._dynamo's import (wall seconds of fresh interpreters, best of 3) and the
+setup of the first arm profiled (cold); the rest is CPU seconds of this process (time.process_time).
 `--ops` adds torch.profiler's top operators of one rollout, one update and one eval. Needs a cold start
 of the mini model (`--init`; the workflow's results/paper/models/chain). Use `--threads 1` on a shared
 machine and compare shares and ratios measured in one session, not seconds across days.
@@ -92,7 +93,7 @@ def profile_arm(run, init: str, global_steps: int, ops: bool) -> dict:
             return ({"rollout": t1 - t0, "pi_old": t2 - t1, "update": t3 - t2, "sync": t4 - t3},
                     gm["response/tokens"], lens)
 
-        first, _, _ = global_step()  # its extra over a later one: torch._dynamo's import, oneDNN's kernels
+        first, _, _ = global_step()  # warm-up: torch._dynamo's import (process_costs), oneDNN's kernels
         phases = {k: 0.0 for k in first}
         tokens, lens = 0, []
         for _ in range(global_steps):
@@ -120,34 +121,37 @@ def profile_arm(run, init: str, global_steps: int, ops: bool) -> dict:
     n_ckpts = sum(_due(s, cfg.checkpoint_every, N, t.steps) for s in range(N, t.steps + 1, N))
     per = {k: v / global_steps for k, v in phases.items()}
     whole = {k: v * n_global for k, v in per.items()}
-    whole.update(setup=setup_s, first_step_extra=max(sum(first.values()) - sum(per.values()), 0.0),
-                 evals=eval_s * n_evals, checkpoints=ckpt_s * n_ckpts)
+    whole.update(setup=setup_s, evals=eval_s * n_evals, checkpoints=ckpt_s * n_ckpts)
     return {"arm": f"{run.figure}/{run.arm}", "N": N, "global_steps_measured": global_steps,
             "response_length_mean": sum(lens) / len(lens), "tokens_per_global_step": tokens / global_steps,
             "per_global_step_s": per, "eval_s_each": eval_s, "n_evals": n_evals, "checkpoint_s_each": ckpt_s,
             "n_checkpoints": n_ckpts, "projected_s": whole, "ops": op_tables}
 
 
-def report(res: dict, proc: dict) -> None:
+def report(res: dict, proc: dict) -> str:
     w = res["projected_s"]
     parts = {"python start": proc["python_start_s"], "import rl_core.train": proc["import_train_s"],
-             "setup (task, policy, rollout engine, optimizer)": w["setup"],
-             f"first step's extra (of which torch._dynamo's import {proc['optimizer_first_s']:.2f} s)":
-             w["first_step_extra"],
+             "setup (task, policy, rollout engine, optimizer)": proc["setup_s"],
+             "torch._dynamo's import (torch.optim's first step)": proc["optimizer_first_s"],
              "rollout decode": w["rollout"], "pi_old scoring": w["pi_old"], "updates": w["update"],
              "weight sync": w["sync"], f"evals ({res['n_evals']} x {res['eval_s_each']:.2f} s)": w["evals"],
              f"checkpoints ({res['n_checkpoints']})": w["checkpoints"]}
     total = sum(parts.values())
-    print(f"\n== {res['arm']} (N={res['N']}; {res['global_steps_measured']} global steps measured, "
-          f"{res['tokens_per_global_step']:.0f} response tokens each, mean length "
-          f"{res['response_length_mean']:.1f}), projected onto the whole arm: {total:.1f} s")
-    for k, v in parts.items():
-        print(f"  {k:<62} {v:7.2f} s  {100 * v / total:5.1f}%")
-    for name, tab in res["ops"].items():
-        print(f"\n-- top ops, one {name} --\n{tab}")
+    lines = [f"== {res['arm']} (N={res['N']}; {res['global_steps_measured']} global steps measured, "
+             f"{res['tokens_per_global_step']:.0f} response tokens each, mean length "
+             f"{res['response_length_mean']:.1f}), projected onto the whole arm: {total:.1f} s"]
+    lines += [f"  {k:<62} {v:7.2f} s  {100 * v / total:5.1f}%" for k, v in parts.items()]
+    lines += [f"\n-- top ops, one {name} --\n{tab}" for name, tab in res["ops"].items()]
+    return "\n".join(lines)
 
 
 def main() -> int:
+    """The command line above, or (run by rl_core.bench) one SPEC_JSON argument: init, threads,
+    global_steps; then the figures are printed as one BENCH_JSON line."""
+    if len(sys.argv) == 2 and sys.argv[1].startswith("{"):
+        s = json.loads(sys.argv[1])
+        sys.argv[1:] = ["--init", s["init"], "--threads", str(s["threads"]), "--global-steps",
+                        str(s["global_steps"]), "--emit"]
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--init", default=str(ROOT / "results" / "paper" / "models" / "chain"))
     ap.add_argument("--arms", default=ARMS, help="comma-separated figure/arm of experiments/paper.yaml")
@@ -155,9 +159,10 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--ops", action="store_true", help="torch.profiler's top operators too")
     ap.add_argument("--json", type=Path, help="also write the figures here")
+    ap.add_argument("--emit", action="store_true", help="print the figures as one BENCH_JSON line")
     args = ap.parse_args()
     sys.path.insert(0, str(ROOT / "bench"))
-    from common import pin_threads
+    from common import emit, pin_threads
 
     pin_threads(args.threads)
     proc = process_costs()
@@ -167,10 +172,14 @@ def main() -> int:
     out = []
     for name in args.arms.split(","):
         res = profile_arm(runs[name], args.init, args.global_steps, args.ops)
-        report(res, proc)
+        proc.setdefault("setup_s", res["projected_s"]["setup"])  # cold: the first arm of this process
+        res["text"] = report(res, proc)
+        print(res["text"] + "\n", flush=True)
         out.append(res)
     if args.json:
         args.json.write_text(json.dumps({"process": proc, "arms": out}, indent=2))
+    if args.emit:
+        emit({"process": proc, "arms": out})
     return 0
 
 

@@ -1,6 +1,6 @@
 """`make bench`: the platform's performance figures, measured side by side in one run on this machine.
 
-    python -m rl_core.bench [--threads 1] [--out results/bench] [--only rl_step,rollout,mfu,arm]
+    python -m rl_core.bench [--threads 1] [--out results/bench] [--only rl_step,rollout,...,profile]
 
 Every measurement runs in its own child process (a helper under bench/, see each file's docstring) with
 the same fixed torch thread count; peers run in their own virtual environments (TRL in .venv-peers, vLLM
@@ -20,6 +20,9 @@ for a core while other jobs run is left out on both sides; bench.json keeps the 
 5. scaling: RL step time against width, batch and response length, each rollout format, the cold start's
    steps (rl_core.bench_scaling); rl_core.cost fits the grid cost model to them (bench.json `cost_model`,
    used by `python -m rl_core.grid GRID --estimate`).
+6. profile: where the wall time of two paper arms goes (fig1 MiniRL at N=1, fig4 MiniRL + R2 at N=8; fp8
+   rollout, bf16 trainer): process start, imports, setup, rollout, pi_old, updates, evals, checkpoints
+   (bench/arm_profile.py, a few global steps projected onto the whole mini arm).
 
 All of it starts from a small cold start built here (ModelConfig defaults: the `mini` model), cached under
 OUT/coldstart. Writes OUT/bench.json (every raw figure plus the table) and prints the table.
@@ -189,6 +192,11 @@ def bench_mfu(ckpt: Path, threads: int) -> dict:
                       threads)
 
 
+def bench_profile(ckpt: Path, threads: int) -> dict:
+    return run_helper(Path(sys.executable), "arm_profile.py",
+                      {"init": str(ckpt), "threads": threads, "global_steps": 2}, threads, timeout=1200)
+
+
 def mini_steps() -> int:
     """train.steps of the `mini` preset: the length of a real arm, to project the overhead onto."""
     return C.resolve(_mini()).train.steps
@@ -330,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m rl_core.bench", description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=1, help="torch threads of every measured process")
     ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
-    ap.add_argument("--only", default="rl_step,rollout,mfu,arm,scaling", help="comma-separated subset")
+    ap.add_argument("--only", default="rl_step,rollout,mfu,arm,scaling,profile",
+                    help="comma-separated subset")
     ap.add_argument("--peers-python", type=Path, default=ROOT / ".venv-peers" / "bin" / "python")
     ap.add_argument("--vllm-python", type=Path, default=ROOT / ".venv-vllm" / "bin" / "python")
     args = ap.parse_args(argv)
@@ -346,7 +355,8 @@ def main(argv: list[str] | None = None) -> int:
              "rollout": lambda: bench_rollout(ckpt, args.threads, args.vllm_python),
              "mfu": lambda: bench_mfu(ckpt, args.threads),
              "arm": lambda: bench_arm(ckpt, args.threads, args.out / "arm"),
-             "scaling": lambda: bench_scaling(ckpt, args.threads, TASK)}
+             "scaling": lambda: bench_scaling(ckpt, args.threads, TASK),
+             "profile": lambda: bench_profile(ckpt, args.threads)}
     for name, fn in steps.items():
         if name in only:
             t = time.perf_counter()
@@ -365,6 +375,10 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(res["table"]))
     if "cost_model" in res:
         print(format_scaling(sc, res["cost_model"]))
+    prof = res.get("profile")
+    if prof:
+        print("\nWhere a mini arm's time goes (bench/arm_profile.py; fp8 rollout, bf16 trainer):")
+        print(prof.get("error") or "\n".join(a["text"] for a in prof["arms"]))
     print(f"[bench] {args.threads} thread(s), load average {res['loadavg_start'][0]:.1f} -> "
           f"{res['loadavg_end'][0]:.1f}; {res['wall_s']:.0f}s; wrote {args.out / 'bench.json'}")
     return 0
