@@ -16,7 +16,7 @@ specific layer wins). Options beside it:
              tracking_uri=URI  MLflow tracking server (default: sqlite:///<abs DIR>/mlflow.db)
              'seeds=[0,1,2]'   run every arm once per seed
 
-Layout under DIR/{grid}/: models/{base,direct,chain,scratchpad}/ (HF checkpoints), models/eval_*.json,
+Layout under DIR/{grid}/: models/{base,terse,chain,scratchpad}/ (HF checkpoints), models/eval_*.json,
 runs/{figure}/{arm}/seed{seed}/ (the trainer's files), logs/, grid.yaml, mlflow_parent.json, report/;
 and DIR/index.html over all grids. Files are the contract between rules; MLflow mirrors them.
 Nothing here imports torch (STYLE habit 9): every job runs `python -m ...` in its own process.

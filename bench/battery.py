@@ -301,7 +301,7 @@ def make_cold(root: Path) -> Path:
     cfg = C.resolve(TINY)
     with contextlib.redirect_stdout(io.StringIO()):
         coldstart.pretrain(cfg, root / "base")
-        coldstart.sft(cfg, "direct", root / "base", root / "sft")
+        coldstart.sft(cfg, "terse", root / "base", root / "sft")
     return root / "sft"
 
 

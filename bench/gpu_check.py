@@ -69,7 +69,7 @@ def cold_start(root: Path) -> Path:
     torch.set_num_threads(min(4, os.cpu_count() or 1))
     cfg = C.resolve(TINY)
     coldstart.pretrain(cfg, root / "base")
-    coldstart.sft(cfg, "direct", root / "base", root / "sft")
+    coldstart.sft(cfg, "terse", root / "base", root / "sft")
     return root / "sft"
 
 

@@ -6,7 +6,8 @@
 
 * **Base** (``pretrain``): next-token prediction on documents of the task's language that are not
   solutions (:func:`pretrain_document`): arithmetic facts ("85*3=255", the steps a chain takes; "8*3+1=25",
-  the columns a scratchpad writes) of fresh random problems, shuffled, sometimes after an unrelated prompt,
+  the columns a scratchpad writes; in the orders the teachers vary) of fresh random problems, shuffled,
+  sometimes after an unrelated prompt,
   and one-step questions ("Q:85*3=255"). The base knows the arithmetic and the prompt but has never seen
   a multi-step answer or the answer marker: it scores 0 on the benchmark.
 * **Cold starts** (``sft``): each teacher of :data:`rl_core.tasks.TEACHERS` solves every training prompt
@@ -47,6 +48,7 @@ from rl_core.tasks import (
     make_task,
     parse_expression,
     sample_problem,
+    step_fact,
 )
 
 DOC_CHARS = 40  # a pretraining document is facts appended until it is at least this long
@@ -58,14 +60,15 @@ MIN_LR_FRAC = 0.1
 # ---------------------------------------------------------------------------------------------- data
 
 
-def problem_facts(prompt: str) -> tuple[list[str], list[str]]:
-    """The facts a solution of `prompt` would use: its steps ("85*3=255") and their columns ("8*3+1=25")."""
+def problem_facts(prompt: str, rng: random.Random | None = None) -> tuple[list[str], list[str]]:
+    """The facts a solution of `prompt` would use: its steps ("85*3=255") and their columns ("8*3+1=25"),
+    with `rng` in the varied orders the teachers write them ("3*85=255", "1+3+4=8")."""
     operands, ops = parse_expression(prompt)
     value, steps, columns = operands[0], [], []
     for op, b in zip(ops, operands[1:], strict=True):
         new = apply_op(value, op, b)
-        steps.append(f"{value}{op}{b}={new}")
-        columns.extend(COLUMNS[op](value, b))
+        steps.append(step_fact(value, op, b, new, rng))
+        columns.extend(COLUMNS[op](value, b, rng))
         value = new
     return steps, columns
 
@@ -87,7 +90,7 @@ def pretrain_document(task: Task, rng: random.Random) -> str:
     head = "" if qa or rng.random() < 0.5 else random_prompt()
     pool: list[str] = []
     while len(head) + len(";".join(pool)) < DOC_CHARS:
-        steps, columns = problem_facts(random_prompt())
+        steps, columns = problem_facts(random_prompt(), rng)
         pool += [f"Q:{f}" for f in steps] if qa else steps + columns
     rng.shuffle(pool)
     facts: list[str] = []

@@ -157,7 +157,7 @@ class RolloutConfig:
                       "fp8 = e4m3 with a per-tensor scale of 1.0 (vLLM's kv_cache_dtype=fp8 without "
                       "calibrated scales).", choices=("auto", "fp8"))
     temperature: float = F(1.0, "Sampling temperature (both engines score with the same temperature).", gt=0)
-    max_new_tokens: int = F(48, "Response length limit.", ge=1)
+    max_new_tokens: int = F(80, "Response length limit.", ge=1)
     group_size: int = F(8, "G: responses sampled per prompt.", ge=2)
 
 
@@ -242,7 +242,9 @@ class PipelineConfig:
     """Base pretraining and the SFT cold starts (rl_core.coldstart; RL runs ignore it)."""
 
     pretrain_steps: int = F(900, "Next-token steps of base pretraining.", ge=0)
-    sft_steps: int = F(250, "SFT steps of each cold start on its teacher's solutions.", ge=0)
+    sft_steps: int = F(400, "SFT steps of each cold start on its teacher's solutions (400: the `chain` cold "
+                       "start then starts at the paper's score and train-inference KL; README, Starting "
+                       "regime).", ge=0)
     batch_size: int = F(64, "Sequences per pretraining/SFT step.", ge=1)
     lr: float = F(3e-3, "Peak AdamW learning rate of pretraining (warm-up 5%, cosine to 10%).", gt=0)
     sft_lr: float = F(1e-3, "Peak AdamW learning rate of SFT (2e-3 already erodes the base's arithmetic).",
@@ -255,7 +257,7 @@ class RunConfig:
     """Everything one run (one arm, one seed) needs."""
 
     cold_start: str = F("chain", "SFT cold start (teacher) the run starts from; the workflow fills `init`.",
-                        choices=("direct", "chain", "scratchpad"))
+                        choices=("terse", "chain", "scratchpad"))
     init: str = F("", "Initial policy: a Hugging Face checkpoint directory (a cold start).")
     checkpoint_every: int = F(20, "Save a resumable checkpoint every this many gradient steps.", ge=1)
     model: ModelConfig = field(default_factory=ModelConfig)

@@ -268,7 +268,7 @@ FIG1 = "minirl minirl_length_norm minirl_no_is minirl_r3 minirl_r3_length_norm m
 OFF_POLICY = ["minirl_no_clip", "minirl_r2_no_clip", "minirl_r2", "minirl_r3"]
 PAPER_ARMS = {"fig1_on_policy": FIG1, "fig1c_on_policy_fp32": FIG1, "fig2_off_policy_n2": OFF_POLICY,
               "fig3_off_policy_n4": OFF_POLICY, "fig4_off_policy_n8": OFF_POLICY[1:],
-              "fig5_cold_start": ["cold_direct", "cold_chain", "cold_scratchpad"],
+              "fig5_cold_start": ["cold_terse", "cold_chain", "cold_scratchpad"],
               "fig6_precision_dose": [f"{a}-precision={p}" for a in ("minirl", "minirl_no_is")
                                       for p in ("fp32", "bf16", "fp8_w8a16", "fp8", "mxfp4")]}
 

@@ -95,7 +95,7 @@ def test_arm_config_is_the_mini_scale_at_eight_minibatches(tmp_path):
     mini = C.yaml_load((bench.ROOT / "experiments" / "presets.yaml").read_text())["mini"]
     assert cfg.train.batch_prompts == mini["train"]["batch_prompts"] and cfg.train.n_minibatches == 8
     assert cfg.rollout.group_size == mini["rollout"]["group_size"]
-    assert cfg.train.steps == bench.ARM_STEPS and cfg.rollout.max_new_tokens == 48
+    assert cfg.train.steps == bench.ARM_STEPS and cfg.rollout.max_new_tokens == 80
     assert cfg.model == C.ModelConfig()
     assert bench.mini_steps() == mini["train"]["steps"]
 

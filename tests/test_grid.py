@@ -22,7 +22,7 @@ PAPER_ARMS = (
     | {("fig2_off_policy_n2", a) for a in OFF_POLICY}
     | {("fig3_off_policy_n4", a) for a in OFF_POLICY}
     | {("fig4_off_policy_n8", a) for a in ("minirl_r2_no_clip", "minirl_r2", "minirl_r3")}
-    | {("fig5_cold_start", a) for a in ("cold_direct", "cold_chain", "cold_scratchpad")}
+    | {("fig5_cold_start", a) for a in ("cold_terse", "cold_chain", "cold_scratchpad")}
     | {("fig1c_on_policy_fp32", a) for a in ON_POLICY}
     | {("fig6_precision_dose", f"{a}-precision={p}") for a in ("minirl", "minirl_no_is")
        for p in ("fp32", "bf16", "fp8_w8a16", "fp8", "mxfp4")}
@@ -49,7 +49,7 @@ def test_paper_expands_to_exactly_the_papers_arms_at_every_preset(preset):
     pairs = [(r.figure, r.arm) for r in grid.runs]
     assert len(pairs) == len(set(pairs)) == 36  # one seed by default
     assert set(pairs) == PAPER_ARMS
-    assert grid.cold_starts == ["direct", "chain", "scratchpad"]
+    assert grid.cold_starts == ["terse", "chain", "scratchpad"]
     assert {r.preset for r in grid.runs} == {preset}
 
 
@@ -159,8 +159,8 @@ def test_base_model_config_ignores_figures_and_arms(tmp_path):
     assert grid.base_config.model.num_experts == 6  # the grid base over the preset (smoke: 4)
     assert grid.base_config.model.num_experts_per_tok == 2  # the preset where the grid is silent
     assert grid.base_config.model.hidden_size == 32  # the smoke preset
-    sft = grid.stage_config("sft", "direct")
-    assert sft["cold_start"] == "direct" and set(sft) == {"model", "task", "pipeline", "train", "cold_start",
+    sft = grid.stage_config("sft", "terse")
+    assert sft["cold_start"] == "terse" and set(sft) == {"model", "task", "pipeline", "train", "cold_start",
                                                           "eval"}
     assert sft["eval"] == {"n_problems": sft["task"]["n_bench"]}  # only to pass the cross-check
     assert "loss" not in grid.stage_config("pretrain") and "rollout" in grid.stage_config("eval")

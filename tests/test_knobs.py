@@ -22,7 +22,7 @@ from rl_core.train import run
 TINY = {**{k: TRAIN_TINY[k] for k in ("model", "task", "pipeline")},
         "eval": {"every": 4, "k": 2, "n_problems": 12}}
 BASELINE = {
-    "rollout": {"precision": "fp8", "max_new_tokens": 10, "group_size": 4},
+    "rollout": {"precision": "fp8", "max_new_tokens": 16, "group_size": 4},
     "train": {"batch_prompts": 4, "steps": 4, "n_minibatches": 2, "lr": 1e-2, "precision": "fp32"},
     "loss": {"is_cap": 1.0, "eps_low": 0.1, "eps_high": 0.1},
 }

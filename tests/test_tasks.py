@@ -25,6 +25,7 @@ from rl_core.tasks import (
     reward,
     solve,
 )
+from rl_core.tasks.arithmetic import _columns_add, _columns_mul, _columns_sub
 
 torch.set_num_threads(1)
 
@@ -159,19 +160,39 @@ def test_teachers_without_slips_are_correct_and_in_alphabet(name):
         assert reward(text, p) == 1.0 and set(text) <= set(CHARS)
 
 
+def _true_equations(text: str) -> list[str]:
+    """Every 'x=y(=z)' of a solution's work (before '#') is true arithmetic, evaluated left to right (a terse
+    step that leaves the running value implicit, "+38=85", is checked by the examples)."""
+    eqs = [e for e in re.split("[,;>:]", text.split("#")[0]) if "=" in e and e[0] not in "+-*"]
+    for eq in eqs:
+        sides = [s for s in eq.split("=") if s]
+        values = {evaluate_left_to_right(*parse_expression(f"Q:{s}=")) for s in sides}
+        assert len(values) == 1, (text, eq)
+    return eqs
+
+
 def test_teacher_examples_and_column_arithmetic():
+    assert _columns_add(47, 38) == ["7+8=15", "4+3+1=8"]   # canonical columns (no rng: no variation)
+    assert _columns_mul(85, 3) == ["5*3=15", "8*3+1=25"]
+    assert _columns_sub(1000, 1) == ["10-1=9", "10-1-0=9", "10-1-0=9", "1-1-0=0"]
+    seen = {name: set() for name in TEACHERS}
     rng = random.Random(0)
-    assert solve(P, "direct", rng, 0.0) == "#255"
-    assert solve(P, "chain", rng, 0.0) == "47+38=85;85*3=255#255"
-    assert solve(P, "scratchpad", rng, 0.0) == "7+8=15,4+3+1=8>85;5*3=15,8*3+1=25>255#255"
-    sub = solve(Problem("Q:1000-1=", 999, 1), "scratchpad", rng, 0.0)
-    assert sub == "10-1=9,10-1-0=9,10-1-0=9,1-1-0=0>999#999"
+    for _ in range(1000):
+        for name in TEACHERS:
+            seen[name].add(solve(P, name, rng, 0.0))
+    # the phrasings each teacher writes for 47+38*3 (all of them over 200 draws)
+    assert seen["terse"] == {f"{s1};{s2}#255" for s1 in ("47+38=85", "38+47=85", "+38=85")
+                             for s2 in ("85*3=255", "3*85=255", "*3=255")}
+    assert seen["chain"] == {f"{s1}{c1}{sep}{s2}{c2}#255"
+                             for s1 in ("47+38=85", "47+38=38+47=85") for c1 in ("", ":85-38=47", ":85=47+38")
+                             for sep in ";," for s2 in ("85*3=255", "85*3=3*85=255")
+                             for c2 in ("", ":255=3*85", ":255=85*3")}
+    assert len(seen["scratchpad"]) > 8 and "8+7=15,1+3+4=8>85;3*5=15,3*8+1=25>255#255" in seen["scratchpad"]
     task = make_task(SMALL)
-    for p in task.train_problems:  # every column equation of the scratchpad is true arithmetic
-        for eq in re.split("[,;>]", solve(p, "scratchpad", rng, 0.0).split("#")[0]):
-            if "=" in eq:
-                lhs, rhs = eq.split("=")
-                assert eval(lhs) == int(rhs), (p, eq)  # noqa: S307 (digits and + - * only)
+    for p in task.train_problems:  # every equation a teacher writes is true arithmetic
+        for name in TEACHERS:
+            _true_equations(solve(p, name, rng, 0.0))
+    assert _true_equations(solve(Problem("Q:1000-1=", 999, 1), "scratchpad", rng, 0.0))
 
 
 def test_teacher_quality_and_length_are_ordered():
@@ -182,8 +203,8 @@ def test_teacher_quality_and_length_are_ordered():
         texts = [teacher(p, rng) for p in task.train_problems]
         stats[name] = (sum(reward(t, p) for t, p in zip(texts, task.train_problems, strict=True)),
                        sum(map(len, texts)))
-    assert stats["direct"][0] < stats["chain"][0] < stats["scratchpad"][0]
-    assert stats["direct"][1] < stats["chain"][1] < stats["scratchpad"][1]
+    assert stats["terse"][0] < stats["chain"][0] < stats["scratchpad"][0]
+    assert 1.5 * stats["terse"][1] < min(stats["chain"][1], stats["scratchpad"][1])  # terse is the shortest
 
 
 # ------------------------------------------------------------------------------------- benchmark
@@ -211,7 +232,7 @@ def test_benchmark_is_deterministic_for_a_fixed_generator():
 
 
 class _OracleEngine:
-    """Answers every prompt with the direct teacher's text: the benchmark must score it 1.0."""
+    """Answers every prompt with the bare answer: the benchmark must score it 1.0."""
 
     def __init__(self, task, answers):
         self.task, self.answers = task, answers

@@ -197,7 +197,7 @@ def test_on_policy_arm_runs_end_to_end_through_vllm(tmp_path):
     })
     backends.check_capabilities(cfg)
     coldstart.pretrain(cfg, tmp_path / "base")
-    coldstart.sft(cfg, "direct", tmp_path / "base", tmp_path / "sft")
+    coldstart.sft(cfg, "terse", tmp_path / "base", tmp_path / "sft")
     summary = run(C.resolve(C.to_dict(cfg), {"init": str(tmp_path / "sft")}), tmp_path / "run")
     assert summary["status"] == "completed" and summary["steps_done"] == 2
     rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]

@@ -8,7 +8,7 @@ from rl_core import coldstart
 from rl_core import config as C
 
 
-def build_cold_start(root: Path, tiny: dict, teacher: str = "direct") -> Path:
+def build_cold_start(root: Path, tiny: dict, teacher: str = "terse") -> Path:
     """Pretrain and SFT (`teacher`) under the config `tiny` into root/base and root/sft; returns root/sft."""
     torch.set_num_threads(1)
     cfg = C.resolve(tiny)

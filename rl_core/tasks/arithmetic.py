@@ -10,10 +10,12 @@ through the levels, so any prefix of the benchmark is balanced.
 
 Format (one character = one token)::
 
-    prompt    Q:47+38*3=
-    direct    #255<eos>
-    chain     47+38=85;85*3=255#255<eos>
-    scratch   7+8=15,4+3+1=8>85;5*3=15,8*3+1=25>255#255<eos>
+    prompt      Q:47+38*3=
+    terse       47+38=85;*3=255#255<eos>                   (or 38+47=85, +38=85, 3*85=255, ...)
+    chain       47+38=38+47=85:85-38=47,85*3=255#255<eos>  (restated, checked, separators varied)
+    scratchpad  8+7=15,4+3+1=8>85;5*3=15,3*8+1=25>255#255<eos>   (digit and carry orders varied)
+
+Each teacher draws its phrasing per step, as a model sampled at temperature 1 would (:data:`STYLES`).
 
 The verifier looks only at what follows the answer marker ``#``: reward 1.0 iff the response holds exactly
 one ``#`` and the rest of the response is exactly the canonical decimal answer (optional ``-``, no leading
@@ -155,44 +157,85 @@ def _digits(n: int) -> list[int]:
     return [int(c) for c in reversed(str(n))]
 
 
-def _columns_add(a: int, b: int) -> list[str]:
-    """Columns of a + b with carries: 47+38 -> ["7+8=15", "4+3+1=8"]."""
+def _flip(rng: random.Random | None) -> bool:
+    """A fair coin of the teacher's phrasing; without `rng` the canonical phrasing (never flips)."""
+    return rng is not None and rng.random() < 0.5
+
+
+def _columns_add(a: int, b: int, rng: random.Random | None = None) -> list[str]:
+    """Columns of a + b with carries: 47+38 -> ["7+8=15", "4+3+1=8"]. With `rng` each column's digits
+    may come in either order and its carry first or last ("8+7=15", "1+3+4=8")."""
     da, db, cols, carry = _digits(a), _digits(b), [], 0
     for i in range(max(len(da), len(db))):
-        terms = [d[i] for d in (da, db) if i < len(d)] + ([carry] if carry else [])
-        if len(terms) < 2:
+        digits = [d[i] for d in (da, db) if i < len(d)]
+        if len(digits) + bool(carry) < 2:
             break  # nothing left to add: the remaining digits are copied
+        if _flip(rng):
+            digits.reverse()
+        terms = ([carry] + digits if _flip(rng) else digits + [carry]) if carry else digits
         s = sum(terms)
         cols.append("+".join(map(str, terms)) + f"={s}")
         carry = s // 10
     return cols
 
 
-def _columns_sub(a: int, b: int) -> list[str]:
-    """Columns of a - b (a >= b) with borrows: 85-38 -> ["15-8=7", "8-1-3=4"]."""
+def _columns_sub(a: int, b: int, rng: random.Random | None = None) -> list[str]:
+    """Columns of a - b (a >= b) with borrows: 85-38 -> ["15-8=7", "8-1-3=4"]. With `rng` a borrow may
+    also be taken last ("8-3-1=4": left to right, the same value)."""
     da, db, cols, borrow = _digits(a), _digits(b), [], 0
     for i in range(len(da)):
         if i >= len(db) and not borrow:
             break  # the remaining digits of a are copied
         low = db[i] if i < len(db) else 0
         top = da[i] + 10 if da[i] - borrow < low else da[i]
-        left = f"{top}-{borrow}" if borrow else str(top)
-        cols.append(f"{left}-{low}={top - borrow - low}")
+        left = (f"{top}-{low}-{borrow}" if _flip(rng) else f"{top}-{borrow}-{low}") if borrow \
+            else f"{top}-{low}"
+        cols.append(f"{left}={top - borrow - low}")
         borrow = int(top >= 10)
     return cols
 
 
-def _columns_mul(a: int, b: int) -> list[str]:
-    """Columns of a * b (b one digit) with carries: 85*3 -> ["5*3=15", "8*3+1=25"]."""
+def _columns_mul(a: int, b: int, rng: random.Random | None = None) -> list[str]:
+    """Columns of a * b (b one digit) with carries: 85*3 -> ["5*3=15", "8*3+1=25"]. With `rng` a product
+    may be written either way round ("3*8+1=25")."""
     cols, carry = [], 0
     for d in _digits(a):
         s = d * b + carry
-        cols.append(f"{d}*{b}" + (f"+{carry}" if carry else "") + f"={s}")
+        cols.append((f"{b}*{d}" if _flip(rng) else f"{d}*{b}") + (f"+{carry}" if carry else "") + f"={s}")
         carry = s // 10
     return cols
 
 
 COLUMNS = {"+": _columns_add, "-": _columns_sub, "*": _columns_mul}
+_INVERSE = {"+": "-", "-": "+"}
+
+
+def step_fact(a: int, op: str, b: int, r: int, rng: random.Random | None = None) -> str:
+    """"a op b=r", with `rng` the operands of a commutative op in either order."""
+    return f"{b}{op}{a}={r}" if op in "+*" and _flip(rng) else f"{a}{op}{b}={r}"
+
+
+def _terse(a: int, op: str, b: int, r: int, rng: random.Random) -> str:
+    """One step, tersely: "47+38=85", "38+47=85" (commutative ops) or "+38=85" (the running value left
+    implicit)."""
+    return rng.choice([step_fact(a, op, b, r, rng), f"{op}{b}={r}"])
+
+
+def _verbose(a: int, op: str, b: int, r: int, rng: random.Random) -> str:
+    """One step, verbosely: a commutative op restated both ways round ("47+38=38+47=85") half the time,
+    then one of three endings: none, a check after ':' that undoes the step ("85-38=47"; for '*' the
+    product restated, "255=3*85"), or the step restated result first (":85=47+38")."""
+    text = f"{a}{op}{b}={b}{op}{a}={r}" if op in "+*" and _flip(rng) else f"{a}{op}{b}={r}"
+    undo = f"{r}={b}*{a}" if op == "*" else f"{r}{_INVERSE[op]}{b}={apply_op(r, _INVERSE[op], b)}"
+    return text + rng.choice(["", f":{undo}", f":{r}={a}{op}{b}"])
+
+
+def _scratch(a: int, op: str, b: int, r: int, rng: random.Random) -> str:
+    """One step as columns: "7+8=15,4+3+1=8>85", digit, carry and borrow orders varied (COLUMNS)."""
+    return ",".join(COLUMNS[op](a, b, rng)) + f">{r}"
+
+
+STYLES = {"terse": _terse, "chain": _verbose, "scratchpad": _scratch}
 
 
 def _slip(value: int, rng: random.Random) -> int:
@@ -202,21 +245,22 @@ def _slip(value: int, rng: random.Random) -> int:
 
 
 def solve(problem: Problem, style: str, rng: random.Random, slip_rate: float) -> str:
-    """One teacher solution (without <eos>). Each step slips with probability `slip_rate`: its stated
-    result is wrong (a scratchpad's columns stay right) and later steps continue from it, so one slip makes
-    the final answer wrong."""
+    """One teacher solution (without <eos>): steps, then the answer after '#'. A teacher sampled at
+    temperature 1 phrases equivalent steps differently: each style draws its phrasing per step from `rng`
+    (STYLES), and the verbose chain also separates its steps with ';' or ','. Each step slips with
+    probability `slip_rate`: its stated result is wrong (a scratchpad's columns, a chain's check, stay
+    right arithmetic) and later steps continue from it, so one slip makes the final answer wrong."""
     operands, ops = parse_expression(problem.prompt)
-    value, steps = operands[0], []
-    for op, b in zip(ops, operands[1:], strict=True):
+    value, text = operands[0], ""
+    for i, (op, b) in enumerate(zip(ops, operands[1:], strict=True)):
         new = apply_op(value, op, b)
         if rng.random() < slip_rate:
             new = _slip(new, rng)
-        if style == "chain":
-            steps.append(f"{value}{op}{b}={new}")
-        elif style == "scratchpad":
-            steps.append(",".join(COLUMNS[op](value, b)) + f">{new}")
+        if i:
+            text += "," if style == "chain" and _flip(rng) else ";"
+        text += STYLES[style](value, op, b, new, rng)
         value = new
-    return ";".join(steps) + f"{MARKER}{value}"
+    return text + f"{MARKER}{value}"
 
 
 @dataclass(frozen=True)
@@ -231,13 +275,15 @@ class Teacher:
         return solve(problem, self.style, rng, self.slip_rate)
 
 
-# Quality differs on purpose (the paper's cold starts come from teachers of different strength). A slip
+# Three teachers that all reason, differing in style and quality the way distillation sources do. A slip
 # makes a step's result too large by a small amount and later steps build on it, so a teacher's accuracy
-# on a level-L problem is (1 - slip_rate) ** L: direct 85/72/61%, chain 90/81/73%, scratchpad 97/94/91%.
+# on a level-L problem is (1 - slip_rate) ** L: terse 85/72/61%, chain 90/81/73%, scratchpad 97/94/91%.
 TEACHERS = {
-    "direct": Teacher("direct", 0.15, "answer only, no work shown; slips 15% per step"),
-    "chain": Teacher("chain", 0.10, "left-to-right partial results; slips 10% per step"),
-    "scratchpad": Teacher("scratchpad", 0.03, "column-wise work with carries and borrows; slips 3% per step"),
+    "terse": Teacher("terse", 0.15, "a terse chain of partial results, three phrasings; slips 15% per step"),
+    "chain": Teacher("chain", 0.10, "a verbose chain: steps restated and checked in varied ways; slips 10% "
+                     "per step"),
+    "scratchpad": Teacher("scratchpad", 0.03, "column-wise work with carries and borrows in varied orders; "
+                          "slips 3% per step"),
 }
 
 
