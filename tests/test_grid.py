@@ -47,10 +47,31 @@ def tiny(**figure_extra):
 def test_paper_expands_to_exactly_the_papers_arms_at_every_preset(preset):
     grid = G.load_grid(PAPER, preset)
     pairs = [(r.figure, r.arm) for r in grid.runs]
-    assert len(pairs) == len(set(pairs)) == 36  # one seed by default
+    assert grid.seeds == [0, 1, 2] and len(pairs) == 3 * len(set(pairs)) == 3 * 36  # three seeds by default
     assert set(pairs) == PAPER_ARMS
     assert grid.cold_starts == ["terse", "chain", "scratchpad"]
     assert {r.preset for r in grid.runs} == {preset}
+
+
+def test_paper_horizons_are_in_the_papers_proportions():
+    """N = 1 / 2 / 4 / 8 train 1 : 2 : 10/3 : 55/12 times the preset's steps (the paper's 1,200 / 2,400 /
+    4,000 / 5,500), rounded to a multiple of N; eval.every stretches alike."""
+    for preset, s1 in (("mini", 32), ("smoke", 8)):
+        cfgs = {r.figure: r.config for r in G.load_grid(PAPER, preset).runs}
+        steps = {f: (c.train.n_minibatches, c.train.steps) for f, c in cfgs.items()}
+        want = {1: s1, 2: 2 * s1, 4: 4 * round(s1 * 10 / 3 / 4), 8: 8 * max(1, round(s1 * 55 / 12 / 8))}
+        assert all(st == want[n] and st % n == 0 for n, st in steps.values()), (preset, steps)
+    mini = {r.figure: r.config for r in G.load_grid(PAPER, "mini").runs}
+    assert [mini[f].eval.every for f in ("fig1_on_policy", "fig2_off_policy_n2", "fig3_off_policy_n4",
+                                         "fig4_off_policy_n8")] == [8, 16, 27, 37]
+
+
+def test_a_figure_horizon_stretches_steps_and_eval_cadence():
+    fig = tiny(horizon=2.5, base={"train": {"n_minibatches": 4, "steps": 8}, "eval": {"every": 3}})
+    cfg = G.grid_from_dict(fig).runs[0].config
+    assert (cfg.train.steps, cfg.eval.every) == (20, 8)            # 8 x 2.5; 3 x 2.5 = 7.5 -> 8
+    with pytest.raises(G.GridError, match="horizon"):
+        G.grid_from_dict(tiny(horizon=0))
 
 
 def test_paper_knobs_per_figure():
@@ -123,7 +144,7 @@ def test_an_lr_axis_under_the_mini_preset_keeps_three_lrs(tmp_path):
     assert [r.config.train.lr for r in runs] == [1e-4, 1e-3, 3e-3]
     assert len({r.meta["config_hash"] for r in runs}) == 3
     assert [r.over_preset for r in runs] == [("train.lr=0.0001",), ("train.lr=0.001",), ("train.lr=0.003",)]
-    assert {r.config.train.steps for r in runs} == {96}  # the rest of the preset still applies
+    assert {r.config.train.steps for r in runs} == {32}  # the rest of the preset still applies
 
 
 def test_an_arms_group_size_survives_the_preset(tmp_path):
@@ -146,7 +167,7 @@ def test_cli_shows_what_the_grid_sets_over_the_preset(tmp_path):
 def test_preset_argument_overrides_the_grid_default_and_unknown_preset_fails(tmp_path):
     path = write_grid(tmp_path, tiny())
     mini = G.load_grid(path, "mini").runs[0].config
-    assert mini.train.steps == 96 and mini.train.batch_prompts == 16  # experiments/presets.yaml: mini
+    assert mini.train.steps == 32 and mini.train.batch_prompts == 16  # experiments/presets.yaml: mini
     with pytest.raises(G.GridError, match=r"unknown preset 'huge' \(presets: \['full', 'mini', 'smoke'\]\)"):
         G.load_grid(path, "huge")
 
@@ -369,4 +390,4 @@ def test_runs_the_paper_grid_repeats_are_trained_once():
     assert shared == {("fig5_cold_start", "cold_chain"): ("fig2_off_policy_n2", "minirl_r2"),
                       (fig6, "minirl-precision=fp8"): ("fig1_on_policy", "minirl"),
                       (fig6, "minirl_no_is-precision=fp8"): ("fig1_on_policy", "minirl_no_is")}
-    assert len(grid.trained_runs) == len(grid.runs) - 3
+    assert len(grid.trained_runs) == len(grid.runs) - 3 * len(grid.seeds)
