@@ -24,17 +24,19 @@ more stable), and lower for KL (see ``METRICS[...].higher_is_better``).
 Verdicts, on per-arm IQM intervals over seeds (analysis.stability):
 
 * better: "agrees" when the better arm's interval lies on the better side of each worse arm's by more
-  than `tolerance` (the metric's default: 0.05 for scores, about 2.5 standard errors of an avg@4 score on
-  128 problems); "disagrees" when any worse arm's interval lies on the better side by more than that;
-  else "inconclusive: CIs overlap" (with one seed per arm: "inconclusive: one seed per arm (a point, no
-  interval): gap within tolerance"). The margin matters most with one seed, whose interval is a point:
-  a 0.01 gap between two single runs is evaluation noise, not a finding.
+  than `tolerance` (the metric's default: 0.05 for scores, about four standard errors of the mini
+  preset's avg@16 score on 128 problems; README); "disagrees" when any worse arm's interval lies on
+  the better side by more than that; else "inconclusive: CIs overlap" (with one seed per arm:
+  "inconclusive: one seed per arm (a point, no interval): gap within tolerance"). The margin matters
+  most with one seed, whose interval is a point: a 0.01 gap between two single runs is evaluation
+  noise, not a finding.
 * similar: "agrees" when the spread (max - min) of the arms' IQMs is within `tolerance`; "disagrees"
   when it is not and some pair of intervals is disjoint; else "inconclusive: CIs overlap".
   different: the mirror image (agrees when a pair differs by more than `tolerance` with disjoint
   intervals; disagrees when the spread is within `tolerance`).
-* collapses / stable: the fraction of the arm's runs that collapsed (analysis.stability's rule);
-  a majority decides; an even split is "inconclusive: seeds split".
+* collapses / stable: the arm's runs that collapsed (analysis.stability's rule); the seeds must agree:
+  all collapsed or none did, else "inconclusive: seeds split" (2 of 3 is not evidence that an arm
+  collapses, nor that it is stable).
 * Any arm without runs (or without a finite value of the metric): "inconclusive: missing arms/runs".
 
 With one seed an interval is the point itself, so verdicts compare points (the paper ran one seed);
@@ -176,10 +178,9 @@ def _collapse_vote(item: dict, per_run: pd.DataFrame, n_boot: int) -> tuple[str,
     numbers = f"collapse steps: {when}" if k else "no collapse"
     statuses = runs["status"].value_counts().to_dict()
     numbers += "; status " + ", ".join(f"{s}={c}" for s, c in sorted(statuses.items()))
-    if 2 * k == n:
+    if 0 < k < n:
         return observed, numbers, SPLIT
-    majority = 2 * k > n
-    agrees = majority if item["kind"] == "collapses" else not majority
+    agrees = (k == n) == (item["kind"] == "collapses")
     return observed, numbers, "agrees" if agrees else "disagrees"
 
 

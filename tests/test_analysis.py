@@ -245,7 +245,10 @@ def test_collapse_votes_and_cross_figure_arms():
     assert verdict({"kind": "stable", "arm": "bad"}, table) == "disagrees"
     assert verdict({"kind": "stable", "arm": "good"}, table) == "agrees"
     assert verdict({"kind": "collapses", "arm": "split"}, table) == "inconclusive: seeds split"
-    assert verdict({"kind": "collapses", "arm": "bad", "by_frac": 0.25}, table) == "disagrees"  # 1/3 by 50
+    early = {"kind": "collapses", "arm": "bad", "by_frac": 0.25}
+    assert verdict(early, table) == "inconclusive: seeds split"  # 1 of 3 within 50 steps
+    table.loc[table["arm"] == "bad", "collapse_step"] = [40.0, np.nan, 150.0]
+    assert verdict({"kind": "collapses", "arm": "bad"}, table) == "inconclusive: seeds split"  # 2 of 3
     other = per_run_table({"a": [0.50, 0.51, 0.49]}, figure="fig2")
     both = pd.concat([per_run_table({"a": [0.50, 0.52, 0.49]}), other], ignore_index=True)
     assert verdict({"kind": "similar", "metric": "final_score", "arms": ["a", "fig2/a"]}, both) == "agrees"
