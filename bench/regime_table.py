@@ -9,7 +9,9 @@ responses to the first ``--prompts`` training prompts (temperature 1, one fixed 
 training engine scores them at theta_old. Per response token: the entropy of the training engine's
 distribution (nats), k1 = mean(log mu_old - log pi_old) and k3 = mean(d - 1 - log d), d = pi_old / mu_old;
 per response: the training reward, the length in tokens (``<eos>`` included) and the share cut at
-rollout.max_new_tokens.
+rollout.max_new_tokens; per cold start, the workflow's benchmark (``MODELS_DIR/eval_NAME.json``: avg@k on
+the held-out problems, fp32 engine). The training reward is on prompts the teacher solved in SFT, so it
+runs above the benchmark.
 Prints a markdown table beside the paper's figures; --json writes the numbers. Nothing here is tuned to a
 target: it is how the regime was chosen (README, "Starting regime").
 """
@@ -59,12 +61,14 @@ def measure(ckpt: Path, cfg, n_prompts: int, seed: int) -> dict:
 
 
 def markdown(rows: list[dict]) -> str:
-    head = ("| cold start | reward | entropy (nats/token) | KL k3 | KL k1 | length (tokens) "
-            "| cut at limit |\n|---|---|---|---|---|---|---|\n")
-    body = [f"| {r['cold_start']} | {r['score']:.3f} | {r['entropy']:.3f} | {r['k3']:.2e} | {r['k1']:.2e} | "
-            f"{r['length']:.1f} | {r['truncated']:.1%} |" for r in rows]
-    body.append(f"| paper (MiniRL, fig. 1) | - | ~{PAPER['entropy']:.2f} | ~{PAPER['kl']:.0e} | - | - | - |")
-    return head + "\n".join(body)
+    cols = ["cold start", "benchmark", "train reward", "entropy (nats/token)", "KL k3", "KL k1",
+            "length (tokens)", "cut at limit"]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += [f"| {r['cold_start']} | {r['benchmark']:.3f} | {r['score']:.3f} | {r['entropy']:.3f} | "
+              f"{r['k3']:.2e} | {r['k1']:.2e} | {r['length']:.1f} | {r['truncated']:.1%} |" for r in rows]
+    paper = f"| paper (MiniRL, fig. 1) | 0.6-0.65 | - | ~{PAPER['entropy']:.2f} | ~{PAPER['kl']:.0e} |"
+    lines.append(paper + " - | - | - |")
+    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,6 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     if not present:
         ap.error(f"{args.models}: no cold start ({', '.join(TEACHERS)}) found")
     rows = [measure(args.models / t, grid.base_config, args.prompts, args.seed) for t in present]
+    for r in rows:  # the workflow's benchmark of each cold start (avg@k on the held-out problems), if run
+        bench = args.models / f"eval_{r['cold_start']}.json"
+        r["benchmark"] = json.loads(bench.read_text())["score"] if bench.exists() else float("nan")
     print(markdown(rows))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
