@@ -108,3 +108,22 @@ def test_helper_scripts_exist_and_share_the_marker():
     for name in ("rl_step_ours.py", "rl_step_trl.py", "rollout.py", "rollout_vllm.py", "mfu.py", "arm.py",
                  "scaling.py"):
         assert Path(bench.ROOT / "bench" / name).is_file(), name
+
+
+def test_regime_table_measures_the_gap_a_format_makes_and_not_one_without(tmp_path):
+    """bench/regime_table.py on a tiny cold start: with the same format on both sides (fp32 rollout, fp32
+    trainer) the KL is zero up to summation order; fp8 rollouts open a gap; entropy and lengths are real."""
+    from test_train import TINY
+    from tiny import build_cold_start
+
+    sys.path.insert(0, str(bench.ROOT / "bench"))
+    import regime_table
+
+    ckpt = build_cold_start(tmp_path, TINY)
+    rows = {p: regime_table.measure(ckpt, C.resolve(TINY, {"rollout": {"precision": p}, "init": str(ckpt)}),
+                                    n_prompts=8, seed=0) for p in ("fp32", "fp8")}
+    assert rows["fp32"]["k3"] < 1e-7 < 1e-5 < rows["fp8"]["k3"]  # fp32: KV-cache decoding vs one forward
+    for r in rows.values():
+        assert r["responses"] == 8 * TINY["rollout"]["group_size"] and 0 <= r["score"] <= 1
+        assert 0.01 < r["entropy"] < 3.0 and 1 <= r["length"] <= TINY["rollout"]["max_new_tokens"]
+    assert "| fp32 |" not in regime_table.markdown(list(rows.values()))  # rows are named by cold start
