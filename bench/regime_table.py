@@ -64,8 +64,9 @@ def markdown(rows: list[dict]) -> str:
     cols = ["cold start", "benchmark", "train reward", "entropy (nats/token)", "KL k3", "KL k1",
             "length (tokens)", "cut at limit"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += [f"| {r['cold_start']} | {r['benchmark']:.3f} | {r['score']:.3f} | {r['entropy']:.3f} | "
-              f"{r['k3']:.2e} | {r['k1']:.2e} | {r['length']:.1f} | {r['truncated']:.1%} |" for r in rows]
+    lines += [f"| {r['cold_start']} | {r.get('benchmark', float('nan')):.3f} | {r['score']:.3f} | "
+              f"{r['entropy']:.3f} | {r['k3']:.2e} | {r['k1']:.2e} | {r['length']:.1f} | "
+              f"{r['truncated']:.1%} |" for r in rows]
     paper = f"| paper (MiniRL, fig. 1) | 0.6-0.65 | - | ~{PAPER['entropy']:.2f} | ~{PAPER['kl']:.0e} |"
     lines.append(paper + " - | - | - |")
     return "\n".join(lines)
