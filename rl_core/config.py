@@ -183,6 +183,14 @@ class TrainConfig:
                     "cuda when torch sees a GPU, else cpu (the resolved device is recorded in summary.json "
                     "and every metric row); cuda without a GPU is refused before any work. Under torchrun "
                     "each rank takes cuda:LOCAL_RANK.", choices=("auto", "cpu", "cuda"))
+    megatron_tp: int = F(1, "train.engine=megatron only: tensor-parallel size (attention heads, query "
+                         "groups, vocabulary and each expert's FFN split over this many torchrun ranks); "
+                         "must divide model.num_key_value_heads, model.moe_intermediate_size and the "
+                         "world size.", ge=1)
+    megatron_ep: int = F(1, "train.engine=megatron only: expert-parallel size (each rank holds "
+                         "num_experts / megatron_ep experts); must divide model.num_experts and, times "
+                         "megatron_tp, the world size. The ranks left over (world / (tp x ep) x ep for "
+                         "attention) are data-parallel.", ge=1)
 
 
 @dataclass
@@ -321,6 +329,7 @@ def _cross_checks(cfg: RunConfig) -> None:
     if m.num_experts_per_tok > m.num_experts:
         raise ConfigError(f"model.num_experts_per_tok: {m.num_experts_per_tok} exceeds "
                           f"model.num_experts={m.num_experts}")
+    _megatron_checks(cfg)
     _task_checks(cfg)
     if cfg.task.max_operands < cfg.task.min_operands:
         raise ConfigError(f"task.max_operands: {cfg.task.max_operands} < task.min_operands")
@@ -343,6 +352,24 @@ def _cross_checks(cfg: RunConfig) -> None:
         raise ConfigError(f"rollout.max_new_tokens: {cfg.rollout.max_new_tokens} + the longest prompt "
                           f"({prompt_length_bound(cfg.task)} tokens at {why}) = {longest} "
                           f"exceeds model.max_position_embeddings={m.max_position_embeddings}")
+
+
+def _megatron_checks(cfg: RunConfig) -> None:
+    """Tensor / expert-parallel sizes: only the Megatron engine reads them, and they must split the model."""
+    t, m = cfg.train, cfg.model
+    for key, value in (("megatron_tp", t.megatron_tp), ("megatron_ep", t.megatron_ep)):
+        if value != 1 and t.engine != "megatron":
+            raise ConfigError(f"train.{key}: {value} applies only to train.engine=megatron (this run trains "
+                              f"with {t.engine!r}); allowed here: 1")
+    for key, value, divides in (("megatron_tp", t.megatron_tp, ("num_attention_heads", "num_key_value_heads",
+                                                                  "moe_intermediate_size")),
+                                ("megatron_ep", t.megatron_ep, ("num_experts",))):
+        for name in divides:
+            n = getattr(m, name)
+            if n % value:
+                allowed = [d for d in range(1, n + 1) if all(getattr(m, x) % d == 0 for x in divides)]
+                raise ConfigError(f"train.{key}: {value} does not divide model.{name}={n}; "
+                                  f"allowed: {allowed}")
 
 
 def _task_checks(cfg: RunConfig) -> None:

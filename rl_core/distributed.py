@@ -61,11 +61,25 @@ def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
 
 @dataclass(frozen=True)
 class Ranks:
-    """This process's place: its rank among ``world`` and its device. ``Ranks()`` is one CPU process."""
+    """This process's place: its rank among ``world`` and its device. ``Ranks()`` is one CPU process.
+
+    ``data`` / ``data_group``: its place among the data-parallel ranks, which split the mini-batch, when
+    those are not the whole world (the Megatron engine: tensor-parallel ranks share their data); None: the
+    world. Rollouts, checks and barriers always span the world."""
 
     rank: int = 0
     world: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    data: tuple[int, int] | None = None  # (data-parallel rank, data-parallel size)
+    data_group: object = None
+
+    @property
+    def dp_rank(self) -> int:
+        return self.rank if self.data is None else self.data[0]
+
+    @property
+    def dp_size(self) -> int:
+        return self.world if self.data is None else self.data[1]
 
     @property
     def main(self) -> bool:
@@ -73,20 +87,21 @@ class Ranks:
         return self.rank == 0
 
     def share(self, rows: torch.Tensor) -> torch.Tensor:
-        """This rank's contiguous share of the mini-batch ``rows`` (n,) (n a multiple of world)."""
-        if self.world == 1:
+        """This rank's contiguous share of the mini-batch ``rows`` (n,) (n a multiple of dp_size)."""
+        if self.dp_size == 1:
             return rows
-        if len(rows) % self.world:
-            raise ValueError(f"{len(rows)} rows do not split evenly over {self.world} ranks")
-        k = len(rows) // self.world
-        return rows[self.rank * k:(self.rank + 1) * k]
+        if len(rows) % self.dp_size:
+            raise ValueError(f"{len(rows)} rows do not split evenly over {self.dp_size} ranks")
+        k = len(rows) // self.dp_size
+        return rows[self.dp_rank * k:(self.dp_rank + 1) * k]
 
     def gather(self, t: torch.Tensor | None) -> torch.Tensor | None:
-        """Every rank's share (n/W, ...) -> the whole (n, ...), in rank order (the inverse of share)."""
-        if self.world == 1 or t is None:
+        """Every data-parallel rank's share (n/W, ...) -> the whole (n, ...), in rank order (the inverse
+        of share)."""
+        if self.dp_size == 1 or t is None:
             return t
-        parts = [torch.empty_like(t) for _ in range(self.world)]
-        dist.all_gather(parts, t.contiguous())
+        parts = [torch.empty_like(t) for _ in range(self.dp_size)]
+        dist.all_gather(parts, t.contiguous(), group=self.data_group)
         return torch.cat(parts)
 
     def broadcast(self, obj):
@@ -130,10 +145,20 @@ SINGLE = Ranks()
 
 
 def check_world(cfg: RunConfig, world: int) -> None:
-    """A mini-batch must split into whole prompts (all G samples of a prompt on one rank)."""
-    if cfg.train.batch_prompts % world:
-        raise ConfigError(f"train.batch_prompts: {cfg.train.batch_prompts} does not split over the "
-                          f"{world} ranks torchrun started (WORLD_SIZE={world}); use a multiple of {world}")
+    """The Megatron engine's tensor x expert-parallel size must divide the world; a mini-batch must split
+    into whole prompts (all G samples of a prompt on one rank) over the data-parallel ranks (world / TP)."""
+    t = cfg.train
+    if world % (t.megatron_tp * t.megatron_ep):
+        sizes = range(1, world + 1)
+        allowed = [(tp, ep) for tp in sizes for ep in sizes if world % (tp * ep) == 0]
+        raise ConfigError(f"train.megatron_tp x train.megatron_ep: {t.megatron_tp} x {t.megatron_ep} does "
+                          f"not divide the {world} ranks torchrun started (WORLD_SIZE={world}); allowed "
+                          f"(tp, ep): {allowed}")
+    dp = world // t.megatron_tp
+    if t.batch_prompts % dp:
+        raise ConfigError(f"train.batch_prompts: {t.batch_prompts} does not split over the {dp} "
+                          f"data-parallel ranks (WORLD_SIZE={world} / train.megatron_tp={t.megatron_tp}); "
+                          f"use a multiple of {dp}")
 
 
 def from_env(cfg: RunConfig) -> Ranks:
@@ -159,8 +184,8 @@ def shard(policy: torch.nn.Module, ranks: Ranks) -> torch.nn.Module:
 
     Gradients are SUMMED over ranks, not averaged: each rank's loss already carries the global
     normaliser. ``force_sum_reduction_for_comms`` keeps the collectives plain sums (gloo has no
-    PREMUL_SUM)."""
-    if ranks.world == 1:
+    PREMUL_SUM). An engine that reduces its own gradients (``clip_grad_norm``: Megatron's) is left be."""
+    if ranks.world == 1 or hasattr(policy, "clip_grad_norm"):
         return policy
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -221,7 +246,10 @@ def load_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
 
 
 def clip_grad_norm(policy: torch.nn.Module, max_norm: float) -> torch.Tensor:
-    """The global gradient norm (over every rank's shards), clipped to ``max_norm``; a plain tensor."""
+    """The global gradient norm (over every rank's shards), clipped to ``max_norm``; a plain tensor. An
+    engine whose gradients need their own reductions first (Megatron's) brings its own."""
+    if hasattr(policy, "clip_grad_norm"):
+        return policy.clip_grad_norm(max_norm)
     return _full(torch.nn.utils.clip_grad_norm_(policy.parameters(), max_norm))
 
 

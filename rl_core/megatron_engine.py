@@ -75,8 +75,10 @@ from __future__ import annotations
 import functools
 
 import torch
+import torch.nn.functional as F
 
 from rl_core.config import ConfigError
+from rl_core.megatron_parallel import Layout, clip_grad_norm, gathered, local_slice, reduce_grads
 from rl_core.model import PolicyOutput, config_value, from_hub_layout, load_pretrained, to_hub_layout
 
 
@@ -101,7 +103,8 @@ def gpt_model_kwargs(hf_cfg: dict) -> dict:
     """The ``GPTModel`` arguments besides config and layer spec."""
     return dict(vocab_size=hf_cfg["vocab_size"], max_sequence_length=hf_cfg["max_position_embeddings"],
                 position_embedding_type="rope", rotary_base=int(config_value(hf_cfg, "rope_theta")),
-                share_embeddings_and_output_weights=bool(hf_cfg.get("tie_word_embeddings", False)))
+                share_embeddings_and_output_weights=bool(hf_cfg.get("tie_word_embeddings", False)),
+                parallel_output=False)  # logits gathered over the vocabulary (tensor-parallel ranks)
 
 
 def build_gpt_model(hf_cfg: dict, params_dtype: torch.dtype = torch.float32):
@@ -280,16 +283,53 @@ class MegatronPolicy(torch.nn.Module):
         super().__init__()
         self.config = dict(hf_cfg)
         self.gpt = gpt
+        self.layout = Layout.current(config_value(hf_cfg, "num_experts"))
         self.routers = [layer.mlp.router for layer in gpt.decoder.layers]
         for router in self.routers:  # Megatron built one RouterReplay per router; ours replaces it
             router.router_replay = partial_router_replay()()
+        self.train(self.training)
+
+    def train(self, mode: bool = True):
+        """Under TP the MoE layers stay in eval mode: Megatron's MoELayer refuses training under TP without
+        sequence parallelism (a performance guard; its local norm spec refuses sequence parallelism without
+        Apex or Transformer Engine). Nothing in them differs between modes here (no dropout, aux loss,
+        z-loss or jitter); the duplicated tokens this costs are accounted in
+        megatron_parallel.reduce_grads."""
+        super().train(mode)
+        if self.layout.tp > 1:
+            for layer in self.gpt.decoder.layers:
+                layer.mlp.eval()
+        return self
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 replay: torch.Tensor | None = None) -> PolicyOutput:
-        from megatron.core.transformer.moe.router_replay import RouterReplayAction
-
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        T = input_ids.shape[1]
+        pad = self._common_width(input_ids) - T
+        if pad:  # pad columns on the right (masked; replay -1), cut off again below
+            input_ids, attention_mask = (F.pad(x, (0, pad)) for x in (input_ids, attention_mask))
+            replay = None if replay is None else F.pad(replay, (0, 0, 0, 0, 0, pad), value=-1)
+        out = self._forward(input_ids, attention_mask, replay)
+        return PolicyOutput(*(x[:, :T] for x in out)) if pad else out
+
+    def _common_width(self, input_ids: torch.Tensor) -> int:
+        """The widest T among the expert-parallel ranks: their data-parallel shares are scored with
+        different widths (rl_core.engine trims pad columns), but Megatron's allgather dispatcher takes
+        equal token counts from every EP rank. A collective when EP > 1."""
+        B, T = input_ids.shape
+        if self.layout.ep == 1:
+            return T
+        sizes = torch.tensor([T, B, -B])
+        torch.distributed.all_reduce(sizes, op=torch.distributed.ReduceOp.MAX, group=self.layout.ep_group)
+        if int(sizes[1]) != -int(sizes[2]):
+            raise ValueError(f"the expert-parallel ranks score different numbers of rows ({B} here)")
+        return int(sizes[0])
+
+    def _forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                 replay: torch.Tensor | None) -> PolicyOutput:
+        from megatron.core.transformer.moe.router_replay import RouterReplayAction
+
         B, T = input_ids.shape
         cols = _left_aligned(attention_mask)
         ids, real = input_ids.gather(1, cols), attention_mask.gather(1, cols).bool()
@@ -320,19 +360,56 @@ class MegatronPolicy(torch.nn.Module):
                             unalign(torch.stack(natural, 2), -1))
 
     def state_dict(self, *args, **kwargs) -> dict[str, torch.Tensor]:
-        """The weights in our layout (rl_core.model's stacked experts), detached."""
-        own = {k: v.detach() for k, v in self.gpt.state_dict().items() if torch.is_tensor(v)}
+        """The full weights in our layout (rl_core.model's stacked experts), detached; under TP / EP the
+        ranks' slices gathered (a collective: every rank calls it)."""
+        own = {k: v.detach() for k, v in self.gpt.state_dict().items()
+               if torch.is_tensor(v) and not k.endswith("_extra_state")}
+        if self.layout.parallel:
+            own = gathered(own, self.layout)
         return from_hub_layout(megatron_to_hf(self.config, own))
 
     def load_state_dict(self, state_dict: dict, strict: bool = True, assign: bool = False):
-        """Load weights given in our layout (or the hub's) into the GPTModel (strict)."""
-        converted = hf_to_megatron(self.config, state_dict)
+        """Load full weights given in our layout (or the hub's) into the GPTModel: this rank's slices."""
+        converted = local_slice(hf_to_megatron(self.config, state_dict), self.layout)
         return self.gpt.load_state_dict({**self.gpt.state_dict(), **converted}, strict=strict)
+
+    def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
+        """Gradients made the one-process step's over the ranks, then clipped by the global norm
+        (rl_core.megatron_parallel); one process: torch's clip_grad_norm_."""
+        if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
+            return torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
+        reduce_grads(self.gpt, self.layout)
+        return clip_grad_norm(self.gpt, max_norm, self.layout)
+
+    def optimizer_state(self, opt: torch.optim.Optimizer) -> dict:
+        """AdamW's moments as full tensors in our layout (gathered under TP / EP, a collective), so a
+        checkpoint resumes at any tensor / expert-parallel size: {"step", "exp_avg", "exp_avg_sq"}."""
+        if not opt.state:
+            return {"step": 0.0}
+        out = {"step": float(next(iter(opt.state.values()))["step"])}
+        for key in ("exp_avg", "exp_avg_sq"):
+            local = {n: opt.state[p][key] if p in opt.state else torch.zeros_like(p)
+                     for n, p in self.gpt.named_parameters()}
+            if self.layout.parallel:
+                local = gathered(local, self.layout)
+            out[key] = from_hub_layout(megatron_to_hf(self.config, local))
+        return out
+
+    def load_optimizer_state(self, opt: torch.optim.Optimizer, state: dict) -> None:
+        """The inverse of :meth:`optimizer_state`: this rank's slices of the moments into ``opt``."""
+        if "exp_avg" not in state:
+            return
+        moments = {k: local_slice(hf_to_megatron(self.config, state[k]), self.layout)
+                   for k in ("exp_avg", "exp_avg_sq")}
+        for n, p in self.gpt.named_parameters():
+            opt.state[p] = {"step": torch.tensor(state["step"]),
+                            **{k: m[n].clone() for k, m in moments.items()}}
 
 
 def init_megatron(seed: int, tensor_parallel: int = 1, expert_parallel: int = 1) -> None:
-    """torch.distributed (a gloo group of world size 1 when none exists: one process, with or without
-    torchrun) and Megatron's parallel state and RNG tracker, unless already set up."""
+    """torch.distributed (a gloo group of world size 1 when none exists: one process) and Megatron's
+    parallel state at these sizes (the world left over is data-parallel) and RNG tracker, unless already
+    set up. Under torchrun the caller joins the process group first (rl_core.distributed.from_env)."""
     import torch.distributed as dist
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
@@ -345,8 +422,10 @@ def init_megatron(seed: int, tensor_parallel: int = 1, expert_parallel: int = 1)
     model_parallel_cuda_manual_seed(seed)
 
 
-def load_megatron(path, seed: int = 0, device: torch.device | None = None) -> MegatronPolicy:
-    """The checkpoint at ``path`` (our HF layout) as a :class:`MegatronPolicy` (fp32 parameters).
+def load_megatron(path, seed: int = 0, device: torch.device | None = None, tensor_parallel: int = 1,
+                  expert_parallel: int = 1) -> MegatronPolicy:
+    """The checkpoint at ``path`` (our HF layout) as a :class:`MegatronPolicy` (fp32 parameters), this
+    rank's tensor- and expert-parallel slices of it (rl_core.megatron_parallel).
 
     On a CUDA GPU Megatron runs as shipped. On a CPU megatron-core 0.16.1 does not run as shipped (its
     RNG tracker, RoPE and router call CUDA); tests/megatron_cpu_shim.py, which only the tests install,
@@ -354,7 +433,7 @@ def load_megatron(path, seed: int = 0, device: torch.device | None = None) -> Me
     """
     device = torch.device("cpu") if device is None else device
     try:
-        init_megatron(seed)
+        init_megatron(seed, tensor_parallel, expert_parallel)
     except (AssertionError, RuntimeError) as e:
         if device.type == "cuda":
             raise
@@ -362,6 +441,9 @@ def load_megatron(path, seed: int = 0, device: torch.device | None = None) -> Me
                           f"runs only under the test shim tests/megatron_cpu_shim.py (make test-megatron)"
                           ) from None
     torch_policy = load_pretrained(path)
+    if torch_policy.config["vocab_size"] % tensor_parallel:
+        raise ConfigError(f"train.megatron_tp: {tensor_parallel} does not divide the checkpoint's vocabulary "
+                          f"({torch_policy.config['vocab_size']} tokens, {path}): Megatron splits it evenly")
     policy = MegatronPolicy(torch_policy.config, build_gpt_model(torch_policy.config))
     policy.load_state_dict(torch_policy.state_dict())
     return policy.to(device)

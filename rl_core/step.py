@@ -84,7 +84,7 @@ def _score_old(cfg: RunConfig, policy, ro: RolloutBatch, replay_r3: torch.Tensor
     natural = routing.clone()
     for start in range(size, M, size):
         rows = slice(start, start + size)
-        mine = ranks.share(torch.arange(start, start + size, device=dev)) if ranks.world > 1 else rows
+        mine = ranks.share(torch.arange(start, start + size, device=dev)) if ranks.dp_size > 1 else rows
         replay = replay_r3[mine] if cfg.replay.mode == "r3" else None
         out = token_logprobs(policy, ro.input_ids[mine], ro.attention_mask[mine], cfg.rollout.temperature,
                              replay=replay, precision=cfg.train.precision)
@@ -199,14 +199,14 @@ def update(cfg: RunConfig, policy, opt: torch.optim.Optimizer, batch: Batch, row
         batch.logp_old[rows] = logp_new
         batch.routing_old[rows] = routing_natural
         batch.old_pending[rows] = False
-    if ranks.world > 1:  # a share's loss is normalised by the whole mini-batch's counts
+    if ranks.dp_size > 1:  # a share's loss is normalised by the whole mini-batch's counts
         params = dataclasses.replace(params, n_tokens=float(ro.response_mask[rows].sum()))
     out = objective.loss(new.logp, batch.logp_old[mine], ro.logp_behavior[mine], batch.advantages[mine],
                          ro.response_mask[mine], params)
     opt.zero_grad(set_to_none=True)
     out.loss.backward()
     grad_norm = clip_grad_norm(policy, cfg.train.grad_clip if cfg.train.grad_clip > 0 else float("inf"))
-    if ranks.world > 1:  # the loss and statistics of the whole mini-batch, the same on every rank
+    if ranks.dp_size > 1:  # the loss and statistics of the whole mini-batch, the same on every rank
         with torch.no_grad():
             out = objective.loss(logp_new, batch.logp_old[rows], ro.logp_behavior[rows],
                                  batch.advantages[rows], ro.response_mask[rows], params)

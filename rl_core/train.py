@@ -49,28 +49,37 @@ from rl_core.step import Sampled, prompt_indices, sample, score, update
 from rl_core.tasks import EVAL_SEED, evaluate, make_task
 
 
-def _load_megatron(cfg: C.RunConfig, ranks: D.Ranks):
-    if ranks.world > 1:
-        raise C.ConfigError(f"train.engine='megatron' runs in one process here (tensor and expert parallel "
-                            f"size 1); torchrun started {ranks.world}: use one process or train.engine=torch")
-    from rl_core.megatron_engine import load_megatron  # optional extra
+def _load_megatron(cfg: C.RunConfig, ranks: D.Ranks) -> tuple:
+    """Megatron's GPTModel at train.megatron_tp x megatron_ep; the world left over is data-parallel, so the
+    mini-batch is split over Megatron's data-parallel group (tensor-parallel ranks share their rows)."""
+    from megatron.core import parallel_state  # optional extra
 
-    return load_megatron(cfg.init, cfg.train.seed, ranks.device)
+    from rl_core.megatron_engine import load_megatron
+
+    t = cfg.train
+    policy = load_megatron(cfg.init, t.seed, ranks.device, t.megatron_tp, t.megatron_ep)
+    data = (parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size())
+    group = parallel_state.get_data_parallel_group()
+    return policy, D.Ranks(ranks.rank, ranks.world, ranks.device, data, group)
 
 
-#: train.engine -> the policy it trains, loaded from cfg.init onto this rank's device. Both have MoEPolicy's
-#: interface (forward, config, state_dict in our layout), so scoring, objectives and AdamW are shared.
-TRAIN_ENGINES = {"torch": lambda cfg, ranks: load_pretrained(cfg.init).to(ranks.device),
+#: train.engine -> (the policy it trains, loaded from cfg.init onto this rank's device; the ranks it trains
+#: over). Both policies have MoEPolicy's interface (forward, config, state_dict in our layout), so scoring,
+#: objectives and AdamW are shared.
+TRAIN_ENGINES = {"torch": lambda cfg, ranks: (load_pretrained(cfg.init).to(ranks.device), ranks),
                  "megatron": _load_megatron}
 
 
-def make_rollout_engine(cfg: C.RunConfig, policy, device: torch.device | None = None):
-    """vLLM (its own devices), else the embedded engine on the training device (a GPU's fallback)."""
+def make_rollout_engine(cfg: C.RunConfig, policy, device: torch.device | None = None,
+                        weights: dict | None = None):
+    """vLLM (its own devices), else the embedded engine on the training device (a GPU's fallback), from
+    ``weights`` (default: the policy's)."""
     if cfg.rollout.engine == "vllm":
         from rl_core.vllm_engine import VLLMRolloutEngine  # optional extra
 
         return VLLMRolloutEngine(cfg.init, cfg.rollout.precision)
-    make = lambda: EmbeddedRolloutEngine.from_model(policy, cfg.rollout.precision, cfg.rollout.kv_cache)  # noqa: E731
+    weights = policy.state_dict() if weights is None else weights
+    make = lambda: EmbeddedRolloutEngine(policy.config, weights, cfg.rollout.precision, cfg.rollout.kv_cache)  # noqa: E731
     return make() if device is None or device.type == "cpu" else D.OnDevice(make, device)
 
 
@@ -134,9 +143,8 @@ def _resume(files: RunFiles, cfg_hash: str, policy, ranks: D.Ranks = D.SINGLE) -
     """The newest usable checkpoint (rl_core.rundir.load_checkpoint; rank 0 reads it, every rank gets it),
     its weights loaded into the (not yet sharded) policy; None: the run starts from scratch, saying so when
     it drops metric rows."""
-    state = None
+    state, mine = None, policy.state_dict()  # every rank: a collective for Megatron under TP / EP
     if ranks.main:
-        mine = policy.state_dict()
 
         def why_not(state: dict) -> str:
             if set(CKPT_KEYS) - set(state):
@@ -190,16 +198,20 @@ class Arm:
             self.task = make_task(cfg.task, cfg.init)
         except ValueError as e:  # a problem space too small for n_train / n_bench
             raise C.ConfigError(str(e)) from None
-        self.policy = TRAIN_ENGINES[cfg.train.engine](cfg, ranks)
+        self.policy, ranks = TRAIN_ENGINES[cfg.train.engine](cfg, ranks)
+        self.ranks = ranks
         state = _resume(files, C.config_hash(cfg), self.policy, ranks)
         # The rollout engine lives on rank 0, built from the full (resumed) weights before sharding.
-        self.engine = make_rollout_engine(cfg, self.policy, ranks.device) if ranks.main else None
+        weights = D.full_state_dict(self.policy)  # every rank joins (Megatron under TP / EP gathers)
+        self.engine = make_rollout_engine(cfg, self.policy, ranks.device, weights) if ranks.main else None
         self.policy = D.shard(self.policy, ranks)
         self.opt = torch.optim.AdamW(self.policy.parameters(), lr=t.lr, betas=(t.beta1, t.beta2),
                                      weight_decay=t.weight_decay)
         self.step, self.global_step, self.rl_wall = 0, 0, 0.0
         if state is not None:
-            if ranks.world == 1:
+            if hasattr(self.policy, "load_optimizer_state"):  # Megatron: full tensors in our layout
+                self.policy.load_optimizer_state(self.opt, state["opt"])
+            elif ranks.world == 1:
                 self.opt.load_state_dict(state["opt"])
             else:
                 D.load_optimizer_state(self.opt, state["opt"])
@@ -274,7 +286,10 @@ class Arm:
 
     def checkpoint(self) -> None:
         """Full weights and optimizer state (the single-process format at any world size; rank 0 writes)."""
-        opt = self.opt.state_dict() if self.ranks.world == 1 else D.full_optimizer_state(self.opt)
+        if hasattr(self.policy, "optimizer_state"):  # Megatron: gathered into our layout, any TP / EP
+            opt = self.policy.optimizer_state(self.opt)
+        else:
+            opt = self.opt.state_dict() if self.ranks.world == 1 else D.full_optimizer_state(self.opt)
         self.files.save_ckpt({"policy": D.full_state_dict(self.policy), "opt": opt,
                               "step": self.step, "global_step": self.global_step, "rl_wall": self.rl_wall,
                               "rows": self.files.rows(), "config_hash": C.config_hash(self.cfg)})

@@ -114,7 +114,7 @@ def test_two_ranks_on_half_the_minibatch_equal_one_process_on_the_whole(tmp_path
 
 
 def test_a_minibatch_that_does_not_split_over_the_ranks_is_refused():
-    with pytest.raises(C.ConfigError, match="train.batch_prompts: 3 does not split over the 2 ranks"):
+    with pytest.raises(C.ConfigError, match="train.batch_prompts: 3 does not split over the 2 data-paral"):
         D.check_world(C.resolve({"train": {"batch_prompts": 3}}), 2)
     D.check_world(C.resolve({"train": {"batch_prompts": 4}}), 2)
 

@@ -334,3 +334,95 @@ def test_without_the_shim_a_cpu_run_stops_with_a_clear_error(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
     assert out.startswith("ConfigError train.engine='megatron': megatron-core needs a CUDA GPU")
     assert "tests/megatron_cpu_shim.py" in out
+
+
+# ------------------------------------------------- tensor and expert parallelism (train.megatron_tp / _ep)
+
+PARALLEL = {"model": {"num_attention_heads": 4, "num_key_value_heads": 2}}  # 2 query groups: TP 2 splits them
+
+
+def _parallel_case(case: str):
+    from test_distributed import CASES, TINY
+
+    from rl_core import config as C
+
+    return C.resolve(TINY, PARALLEL, CASES[case])
+
+
+def _scores(policy, sampled) -> dict:
+    """Log-probs and entropy of the whole batch (temperature 0.7) with no replay and with R3's."""
+    from rl_core.engine import token_logprobs
+
+    ro = sampled.rollout
+    with torch.no_grad():
+        outs = {r: token_logprobs(policy, ro.input_ids, ro.attention_mask, 0.7, with_entropy=True,
+                                  replay=None if r == "none" else ro.routing) for r in ("none", "r3")}
+    return {r: (o.logp, o.entropy, o.routing) for r, o in outs.items()}
+
+
+def _parallel_results(sampled: dict, ranks) -> dict:
+    """This rank's scores of the batch and its weights and metrics after one global step (R2, N = 2)."""
+    from test_distributed import global_step
+
+    cfg = _parallel_case("minirl/r2")
+    scores = _scores(_engines(cfg)[1], sampled["minirl/r2"])
+    weights, rows = global_step(cfg, sampled["minirl/r2"], ranks, _engines(cfg)[1])
+    return {"scores": scores, "weights": weights, "rows": rows}
+
+
+def _parallel_rank(rank: int, port: int, tp: int, ep: int, sampled: dict, out: str) -> None:
+    """One of 2 gloo ranks on the CPU: Megatron at TP x EP, the data-parallel rest splitting the batch."""
+    import os
+
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+    from megatron_cpu_shim import install
+
+    from rl_core import distributed as D
+    from rl_core.megatron_engine import init_megatron
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    install()
+    init_megatron(0, tp, ep)
+    data = (ps.get_data_parallel_rank(), ps.get_data_parallel_world_size())
+    ranks = D.Ranks(rank, 2, torch.device("cpu"), data, ps.get_data_parallel_group())
+    results = _parallel_results(sampled, ranks)
+    torch.save(results, f"{out}.{rank}")
+    ps.destroy_model_parallel()
+    dist.destroy_process_group()
+
+
+@pytest.mark.parametrize("tp,ep", [(2, 1), (1, 2)], ids=["tp2", "ep2"])
+def test_two_ranks_at_tp_or_ep_2_equal_the_one_process_engine(megatron, tp, ep, tmp_path):
+    """Invariance: 2 gloo ranks at TP = 2 (heads, query groups, vocabulary and each expert's FFN split; the
+    same rows on both) or EP = 2 (2 of 4 experts each; attention data-parallel, each rank half the batch)
+    give the 1-process Megatron engine's log-probs, entropy and routing to fp32 rounding (no replay and R3),
+    and after one global step (R2, N = 2, lr 1e-2) its gathered weights and metrics, on both ranks."""
+    import torch.multiprocessing as mp
+    from test_distributed import _free_port, sampled_batch
+
+    from rl_core import distributed as D
+
+    torch.set_num_threads(1)
+    sampled = {"minirl/r2": sampled_batch(_parallel_case("minirl/r2"))}
+    out = str(tmp_path / "rank")
+    mp.spawn(_parallel_rank, args=(_free_port(), tp, ep, sampled, out), nprocs=2)
+    one = _parallel_results(sampled, D.SINGLE)
+    for rank in range(2):
+        two = torch.load(f"{out}.{rank}", weights_only=False)
+        d_lp = max(float((one["scores"][r][i] - two["scores"][r][i]).abs().max()) for r in one["scores"]
+                   for i in (0, 1))
+        assert all(torch.equal(one["scores"][r][2], two["scores"][r][2]) for r in one["scores"])
+        w1, w2 = one["weights"], two["weights"]
+        assert set(w1) == set(w2)
+        diff = torch.cat([(w1[k] - w2[k]).abs().flatten() for k in w1])
+        d_w, loose = float(diff.max()), float((diff > 5e-6).float().mean())
+        pairs = zip(one["rows"], two["rows"], strict=True)
+        d_m = max(abs(a[k] - b[k]) / max(1.0, abs(a[k])) for a, b in pairs for k in a)
+        print(f"tp={tp} ep={ep} rank {rank}: max |logp or entropy difference| {d_lp:.2e}, max |weight "
+              f"difference| {d_w:.2e} ({loose:.1e} above 5e-6), max metric difference (relative) {d_m:.2e}")
+        assert d_lp < 1e-5
+        assert d_w < 1e-4 and loose < 1e-3
+        assert d_m < 1e-4
