@@ -57,6 +57,28 @@ def test_cross_field_checks():
         C.resolve({"model": {"num_experts": 2, "num_experts_per_tok": 3}})
 
 
+def test_megatron_parallel_sizes_apply_only_to_megatron_and_must_split_the_model():
+    """train.megatron_tp / megatron_ep: another engine with a size other than 1 is refused (never silently
+    ignored); a size that does not divide the heads, query groups, expert width or experts names the
+    field and the sizes that would (the world size is checked under torchrun: test_distributed)."""
+    with pytest.raises(C.ConfigError, match=r"train.megatron_tp: 2 applies only to train.engine=megatron "
+                                            r"\(this run trains with 'torch'\); allowed here: 1"):
+        C.resolve({"train": {"megatron_tp": 2}})
+    with pytest.raises(C.ConfigError, match="train.megatron_ep: 2 applies only to train.engine=megatron"):
+        C.resolve({"train": {"megatron_ep": 2}})
+    mega = {"engine": "megatron"}
+    with pytest.raises(C.ConfigError, match=r"train.megatron_tp: 3 does not divide "
+                                            r"model.num_attention_heads=8; allowed: \[1, 2\]"):
+        C.resolve({"model": {"num_attention_heads": 8, "num_key_value_heads": 2},
+                   "train": {**mega, "megatron_tp": 3}})
+    with pytest.raises(C.ConfigError, match=r"train.megatron_ep: 3 does not divide model.num_experts=8; "
+                                            r"allowed: \[1, 2, 4, 8\]"):
+        C.resolve({"model": {"num_experts": 8}, "train": {**mega, "megatron_ep": 3}})
+    cfg = C.resolve({"model": {"num_attention_heads": 8, "num_key_value_heads": 2, "num_experts": 8},
+                     "train": {**mega, "megatron_tp": 2, "megatron_ep": 4}})
+    assert (cfg.train.megatron_tp, cfg.train.megatron_ep) == (2, 4)
+
+
 @pytest.mark.parametrize(("low", "high"), [("icepop_low", "icepop_high"), ("seq_mis_low", "seq_mis_high")])
 def test_a_correction_band_must_not_be_empty(low, high):
     with pytest.raises(C.ConfigError, match=rf"loss\.{low}: 2\.0 is not below loss\.{high}=1\.5"):

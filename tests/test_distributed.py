@@ -119,6 +119,18 @@ def test_a_minibatch_that_does_not_split_over_the_ranks_is_refused():
     D.check_world(C.resolve({"train": {"batch_prompts": 4}}), 2)
 
 
+def test_megatron_parallel_sizes_must_divide_the_world_and_leave_the_batch_splittable():
+    """TP x EP must divide WORLD_SIZE; the mini-batch splits over the data-parallel ranks, world / TP."""
+    mega = {"model": {"num_attention_heads": 4, "num_key_value_heads": 2}, "train": {"engine": "megatron"}}
+    allowed = r"allowed \(tp, ep\): \[\(1, 1\), \(1, 2\), \(2, 1\)\]"
+    with pytest.raises(C.ConfigError, match=r"train.megatron_tp x train.megatron_ep: 2 x 2 does not divide "
+                                            r"the 2 ranks .*" + allowed):
+        D.check_world(C.resolve(mega, {"train": {"megatron_tp": 2, "megatron_ep": 2}}), 2)
+    with pytest.raises(C.ConfigError, match="train.batch_prompts: 3 does not split over the 2 data-parallel"):
+        D.check_world(C.resolve(mega, {"train": {"megatron_ep": 2, "batch_prompts": 3}}), 2)
+    D.check_world(C.resolve(mega, {"train": {"megatron_tp": 2, "batch_prompts": 3}}), 2)  # TP: the same rows
+
+
 def test_share_and_gather_are_inverse_in_one_process():
     rows = torch.arange(8)
     assert D.SINGLE.share(rows) is rows and D.SINGLE.gather(rows) is rows

@@ -63,6 +63,10 @@ NOT_NUMBERS = {
     "rollout.engine": "vllm: an optional extra, tested in tests/test_vllm_engine.py (make test-vllm)",
     "train.engine": "megatron: the same numbers to fp32 rounding (tests/test_megatron.py, make "
                     "test-megatron)",
+    **{f"train.megatron_{k}": f"train.engine=megatron only (refused with another engine): {what} over "
+                              f"torchrun ranks gives the 1-process engine's numbers to fp32 rounding (test_"
+                              f"two_ranks_at_tp_or_ep_2_equal_the_one_process_engine, make test-megatron)"
+       for k, what in (("tp", "tensor parallelism"), ("ep", "expert parallelism"))},
     "model.*": "the architecture is the init checkpoint's: another value is refused before any work "
                "(test_a_model_field_the_checkpoint_does_not_have_is_refused)",
     "pipeline.*": "the cold-start stage (rl_core.coldstart), not the RL run (tests/test_coldstart.py)",
