@@ -24,8 +24,8 @@ more stable), and lower for KL (see ``METRICS[...].higher_is_better``).
 Verdicts, on per-arm IQM intervals over seeds (analysis.stability):
 
 * better: "agrees" when the better arm's interval lies on the better side of each worse arm's by more
-  than `tolerance` (the metric's default: 0.05 for scores, about four standard errors of the mini
-  preset's avg@16 score on 128 problems; README); "disagrees" when any worse arm's interval lies on
+  than `tolerance` (the metric's default: 0.05 for scores, seven standard errors of one mini-preset
+  evaluation, avg@16 on 128 problems; README); "disagrees" when any worse arm's interval lies on
   the better side by more than that; else "inconclusive: CIs overlap" (with one seed per arm:
   "inconclusive: one seed per arm (a point, no interval): gap within tolerance"). The margin matters
   most with one seed, whose interval is a point: a 0.01 gap between two single runs is evaluation
