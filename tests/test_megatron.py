@@ -288,12 +288,35 @@ def test_one_global_step_gives_the_same_weights(megatron, case):
     assert d_m < 1e-4
 
 
+def _arm_rank(rank: int, port: int, cfg, out: str) -> None:
+    """One of 2 torchrun-like ranks (RANK, WORLD_SIZE, LOCAL_RANK in the environment) running an arm."""
+    import os
+    from pathlib import Path
+
+    import torch.distributed as dist
+    from megatron.core import parallel_state as ps
+    from megatron_cpu_shim import install
+
+    from rl_core.train import run
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2",
+                      LOCAL_RANK=str(rank))
+    install()
+    run(cfg, Path(out))
+    ps.destroy_model_parallel()
+    dist.destroy_process_group()
+
+
 def test_a_short_arm_runs_end_to_end(megatron, tmp_path):
     """train.engine=megatron through rl_core.train.run: 2 global steps of N = 2 with R2 from a tiny cold
-    start; the run files are written, the final policy loads, and every metric row equals the torch engine's
-    arm to 1e-4 (relative): the same rollouts, rewards and evals, the same updates to fp32 rounding."""
+    start (checkpoints every 2 steps); the run files are written, the final policy loads, and every metric
+    row equals the torch engine's arm to 1e-4 (relative): the same rollouts, rewards and evals, the same
+    updates to fp32 rounding. The same arm on 2 ranks at train.megatron_ep=2 (2 of 4 experts each, the
+    batch split over the ranks as data parallelism), launched the way torchrun launches, equals it too."""
     import json
 
+    import torch.multiprocessing as mp
+    from test_distributed import _free_port
     from test_train import TINY
     from tiny import build_cold_start
 
@@ -303,24 +326,31 @@ def test_a_short_arm_runs_end_to_end(megatron, tmp_path):
 
     init = str(build_cold_start(tmp_path / "coldstart", TINY))
     rows = {}
-    for engine in ("torch", "megatron"):
+    for name, engine, ep in (("torch", "torch", 1), ("megatron", "megatron", 1), ("ep2", "megatron", 2)):
         cfg = C.resolve(TINY, {"init": init}, overrides=[f"train.engine={engine}", "train.steps=4",
-                                                         "train.n_minibatches=2", "replay.mode=r2"])
-        summary = run(cfg, tmp_path / engine)
+                                                         "train.n_minibatches=2", "replay.mode=r2",
+                                                         f"train.megatron_ep={ep}"])
+        if ep == 1:
+            run(cfg, tmp_path / name)
+        else:
+            mp.spawn(_arm_rank, args=(_free_port(), cfg, str(tmp_path / name)), nprocs=2)
+        summary = json.loads((tmp_path / name / "summary.json").read_text())
         assert summary["status"] == "completed" and summary["steps_done"] == 4
-        assert (tmp_path / engine / "DONE").exists()
-        lines = (tmp_path / engine / "metrics.jsonl").read_text().splitlines()
-        rows[engine] = [json.loads(line) for line in lines]
+        assert summary["world_size"] == (2 if ep > 1 else 1)
+        assert (tmp_path / name / "DONE").exists()
+        lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+        rows[name] = [json.loads(line) for line in lines]
     assert json.loads((tmp_path / "megatron" / "config.json").read_text())["train"]["engine"] == "megatron"
-    assert len(rows["megatron"]) == len(rows["torch"]) == 4 + 2  # 4 updates, evals at steps 0 and 4
+    assert len(rows["megatron"]) == len(rows["torch"]) == len(rows["ep2"]) == 4 + 2  # evals at steps 0, 4
     assert max(r.get("grad/norm", 0.0) for r in rows["megatron"]) > 0.1  # it trained
-    pairs = zip(rows["torch"], rows["megatron"], strict=True)
-    d_m = max(abs(a[k] - b[k]) / max(1.0, abs(a[k])) for a, b in pairs for k in a if k[:5] != "perf/")
-    print(f"arm: max metric difference (relative) {d_m:.2e}")
-    assert d_m < 1e-4
-    final = load_pretrained(tmp_path / "megatron" / "policy").state_dict()
     torch_final = load_pretrained(tmp_path / "torch" / "policy").state_dict()
-    assert max(float((final[k] - torch_final[k]).abs().max()) for k in final) < 1e-4
+    for name in ("megatron", "ep2"):
+        pairs = zip(rows["torch"], rows[name], strict=True)
+        d_m = max(abs(a[k] - b[k]) / max(1.0, abs(a[k])) for a, b in pairs for k in a if k[:5] != "perf/")
+        final = load_pretrained(tmp_path / name / "policy").state_dict()
+        d_w = max(float((final[k] - torch_final[k]).abs().max()) for k in final)
+        print(f"arm {name}: max metric difference (relative) {d_m:.2e}, max |weight difference| {d_w:.2e}")
+        assert d_m < 1e-4 and d_w < 1e-4
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
@@ -366,7 +396,15 @@ def _parallel_results(sampled: dict, ranks) -> dict:
 
     cfg = _parallel_case("minirl/r2")
     scores = _scores(_engines(cfg)[1], sampled["minirl/r2"])
-    weights, rows = global_step(cfg, sampled["minirl/r2"], ranks, _engines(cfg)[1])
+    policy = _engines(cfg)[1]
+    weights, rows = global_step(cfg, sampled["minirl/r2"], ranks, policy)
+    # AdamW's moments travel like the weights (checkpoints): sliced in, gathered out, unchanged
+    moments = {"step": 3.0, "exp_avg": weights, "exp_avg_sq": {k: v * v for k, v in weights.items()}}
+    opt = torch.optim.AdamW(policy.parameters())
+    policy.load_optimizer_state(opt, moments)
+    back = policy.optimizer_state(opt)
+    assert back["step"] == 3.0
+    assert all(torch.equal(back[m][k], moments[m][k]) for m in ("exp_avg", "exp_avg_sq") for k in weights)
     return {"scores": scores, "weights": weights, "rows": rows}
 
 
