@@ -245,7 +245,7 @@ class MegatronPolicy(torch.nn.Module):
         B, T = input_ids.shape
         if self.layout.ep == 1:
             return T
-        sizes = torch.tensor([T, B, -B])
+        sizes = torch.tensor([T, B, -B], device=input_ids.device)
         torch.distributed.all_reduce(sizes, op=torch.distributed.ReduceOp.MAX, group=self.layout.ep_group)
         if int(sizes[1]) != -int(sizes[2]):
             raise ValueError(f"the expert-parallel ranks score different numbers of rows ({B} here)")

@@ -174,7 +174,8 @@ def clip_grad_norm(gpt: torch.nn.Module, max_norm: float, L: Layout) -> torch.Te
     """The global gradient norm over all ranks' distinct shards, clipped to ``max_norm`` as
     torch.nn.utils.clip_grad_norm_ clips (coefficient max_norm / (norm + 1e-6), at most 1). A collective."""
     world = dist.get_world_size()
-    total = torch.zeros((), dtype=torch.float64)
+    device = next(gpt.parameters()).device  # nccl reduces tensors on the GPU
+    total = torch.zeros((), dtype=torch.float64, device=device)
     grads = []
     for name, p in gpt.named_parameters():
         if p.grad is None:
