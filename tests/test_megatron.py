@@ -10,7 +10,10 @@ QKV + q/k norms, an expert MLP and the router with routing replay compute what o
 engine (train.engine=megatron) against the torch engine on the same checkpoint and batch: the same
 log-probs, entropy and routing to fp32 rounding with no replay, R2 and R3 (replaying Megatron's own
 recorded routing is bitwise); the same weights after a global step of two AdamW updates (MiniRL, none /
-R2 / R3); and a short arm end to end, with the same metrics as the torch engine's arm.
+R2 / R3); and a short arm end to end, with the same metrics as the torch engine's arm (and resumed
+after a kill, the same rows). Tensor and expert parallelism (train.megatron_tp / megatron_ep): 2 gloo ranks
+(torch.multiprocessing spawn) at TP = 2 and at EP = 2 against the 1-process engine, and a 2-rank arm at
+EP = 2 launched with torchrun's environment.
 """
 
 from __future__ import annotations
@@ -312,7 +315,8 @@ def test_a_short_arm_runs_end_to_end(megatron, tmp_path):
     start (checkpoints every 2 steps); the run files are written, the final policy loads, and every metric
     row equals the torch engine's arm to 1e-4 (relative): the same rollouts, rewards and evals, the same
     updates to fp32 rounding. The same arm on 2 ranks at train.megatron_ep=2 (2 of 4 experts each, the
-    batch split over the ranks as data parallelism), launched the way torchrun launches, equals it too."""
+    batch split over the ranks as data parallelism), launched the way torchrun launches, equals it too; and a
+    Megatron arm killed mid-run resumes from its checkpoint to the uninterrupted arm's rows exactly."""
     import json
 
     import torch.multiprocessing as mp
@@ -351,6 +355,25 @@ def test_a_short_arm_runs_end_to_end(megatron, tmp_path):
         d_w = max(float((final[k] - torch_final[k]).abs().max()) for k in final)
         print(f"arm {name}: max metric difference (relative) {d_m:.2e}, max |weight difference| {d_w:.2e}")
         assert d_m < 1e-4 and d_w < 1e-4
+    # Resume: killed after step 4 (before its checkpoint), re-run from step 2's checkpoint (weights and AdamW
+    # moments in our layout): the rows of the uninterrupted Megatron arm.
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    cfg = C.resolve(TINY, {"init": init}, overrides=["train.engine=megatron", "train.steps=4",
+                                                     "train.n_minibatches=2", "replay.mode=r2"])
+    code = (f"import sys; sys.path.insert(0, {str(Path(__file__).parent)!r}); from megatron_cpu_shim import "
+            f"install; install(); from rl_core.train import main; main(sys.argv[1:])")
+    args = [sys.executable, "-c", code, "--out", str(tmp_path / "killed"), "--config-json", C.to_json(cfg)]
+    env = {**os.environ, "RLCORE_KILL_AT_STEP": "4"}
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    run(cfg, tmp_path / "killed")
+    strip = lambda rows: [{k: v for k, v in r.items() if k[:5] != "perf/"} for r in rows]  # noqa: E731
+    lines = (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()
+    assert strip([json.loads(line) for line in lines]) == strip(rows["megatron"])
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal on a machine without a GPU")
