@@ -2,9 +2,9 @@
 
 One colour per arm, the same in every panel of a figure (:func:`arm_colors`, in the arms' order). Each
 arm is drawn as the mean over its seeds (over the seeds that reached that step) with a min-max band over
-seeds; a collapse (analysis.stability's rule) is marked with an ``x`` on that seed's curve at its
-collapse step. Training series may be smoothed by a trailing rolling mean over ``smooth`` logged steps
-per seed before averaging; eval series never are.
+seeds and a thin line per seed; a collapse (analysis.stability's rule) is marked with an ``x`` on that
+seed's curve at its collapse step. Training series may be smoothed by a trailing rolling mean over
+``smooth`` logged steps per seed before averaging; eval series never are.
 
 The KL panel plots the k3 estimator of D_KL(mu_old || pi_old), mean(r - 1 - log r) with
 r = pi_old / mu_old on sampled tokens (``kl/train_infer_k3``): never negative and of low variance, where
@@ -134,6 +134,10 @@ def plot_panel(ax, tidy: pd.DataFrame, figure: str, panel: Panel, arms, colors: 
         ax.plot(steps, mean, color=color, lw=1.6, marker=marker, ms=3, label=labels.get(arm, arm))
         if matrix.shape[1] > 1:
             ax.fill_between(steps, lo, hi, color=color, alpha=0.18, lw=0)
+            for seed in matrix.columns:  # thin per-seed lines: a band can hide one outlying seed
+                col = matrix[seed].dropna()
+                y = np.clip(col.to_numpy(), KL_FLOOR, None) if panel.log else col.to_numpy()
+                ax.plot(col.index.to_numpy(), y, color=color, lw=0.6, alpha=0.5)
         for x, y in _collapse_points(matrix, (collapses or {}).get(arm, {})):
             y = max(y, KL_FLOOR) if panel.log else y
             ax.plot([x], [y], marker="x", color=color, ms=9, mew=2.2, zorder=5, ls="none")
@@ -207,7 +211,7 @@ def plot_figure(tidy: pd.DataFrame, figure: str, arms, labels: dict | None = Non
             spare[0].legend(handles=handles, loc="center", frameon=False)
         else:
             fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), frameon=False)
-        note = "mean over seeds, band = min-max" + (f"; training series smoothed over {smooth} steps"
-                                                   if smooth > 1 else "")
+        note = "mean over seeds, band = min-max, thin lines = seeds"
+        note += f"; training series smoothed over {smooth} steps" if smooth > 1 else ""
         fig.suptitle(f"{title or figure}\n({note})")
     return fig
