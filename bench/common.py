@@ -42,3 +42,13 @@ class Timer:
 
     def __exit__(self, *exc):
         self.s = time.perf_counter() - self.t0
+
+
+def print_table(table: str, rows: list[dict], json_path: str | None) -> None:
+    """A table script's output: the markdown table on stdout, and its rows as JSON at `json_path` if given."""
+    from pathlib import Path
+
+    print(table)
+    if json_path:
+        Path(json_path).parent.mkdir(parents=True, exist_ok=True)
+        Path(json_path).write_text(json.dumps(rows, indent=2))

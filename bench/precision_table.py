@@ -16,11 +16,10 @@ theta_old, so the full ratio is this one). Prints a markdown table; --json write
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-from pathlib import Path
 
 import torch
+from common import print_table
 
 from rl_core.engine import token_logprobs
 from rl_core.grid import REPO, load_grid
@@ -74,10 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     rows = measure(args.ckpt, args.prompts, args.group, args.seed)
-    print(markdown(rows))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+    print_table(markdown(rows), rows, args.json)
     return 0
 
 

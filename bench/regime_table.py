@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import torch
+from common import print_table
 
 from rl_core.engine import token_logprobs
 from rl_core.grid import REPO, TEACHERS, load_grid
@@ -90,10 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:  # the workflow's benchmark of each cold start (avg@k on the held-out problems), if run
         bench = args.models / f"eval_{r['cold_start']}.json"
         r["benchmark"] = json.loads(bench.read_text())["score"] if bench.exists() else float("nan")
-    print(markdown(rows))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(rows, indent=2))
+    print_table(markdown(rows), rows, args.json)
     return 0
 
 
