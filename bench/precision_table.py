@@ -25,6 +25,7 @@ from rl_core.engine import token_logprobs
 from rl_core.grid import REPO, load_grid
 from rl_core.model import load_pretrained, routing_disagreement
 from rl_core.rollout import PRECISIONS, EmbeddedRolloutEngine
+from rl_core.step import train_infer_kl
 from rl_core.tasks import make_task
 
 PAPER = REPO / "experiments" / "paper.yaml"
@@ -47,7 +48,7 @@ def measure(ckpt: str, n_prompts: int, group: int, seed: int, cap: float = 5.0) 
             log_d = (old.logp - ro.logp_behavior)[mask]                    # log pi_old / mu_old
             rows.append({
                 "rollout": precision + (" + fp8 KV" if kv == "fp8" else ""), "train": train,
-                "k1": float(-log_d.mean()), "k3": float((log_d.exp() - 1 - log_d).mean()),
+                **{k: float(v.mean()) for k, v in zip(("k1", "k3"), train_infer_kl(log_d), strict=True)},
                 "route_disagree": float(routing_disagreement(ro.routing, old.routing,
                                                              ro.routing[..., 0, 0] >= 0)),
                 "truncated": float((log_d.exp() > cap).float().mean()), "tokens": int(mask.sum()),

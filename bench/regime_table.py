@@ -30,6 +30,7 @@ from rl_core.engine import token_logprobs
 from rl_core.grid import REPO, TEACHERS, load_grid
 from rl_core.model import load_pretrained
 from rl_core.rollout import EmbeddedRolloutEngine
+from rl_core.step import train_infer_kl
 from rl_core.tasks import make_task
 
 #: The paper's MiniRL starting point (figure 1; PAPER.md): entropy ~0.30 nats/token, train-inference KL
@@ -54,8 +55,8 @@ def measure(ckpt: Path, cfg, n_prompts: int, seed: int) -> dict:
     return {
         "cold_start": ckpt.name, "rollout": cfg.rollout.precision, "train": cfg.train.precision,
         "score": sum(task.reward(t, p) for t, p in zip(texts, problems, strict=True)) / len(problems),
-        "entropy": float(old.entropy[mask].mean()), "k1": float(-log_d.mean()),
-        "k3": float((log_d.exp() - 1 - log_d).mean()), "length": float(lengths.float().mean()),
+        "entropy": float(old.entropy[mask].mean()), "length": float(lengths.float().mean()),
+        **{k: float(v.mean()) for k, v in zip(("k1", "k3"), train_infer_kl(log_d), strict=True)},
         "truncated": sum(r == "length" for r in ro.finish_reason) / len(problems),
         "responses": len(problems),
     }

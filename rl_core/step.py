@@ -157,6 +157,12 @@ def _masked_mean(x: torch.Tensor, mask: torch.Tensor) -> float:
     return float(torch.where(mask, x, 0.0).sum() / mask.sum().clamp(min=1))
 
 
+def train_infer_kl(log_r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-token estimates of D_KL(mu_old || pi_old) from log r = log pi_old - log mu_old on tokens sampled
+    from mu_old: k1 = -log r (unbiased, noisy, often negative) and k3 = r - 1 - log r (never negative)."""
+    return -log_r, log_r.exp() - 1 - log_r
+
+
 def diagnostics(batch: Batch, rows: torch.Tensor, logp_new: torch.Tensor, entropy: torch.Tensor,
                 routing_new: torch.Tensor) -> dict:
     """Per-mini-batch diagnostics of PAPER.md section 5 (no gradient)."""
@@ -166,13 +172,14 @@ def diagnostics(batch: Batch, rows: torch.Tensor, logp_new: torch.Tensor, entrop
     log_r = torch.where(mask, logp_old - logp_b, 0.0)  # log pi_old/mu_old on tokens sampled from mu_old
     lengths = mask.sum(1).float()
     processed = batch.processed[rows]
+    k1, k3 = train_infer_kl(log_r)
     return {
         "reward/mean": float(batch.rewards[rows].mean()),
         "response/length_mean": float(lengths.mean()),
         "response/truncated_frac": sum(ro.finish_reason[i] == "length" for i in rows.tolist()) / len(rows),
         "entropy/mean": _masked_mean(entropy, mask),
-        "kl/train_infer_k1": _masked_mean(-log_r, mask),
-        "kl/train_infer_k3": _masked_mean(log_r.exp() - 1 - log_r, mask),
+        "kl/train_infer_k1": _masked_mean(k1, mask),
+        "kl/train_infer_k3": _masked_mean(k3, mask),
         "route/disagree_rollout_vs_old": float(routing_disagreement(ro.routing[rows], batch.routing_old[rows],
                                                                     processed)),
         "route/disagree_new_vs_old": float(routing_disagreement(routing_new, batch.routing_old[rows],
