@@ -44,6 +44,7 @@ from rl_core.tasks import (
     TEACHERS,
     Task,
     apply_op,
+    eval_fingerprint,
     evaluate,
     make_task,
     parse_expression,
@@ -223,11 +224,14 @@ def sft(cfg: C.RunConfig, teacher: str, init: Path, out: Path) -> dict:
 def benchmark(cfg: C.RunConfig, ckpt: Path) -> dict:
     """avg@k of a checkpoint on the first eval.n_problems benchmark problems, fp32 rollout engine."""
     task = make_task(cfg.task)
-    engine = EmbeddedRolloutEngine.from_pretrained(ckpt, "fp32")
+    policy = load_pretrained(ckpt)  # the weights as a trainer starting from ckpt holds them (stacked experts)
+    model_config, weights = policy.config, policy.state_dict()
+    engine = EmbeddedRolloutEngine(model_config, weights, "fp32")
     t0 = time.perf_counter()
     res = evaluate(engine, task, task.bench_problems[:cfg.eval.n_problems], cfg.eval.k, cfg.eval.temperature,
                    cfg.rollout.max_new_tokens, torch.Generator().manual_seed(EVAL_SEED))
-    return {**res, "ckpt": str(ckpt), "wall_s": time.perf_counter() - t0}
+    fingerprint = eval_fingerprint(cfg, weights, model_config, "cpu")  # lets an arm reuse this as its step 0
+    return {**res, "ckpt": str(ckpt), "wall_s": time.perf_counter() - t0, "fingerprint": fingerprint}
 
 
 # ----------------------------------------------------------------------------------------- command line

@@ -181,7 +181,8 @@ def arm_seconds(c: dict, cfg) -> dict:
     global_steps = t.steps // N
     rl = global_steps * step_seconds(c, d, N, t.batch_prompts, r.group_size, L, r.precision, t.precision)
     evals = n_evals(t.steps, cfg.eval.every, N)
-    ev = evals * rollout_seconds(c, d, cfg.eval.n_problems * cfg.eval.k, L)
+    # An arm from a grid's cold start (no `init` of its own) takes the cold start's benchmark as its step 0.
+    ev = (evals - (0 if cfg.init else 1)) * rollout_seconds(c, d, cfg.eval.n_problems * cfg.eval.k, L)
     return {"global_steps": global_steps, "grad_steps": t.steps, "evals": evals, "rl_s": rl, "eval_s": ev,
             "total_s": rl + ev + c["arm_fixed_s"]}
 

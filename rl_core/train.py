@@ -46,7 +46,7 @@ from rl_core.objectives import OBJECTIVES, LossParams
 from rl_core.rollout import EmbeddedRolloutEngine
 from rl_core.rundir import hold_lock, load_checkpoint, save_checkpoint, say, set_aside
 from rl_core.step import Sampled, prompt_indices, sample, score, update
-from rl_core.tasks import EVAL_SEED, evaluate, make_task
+from rl_core.tasks import EVAL_SEED, eval_fingerprint, evaluate, make_task, reusable
 
 
 def _load_megatron(cfg: C.RunConfig, ranks: D.Ranks) -> tuple:
@@ -123,11 +123,18 @@ class RunFiles:
 
 
 def run_eval(cfg: C.RunConfig, policy, task, step: int, state_dict: dict | None = None,
-             device: torch.device | None = None) -> dict:
+             device: torch.device | None = None, reuse: Path | None = None) -> dict:
     """The benchmark on an fp32 embedded engine built from ``state_dict`` (default: the policy's), on
-    ``device`` (default: cpu)."""
+    ``device`` (default: cpu); or the result stored at ``reuse`` (the cold start's benchmark) when its
+    fingerprint says it was made from the same weights, settings and code (else computed, saying why)."""
     device = torch.device("cpu") if device is None else device
     sd = policy.state_dict() if state_dict is None else state_dict
+    if reuse is not None:
+        stored, why = reusable(reuse, eval_fingerprint(cfg, sd, policy.config, device.type))
+        print(f"step-0 eval: {why}" + ("" if stored else "; computing it here"), flush=True)
+        if stored:
+            return {"step": step, "eval/score": stored["score"],
+                    "eval/response_length": stored["response_length"]}
     make = lambda: EmbeddedRolloutEngine(policy.config, sd, "fp32")  # noqa: E731
     engine = make() if device.type == "cpu" else D.OnDevice(make, device)
     res = evaluate(engine, task, task.bench_problems[: cfg.eval.n_problems], cfg.eval.k,
@@ -277,12 +284,13 @@ class Arm:
             r["perf/tokens_per_s"] = gmetrics["response/tokens"] / wall
         return rows, finite
 
-    def evaluate(self, step: int) -> dict:
-        """The benchmark row (rank 0; {} on the others, which only join the weights' gather)."""
+    def evaluate(self, step: int, reuse: Path | None = None) -> dict:
+        """The benchmark row (rank 0; {} on the others, which only join the weights' gather); ``reuse``:
+        a stored benchmark of these weights (run_eval)."""
         weights = D.full_state_dict(self.policy)
         if not self.ranks.main:
             return {}
-        return run_eval(self.cfg, self.policy, self.task, step, weights, self.ranks.device)
+        return run_eval(self.cfg, self.policy, self.task, step, weights, self.ranks.device, reuse)
 
     def checkpoint(self) -> None:
         """Full weights and optimizer state (the single-process format at any world size; rank 0 writes)."""
@@ -328,7 +336,7 @@ def check_init(cfg: C.RunConfig) -> None:
                 f"override) to run from it")
 
 
-def run(cfg: C.RunConfig, out: Path, meta: dict | None = None) -> dict:
+def run(cfg: C.RunConfig, out: Path, meta: dict | None = None, step0_eval: Path | None = None) -> dict:
     """Train one arm; returns the summary written to summary.json.
 
     Before any work: the backends' capabilities, model.* against the init checkpoint, the checkpoint's
@@ -349,10 +357,11 @@ def run(cfg: C.RunConfig, out: Path, meta: dict | None = None) -> dict:
         if ranks.main:
             set_aside(out, C.to_dict(cfg))
         ranks.barrier()  # the other ranks read the checkpoint only once rank 0 has settled the directory
-        return _train(cfg, out, meta, t_start, ranks)
+        return _train(cfg, out, meta, t_start, ranks, step0_eval)
 
 
-def _train(cfg: C.RunConfig, out: Path, meta: dict | None, t_start: float, ranks: D.Ranks) -> dict:
+def _train(cfg: C.RunConfig, out: Path, meta: dict | None, t_start: float, ranks: D.Ranks,
+           step0_eval: Path | None) -> dict:
     files = RunFiles(out, writes=ranks.main)
     arm, N, total = Arm(cfg, files, ranks), cfg.train.n_minibatches, cfg.train.steps
     if ranks.main:
@@ -363,7 +372,7 @@ def _train(cfg: C.RunConfig, out: Path, meta: dict | None, t_start: float, ranks
     tag = f"{meta['figure']}/{meta['arm']}/seed{meta['seed']}" if meta else out.name
     kill_at = int(os.environ.get("RLCORE_KILL_AT_STEP", "0"))  # fault injection for the resume test
     step0, t_loop = arm.step, time.time()  # the ETA's rate counts this process's steps only (resume)
-    if arm.step == 0 and (row := arm.evaluate(0)):
+    if arm.step == 0 and (row := arm.evaluate(0, step0_eval)):
         files.append(row)
     status, reason, diverged_step = "completed", "", None
     while arm.step < total:
@@ -415,9 +424,11 @@ def _main(argv: list[str] | None = None) -> int:
     C.add_config_args(ap)
     ap.add_argument("--out", required=True, type=Path, help="run directory")
     ap.add_argument("--meta-json", help="grid/figure/arm/label/seed of this run, written to meta.json")
+    ap.add_argument("--step0-eval", type=Path, help="the init checkpoint's benchmark (rl_core.coldstart "
+                    "eval): the step-0 eval row when made from the same weights, settings and code")
     args = ap.parse_args(argv)
     cfg = config_from_args(args)
-    summary = run(cfg, args.out, json_arg("--meta-json", args.meta_json))
+    summary = run(cfg, args.out, json_arg("--meta-json", args.meta_json), args.step0_eval)
     if summary:  # rank 0 (the others return {})
         print(json.dumps(summary))
     if torch.distributed.is_initialized():

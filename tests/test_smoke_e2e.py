@@ -50,6 +50,17 @@ def test_every_arm_wrote_its_run_files(smoke_results):
                                             {"minirl": "none"}.get(arm, arm[-2:]))
 
 
+def test_every_trained_arm_takes_its_cold_starts_benchmark_as_its_step0_eval(smoke_results):
+    grid = smoke_results / "smoke"
+    for figure, arm in ARMS.difference(SHARED):
+        log = (grid / "logs" / "runs" / figure / arm / "seed0.log").read_text()
+        config = json.loads((grid / "runs" / figure / arm / "seed0" / "config.json").read_text())
+        bench = grid / "models" / f"eval_{config['cold_start']}.json"
+        assert f"step-0 eval: reused {bench.relative_to(grid.parent.parent)}" in log
+        stored, step0 = json.loads(bench.read_text()), rows_of(grid / "runs" / figure / arm / "seed0")[0]
+        assert (step0["step"], step0["eval/score"]) == (0, stored["score"])
+
+
 def test_a_run_the_grid_repeats_is_trained_once_and_shared(smoke_results):
     for (figure, arm), (src_figure, src_arm) in SHARED.items():
         run_dir = smoke_results / "smoke" / "runs" / figure / arm / "seed0"

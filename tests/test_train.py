@@ -155,3 +155,38 @@ def test_bad_init_fails_before_any_work(tmp_path, capsys):
     assert main(["--out", str(tmp_path / "x"), "init=/nonexistent"]) == 2
     assert "init: '/nonexistent' is not a Hugging Face checkpoint directory" in capsys.readouterr().err
     assert not (tmp_path / "x").exists()
+
+
+def eval_rows(run_dir):
+    rows = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in rows if "eval/score" in r]
+
+
+def test_step0_eval_reuses_the_cold_start_benchmark_only_when_its_fingerprint_matches(cold_start, tmp_path,
+                                                                                     capsys):
+    from pathlib import Path
+
+    from rl_core.coldstart import benchmark
+
+    cfg = cfg_for(cold_start)
+    bench = tmp_path / "eval_sft.json"
+    bench.write_text(json.dumps(benchmark(cfg, Path(cold_start))))
+    run(cfg, tmp_path / "computed")
+    run(cfg, tmp_path / "reused", step0_eval=bench)
+    out = capsys.readouterr().out
+    assert f"step-0 eval: reused {bench}" in out, [x for x in out.splitlines() if "step-0" in x]
+    computed, reused = eval_rows(tmp_path / "computed"), eval_rows(tmp_path / "reused")
+    assert computed[0]["step"] == 0 and strip_perf(computed) == strip_perf(reused)  # step 0 and the rest
+    # A stored result that would differ: another eval.k is named and the step-0 eval is computed here.
+    stored = json.loads(bench.read_text())
+    stored["score"] = -1.0
+    bench.write_text(json.dumps(stored))
+    run(cfg_for(cold_start, "eval.k=3"), tmp_path / "k3", step0_eval=bench)
+    assert f"step-0 eval: {bench} was made with different eval; computing it here" in capsys.readouterr().out
+    assert eval_rows(tmp_path / "k3")[0]["eval/score"] >= 0.0
+    # Other weights: the same settings from another checkpoint are not reused either.
+    stored["fingerprint"]["weights_sha256"] = "0" * 64
+    bench.write_text(json.dumps(stored))
+    run(cfg, tmp_path / "other", step0_eval=bench)
+    assert "was made with different weights_sha256; computing it here" in capsys.readouterr().out
+    assert strip_perf(eval_rows(tmp_path / "other")) == strip_perf(computed)

@@ -1,6 +1,13 @@
-"""The held-out benchmark of every task: avg@k with one fixed sampling seed."""
+"""The held-out benchmark of every task: avg@k with one fixed sampling seed; the fingerprint that lets a
+run reuse its cold start's benchmark as its step-0 eval."""
 
 from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+from pathlib import Path
 
 import torch
 
@@ -36,3 +43,47 @@ def evaluate(engine, task, problems: list, k: int, temperature: float, max_new_t
         rs = [r for r, p in zip(rewards, jobs, strict=True) if p.level == level]
         out[f"score_level{level}"] = sum(rs) / len(rs)
     return out
+
+
+@functools.cache
+def source_sha256() -> str:
+    """sha256 of rl_core's source files: a benchmark made by other code is not reused."""
+    h = hashlib.sha256()
+    root = Path(__file__).resolve().parents[1]
+    for f in sorted(root.rglob("*.py")):
+        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()
+
+
+def eval_fingerprint(cfg, weights: dict, model_config: dict, device: str) -> dict:
+    """Everything the benchmark of run config ``cfg`` depends on, on an fp32 embedded engine built from
+    ``weights``: equal fingerprints give bitwise equal results. Fields are readable so that a mismatch can
+    be named; the weights (names, dtypes, shapes, bytes) and rl_core's source enter as sha256."""
+    h = hashlib.sha256()
+    for name in sorted(weights):
+        t = weights[name].detach().to("cpu").contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    e = cfg.eval  # not e.every: when to evaluate does not change a result
+    return {"weights_sha256": h.hexdigest(), "model_config": model_config,
+            "task": dataclasses.asdict(cfg.task),
+            "eval": {"k": e.k, "n_problems": e.n_problems, "temperature": e.temperature},
+            "max_new_tokens": cfg.rollout.max_new_tokens, "eval_seed": EVAL_SEED, "engine": "embedded fp32",
+            "device": device, "threads": torch.get_num_threads(), "torch": torch.__version__,
+            "rl_core_sha256": source_sha256()}
+
+
+def reusable(path: Path, fingerprint: dict) -> tuple[dict | None, str]:
+    """The benchmark result stored at ``path`` (by ``rl_core.coldstart eval``) if its fingerprint equals
+    ``fingerprint``, with the reason; else (None, the fields that differ or why the file cannot be used)."""
+    try:
+        stored = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        return None, f"{path} is not readable JSON ({e})"
+    theirs = stored.get("fingerprint")
+    if not isinstance(theirs, dict):
+        return None, f"{path} has no fingerprint (made by an older rl_core)"
+    differ = sorted(k for k in fingerprint.keys() | theirs.keys() if theirs.get(k) != fingerprint.get(k))
+    if differ:
+        return None, f"{path} was made with different " + ", ".join(differ)
+    return stored, f"reused {path} (same weights, settings, code)"

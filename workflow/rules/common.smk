@@ -96,6 +96,11 @@ def init_dir(run):
     return run.config.init or model_dir(run.config.cold_start)
 
 
+def step0_eval(run):
+    """The benchmark of the cold start a run starts from (rule coldstart_eval): its step-0 eval row."""
+    return f"{GDIR}/models/eval_{run.config.cold_start}.json"
+
+
 def run_gpus(run):
     """GPUs one arm job asks for (a resource for cluster profiles): the GPU backends need one, and so does
     a trainer asked for cuda; train.device=auto trains on whatever the job got."""

@@ -8,6 +8,8 @@
 # A run whose resolved config and seed equal an earlier run's (GRID.trained_by) is not trained again:
 # rl_shared links that run's files under its own meta.json. Each run is made by exactly one of the two
 # rules: the other's input names a file no rule makes (NOT_THIS_RULE), which rules it out for that run.
+# An arm from a cold start takes the cold start's benchmark as its step-0 eval row when the trainer finds it
+# made from the same weights, settings and code (rl_core.tasks.reusable; else it evaluates and says why).
 
 ruleorder: rl_shared > rl_run
 
@@ -18,7 +20,7 @@ localrules:
 rule rl_run:
     input:
         lambda w: NOT_THIS_RULE if shared(w) else [] if run_of(w).config.init else
-        model_files(run_of(w).config.cold_start),
+        model_files(run_of(w).config.cold_start) + [step0_eval(run_of(w))],
     output:
         summary=f"{GDIR}/runs/{{figure}}/{{arm}}/seed{{seed}}/summary.json",
         done=f"{GDIR}/runs/{{figure}}/{{arm}}/seed{{seed}}/DONE",
@@ -28,6 +30,7 @@ rule rl_run:
         run_dir=lambda w, output: os.path.dirname(output.done),
         config=lambda w: run_of(w).config_json(init=init_dir(run_of(w))),
         meta=lambda w: compact(run_of(w).meta),
+        step0=lambda w: "" if run_of(w).config.init else f"--step0-eval {step0_eval(run_of(w))}",
     threads: lambda w: run_of(w).config.train.threads
     resources:
         gpu=lambda w: run_gpus(run_of(w)),
@@ -36,7 +39,7 @@ rule rl_run:
         # tee: progress on the terminal and in the log (appended: a resumed run keeps its history).
         "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} "
         "{PYTHON} -m rl_core.train --out {params.run_dir} --config-json {params.config:q} "
-        "--meta-json {params.meta:q} 2>&1 | tee -a {log}"
+        "--meta-json {params.meta:q} {params.step0} 2>&1 | tee -a {log}"
 
 
 rule rl_shared:
