@@ -105,7 +105,7 @@ def profile_arm(run, init: str, global_steps: int, ops: bool) -> dict:
         run_eval(cfg, arm.policy, arm.task, arm.step)
         eval_s = clock() - t0
         t0 = clock()
-        arm.checkpoint()
+        arm.checkpoint(0.0)
         ckpt_s = clock() - t0
         op_tables = {}
         if ops:

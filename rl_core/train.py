@@ -7,7 +7,8 @@ Run files (the contract with the workflow and the analysis):
     config.json    the resolved RunConfig
     meta.json      grid / figure / arm / label / seed (from the workflow; optional)
     metrics.jsonl  one JSON row per gradient step, plus eval rows (step 0, every eval.every, the last)
-    summary.json   status ("completed" | "diverged"), steps_done, diverged_step, reason, timings, scores,
+    summary.json   status ("completed" | "diverged"), steps_done, diverged_step, reason, scores, timings
+                   (wall_s and rl_wall_s count every process of a resumed run, less the work redone),
                    device (the resolved train.device, e.g. "cuda:0") and world_size (torchrun's ranks)
     ckpt/state.pt  policy + optimizer + counters + number of metric rows, every checkpoint_every steps
     policy/        the final policy as a Hugging Face checkpoint (transformers / vLLM load it as is)
@@ -215,6 +216,7 @@ class Arm:
         self.opt = torch.optim.AdamW(self.policy.parameters(), lr=t.lr, betas=(t.beta1, t.beta2),
                                      weight_decay=t.weight_decay)
         self.step, self.global_step, self.rl_wall = 0, 0, 0.0
+        self.wall_before = state.get("wall_s", 0.0) if state else 0.0  # the processes before a resume
         if state is not None:
             if hasattr(self.policy, "load_optimizer_state"):  # Megatron: full tensors in our layout
                 self.policy.load_optimizer_state(self.opt, state["opt"])
@@ -292,15 +294,17 @@ class Arm:
             return {}
         return run_eval(self.cfg, self.policy, self.task, step, weights, self.ranks.device, reuse)
 
-    def checkpoint(self) -> None:
-        """Full weights and optimizer state (the single-process format at any world size; rank 0 writes)."""
+    def checkpoint(self, wall_s: float) -> None:
+        """Full weights and optimizer state (the single-process format at any world size; rank 0 writes);
+        ``wall_s``: the run's wall time so far, resumes included."""
         if hasattr(self.policy, "optimizer_state"):  # Megatron: gathered into our layout, any TP / EP
             opt = self.policy.optimizer_state(self.opt)
         else:
             opt = self.opt.state_dict() if self.ranks.world == 1 else D.full_optimizer_state(self.opt)
         self.files.save_ckpt({"policy": D.full_state_dict(self.policy), "opt": opt,
                               "step": self.step, "global_step": self.global_step, "rl_wall": self.rl_wall,
-                              "rows": self.files.rows(), "config_hash": C.config_hash(self.cfg)})
+                              "wall_s": wall_s, "rows": self.files.rows(),
+                              "config_hash": C.config_hash(self.cfg)})
 
 
 def _due(step: int, every: int, n: int, last: int) -> bool:
@@ -394,13 +398,14 @@ def _train(cfg: C.RunConfig, out: Path, meta: dict | None, t_start: float, ranks
         if _due(arm.step, cfg.eval.every, N, total) and (row := arm.evaluate(arm.step)):
             files.append(row)
         if _due(arm.step, cfg.checkpoint_every, N, total):
-            arm.checkpoint()
+            arm.checkpoint(arm.wall_before + time.time() - t_start)
     # The policy the arm produced, as a Hugging Face checkpoint (loadable in transformers, servable).
     policy = D.unsharded(arm.policy, ranks)
     if not ranks.main:
         return {}
     save_pretrained(policy, out / "policy", Path(cfg.init) / "tokenizer.json")
-    summary = summarise(files, status, reason, arm.step, diverged_step, time.time() - t_start, arm.rl_wall)
+    summary = summarise(files, status, reason, arm.step, diverged_step,
+                        arm.wall_before + time.time() - t_start, arm.rl_wall)
     summary.update(device=str(ranks.device), world_size=ranks.world)
     files.write_json("summary.json", summary)
     (out / "DONE").write_text("")

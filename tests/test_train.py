@@ -190,3 +190,13 @@ def test_step0_eval_reuses_the_cold_start_benchmark_only_when_its_fingerprint_ma
     run(cfg, tmp_path / "other", step0_eval=bench)
     assert "was made with different weights_sha256; computing it here" in capsys.readouterr().out
     assert strip_perf(eval_rows(tmp_path / "other")) == strip_perf(computed)
+
+
+def test_a_resumed_runs_wall_time_counts_the_processes_before_it(cold_start, tmp_path):
+    run(cfg_for(cold_start), tmp_path / "r")
+    first = json.loads((tmp_path / "r" / "summary.json").read_text())
+    state = torch.load(tmp_path / "r" / "ckpt" / "state.pt", weights_only=False)
+    run(cfg_for(cold_start), tmp_path / "r")  # resumes at the last checkpoint: no step left to run
+    again = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert state["wall_s"] >= first["rl_wall_s"] > 0 and again["rl_wall_s"] == first["rl_wall_s"]
+    assert again["wall_s"] > state["wall_s"]
