@@ -3,8 +3,9 @@ far apart two evaluations of the same policy land, and how many problems x sampl
 
     .venv/bin/python bench/eval_se.py CKPT_DIR [--seeds 8] [--n-problems 128] [--k 4]
 
-The benchmark (rl_core.tasks.evaluate: avg@k, fp32 engine, temperature 1) is run once per seed on the same
-problems; the standard deviation of the scores over seeds is the standard error of one evaluation from
+The benchmark (rl_core.tasks.evaluate's sampling: avg@k, fp32 engine, temperature 1, the paper grid's
+max_new_tokens) is run once per seed (EVAL_SEED, EVAL_SEED + 1, ...: the first is the workflow's) on the
+same problems; the standard deviation of the scores over seeds is the standard error of one evaluation from
 sampling alone (the problem set is fixed and shared by every arm, so it adds no noise to a comparison).
 Per problem, the sampling variance is mean over problems of p_i (1 - p_i) / k, with p_i the problem's
 pass rate over all seeds' samples; the predicted SE of avg@k on n problems is sqrt(that / n), printed for
@@ -24,7 +25,7 @@ import torch
 from rl_core.grid import REPO, load_grid
 from rl_core.model import load_pretrained
 from rl_core.rollout import EmbeddedRolloutEngine
-from rl_core.tasks import make_task
+from rl_core.tasks import EVAL_SEED, make_task, sample_rewards
 
 PAPER = REPO / "experiments" / "paper.yaml"
 
@@ -37,17 +38,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--k", type=int, default=4)
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
-    task = make_task(load_grid(PAPER).base_config.task)
+    base = load_grid(PAPER).base_config  # the grid's task and response limit; the grid's own benchmark code
+    task = make_task(base.task)
     problems = task.bench_problems[: args.n_problems]
     engine = EmbeddedRolloutEngine.from_model(load_pretrained(args.ckpt), "fp32")
-    prompts = [task.encode_prompt(p) for p in problems for _ in range(args.k)]
     scores, passes = [], torch.zeros(len(problems))
     for seed in range(args.seeds):
-        ro = engine.generate(prompts, 48, 1.0, torch.Generator().manual_seed(seed))
-        texts = [task.decode(row[ro.prompt_len:].tolist()) for row in ro.input_ids]
-        jobs = [p for p in problems for _ in range(args.k)]
-        r = torch.tensor([task.reward(t, p) for t, p in zip(texts, jobs, strict=True)])
-        r = r.view(len(problems), args.k)
+        s = sample_rewards(engine, task, problems, args.k, 1.0, base.rollout.max_new_tokens,
+                           torch.Generator().manual_seed(EVAL_SEED + seed))
+        r = torch.tensor(s["rewards"], dtype=torch.float).view(len(problems), args.k)
         scores.append(float(r.mean()))
         passes += r.sum(1)
     p = passes / (args.seeds * args.k)

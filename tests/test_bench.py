@@ -128,3 +128,33 @@ def test_regime_table_measures_the_gap_a_format_makes_and_not_one_without(tmp_pa
         assert 0.01 < r["entropy"] < 3.0 and 1 <= r["length"] <= TINY["rollout"]["max_new_tokens"]
     table = regime_table.markdown(list(rows.values())).splitlines()
     assert [line.split(" | ")[0] for line in table[2:4]] == ["| sft", "| sft"]  # rows named by cold start
+
+
+def test_eval_se_measures_the_workflows_benchmark_its_first_seed_is_the_step0_score(tmp_path, capsys):
+    """bench/eval_se.py samples as rl_core.tasks.evaluate does, with the paper grid's task and response
+    limit: its first seed's score is the benchmark the workflow records for the same checkpoint."""
+    import json
+
+    import torch
+    from test_train import TINY
+    from tiny import build_cold_start
+
+    from rl_core.grid import load_grid
+    from rl_core.model import load_pretrained
+    from rl_core.rollout import EmbeddedRolloutEngine
+    from rl_core.tasks import EVAL_SEED, evaluate, make_task
+
+    sys.path.insert(0, str(bench.ROOT / "bench"))
+    import eval_se
+
+    ckpt = build_cold_start(tmp_path, TINY)
+    capsys.readouterr()
+    assert eval_se.main([str(ckpt), "--seeds", "2", "--n-problems", "16", "--k", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    base = load_grid(eval_se.PAPER).base_config
+    task = make_task(base.task)
+    workflow = evaluate(EmbeddedRolloutEngine.from_model(load_pretrained(ckpt), "fp32"), task,
+                        task.bench_problems[:16], 2, 1.0, base.rollout.max_new_tokens,
+                        torch.Generator().manual_seed(EVAL_SEED))
+    assert out["scores"][0] == workflow["score"] and len(out["scores"]) == 2
+    assert out["se_measured"] >= 0 and 0 <= out["se_predicted"] <= 0.5 / (16 * 2) ** 0.5

@@ -36,7 +36,14 @@ from rl_core.tasks.arithmetic import (
     step_fact,
 )
 from rl_core.tasks.arithmetic import make_task as make_arithmetic_task
-from rl_core.tasks.benchmark import EVAL_BATCH, EVAL_SEED, eval_fingerprint, evaluate, reusable
+from rl_core.tasks.benchmark import (
+    EVAL_BATCH,
+    EVAL_SEED,
+    eval_fingerprint,
+    evaluate,
+    reusable,
+    sample_rewards,
+)
 
 
 def _file_task(cfg: TaskConfig, init: str):
@@ -62,5 +69,5 @@ def make_task(cfg: TaskConfig, init: str = ""):
 __all__ = ["CHARS", "COLUMNS", "EVAL_BATCH", "EVAL_SEED", "FAMILIES", "MARKER", "MAX_ANSWER_DIGITS",
            "SPECIALS", "TEACHERS", "Problem", "Task", "Teacher", "apply_op", "build_tokenizer",
            "eval_fingerprint", "evaluate", "evaluate_left_to_right", "extract_answer", "make_arithmetic_task",
-           "make_task", "parse_expression", "reusable", "reward", "sample_problem", "sample_problems",
-           "solve", "step_fact"]
+           "make_task", "parse_expression", "reusable", "reward", "sample_problem", "sample_rewards",
+           "sample_problems", "solve", "step_fact"]

@@ -16,14 +16,11 @@ EVAL_BATCH = 256  # sequences per generate call: bounds the KV cache of the roll
 
 
 @torch.no_grad()
-def evaluate(engine, task, problems: list, k: int, temperature: float, max_new_tokens: int,
-             generator: torch.Generator) -> dict:
-    """avg@k on `problems` of `task` (any task of rl_core.tasks): k samples each, in generate calls of at
-    most EVAL_BATCH sequences.
-
-    Returns score (mean reward), response_length (mean generated tokens, <eos> included), truncated
-    (fraction that hit max_new_tokens), n (samples), and score per level as ``score_level{L}``.
-    """
+def sample_rewards(engine, task, problems: list, k: int, temperature: float, max_new_tokens: int,
+                   generator: torch.Generator) -> dict:
+    """k samples of each of `problems` (the problems repeated, in generate calls of at most EVAL_BATCH
+    sequences): per sample, its problem (``jobs``), ``rewards``, ``lengths`` (generated tokens, <eos>
+    included) and ``truncated`` (hit max_new_tokens)."""
     jobs = [p for p in problems for _ in range(k)]
     rewards, lengths, truncated = [], [], []
     for start in range(0, len(jobs), EVAL_BATCH):
@@ -36,9 +33,21 @@ def evaluate(engine, task, problems: list, k: int, temperature: float, max_new_t
             rewards.append(task.reward(task.decode(ids), p))
             lengths.append(int(mask[row].sum()))
             truncated.append(task.eos_id not in ids.tolist())
+    return {"jobs": jobs, "rewards": rewards, "lengths": lengths, "truncated": truncated}
+
+
+def evaluate(engine, task, problems: list, k: int, temperature: float, max_new_tokens: int,
+             generator: torch.Generator) -> dict:
+    """avg@k on `problems` of `task` (any task of rl_core.tasks), from :func:`sample_rewards`.
+
+    Returns score (mean reward), response_length (mean generated tokens, <eos> included), truncated
+    (fraction that hit max_new_tokens), n (samples), and score per level as ``score_level{L}``.
+    """
+    s = sample_rewards(engine, task, problems, k, temperature, max_new_tokens, generator)
+    jobs, rewards = s["jobs"], s["rewards"]
     n = max(len(jobs), 1)
-    out = {"score": sum(rewards) / n, "response_length": sum(lengths) / n,
-           "truncated": sum(truncated) / n, "n": len(jobs)}
+    out = {"score": sum(rewards) / n, "response_length": sum(s["lengths"]) / n,
+           "truncated": sum(s["truncated"]) / n, "n": len(jobs)}
     for level in sorted({p.level for p in jobs}):
         rs = [r for r, p in zip(rewards, jobs, strict=True) if p.level == level]
         out[f"score_level{level}"] = sum(rs) / len(rs)
