@@ -24,7 +24,7 @@ more stable), and lower for KL (see ``METRICS[...].higher_is_better``).
 Verdicts, on per-arm IQM intervals over seeds (analysis.stability):
 
 * better: "agrees" when the better arm's interval lies on the better side of each worse arm's by more
-  than `tolerance` (the metric's default: 0.05 for scores, seven standard errors of one mini-preset
+  than `tolerance` (the metric's default: 0.05 for scores, about five standard errors of one mini-preset
   evaluation, avg@16 on 128 problems; README); "disagrees" when any worse arm's interval lies on
   the better side by more than that; else "inconclusive: CIs overlap" (with one seed per arm:
   "inconclusive: one seed per arm (a point, no interval): gap within tolerance"). The margin matters
@@ -37,7 +37,9 @@ Verdicts, on per-arm IQM intervals over seeds (analysis.stability):
 * collapses / stable: the arm's runs that collapsed (analysis.stability's rule); the seeds must agree:
   all collapsed or none did, else "inconclusive: seeds split" (2 of 3 is not evidence that an arm
   collapses, nor that it is stable).
-* Any arm without runs (or without a finite value of the metric): "inconclusive: missing arms/runs".
+* Any arm without runs (or without a finite value of the metric): "inconclusive: missing arms/runs";
+  any run of its arms without DONE (still training, or killed): "inconclusive: runs not finished (k of
+  n)", so a report made while a grid runs shows no verdict drawn from partial curves.
 
 With one seed an interval is the point itself, so verdicts compare points (the paper ran one seed);
 the numbers column says how many seeds stand behind each value.
@@ -70,6 +72,7 @@ def _undecided(cis: dict) -> str:
     than the tolerance (there are no intervals to overlap)."""
     return POINTS if all(ci.n == 1 for ci in cis.values()) else OVERLAP
 SPLIT = "inconclusive: seeds split"
+UNFINISHED = "inconclusive: runs not finished"
 
 
 def _runs_of(per_run: pd.DataFrame, figure: str, arm: str) -> pd.DataFrame:
@@ -206,6 +209,10 @@ def evaluate_findings(findings: list[dict], per_run: pd.DataFrame, n_boot: int =
     rows = []
     for item in findings:
         observed, numbers, verdict = _EVALUATORS[item["kind"]](item, per_run, n_boot)
+        runs = pd.concat([_runs_of(per_run, *r) for r in finding_arms(item)])
+        unfinished = int((runs["status"] == "incomplete").sum()) if len(runs) else 0
+        if unfinished and verdict != MISSING:  # a run still going (or killed): its curve is not the result
+            verdict = f"{UNFINISHED} ({unfinished} of {len(runs)})"
         if verdict == MISSING:
             absent = [_name(r, item) for r in finding_arms(item) if _runs_of(per_run, *r).empty]
             observed = f"no runs of {', '.join(absent)}" if absent else f"no finite {item.get('metric')}"

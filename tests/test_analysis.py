@@ -254,6 +254,17 @@ def test_collapse_votes_and_cross_figure_arms():
     assert verdict({"kind": "similar", "metric": "final_score", "arms": ["a", "fig2/a"]}, both) == "agrees"
 
 
+def test_a_run_without_done_makes_its_findings_inconclusive():
+    table = per_run_table({"a": [0.50, 0.51, 0.49], "b": [0.30, 0.31, 0.29]})
+    better = {"kind": "better", "metric": "final_score", "better": "a", "worse": "b"}
+    assert verdict(better, table) == "agrees"
+    assert verdict({"kind": "stable", "arm": "b"}, table) == "agrees"
+    table.loc[(table["arm"] == "b") & (table["seed"] == 2), "status"] = "incomplete"  # still training
+    assert verdict(better, table) == "inconclusive: runs not finished (1 of 6)"
+    assert verdict({"kind": "stable", "arm": "b"}, table) == "inconclusive: runs not finished (1 of 3)"
+    assert verdict({"kind": "stable", "arm": "a"}, table) == "agrees"  # its own runs are all done
+
+
 def test_validation_names_the_problem():
     good = {"id": "x", "claim": "c", "figure": "fig", "kind": "stable", "arm": "a"}
     validate_findings([good], {"fig": {"arms": {"a": {}}}})
@@ -368,7 +379,8 @@ def test_report_renders_figures_tables_and_findings(small_grid):
         assert text in page, text
     findings = pd.read_csv(out / "findings.csv").set_index("id")["verdict"].to_dict()
     assert findings == {"is_needed": "agrees", "good_stable": "agrees", "good_outlasts": "agrees",
-                        "lengths_differ": "agrees", "not_run_yet": "inconclusive: missing arms/runs"}
+                        "lengths_differ": "inconclusive: runs not finished (1 of 4)",
+                        "not_run_yet": "inconclusive: missing arms/runs"}
     assert "No runs of this figure yet" in page and "no runs of new_arm" in page
     assert '<tr class="agree">' in page and "s0@55 (diverged)" in page
     stab = pd.read_csv(out / "stability.csv")
