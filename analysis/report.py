@@ -187,7 +187,7 @@ def _write_outputs(ctx: dict) -> Path:
     summary = {"grid": ctx["grid"], "preset": ctx["preset"], "generated": ctx["generated"],
                "n_runs": len(runs),
                "status_counts": {str(k): int(v) for k, v in runs["status"].value_counts().items()},
-               "verdict_counts": {str(k): int(v) for k, v in verdicts["verdict"].value_counts().items()},
+               "verdict_counts": render.verdict_counts(verdicts),  # agrees / disagrees / inconclusive
                "figures": [f["key"] for f in ctx["figures"]], "html": "report.html"}
     (out_dir / "report.json").write_text(json.dumps(summary, indent=2))
     return out_dir / "report.html"

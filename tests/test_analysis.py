@@ -389,7 +389,7 @@ def test_report_renders_figures_tables_and_findings(small_grid):
     assert "![Main figure](fig_fig_main.png)" in md and "| is_needed |" in md
     assert (out / "fig_fig_main.png").stat().st_size > 10_000 and (out / "fig_fig_cold_start.png").exists()
     index = build_index(small_grid.parent, small_grid.parent / "index.html").read_text()
-    assert 'href="toy/report/report.html"' in index and "4 agrees" in index
+    assert 'href="toy/report/report.html"' in index and "3 agrees, 0 disagrees, 2 inconclusive" in index
 
 
 def test_report_without_grid_file_and_with_a_single_arm(tmp_path):
