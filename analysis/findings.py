@@ -38,8 +38,9 @@ Verdicts, on per-arm IQM intervals over seeds (analysis.stability):
   all collapsed or none did, else "inconclusive: seeds split" (2 of 3 is not evidence that an arm
   collapses, nor that it is stable).
 * Any arm without runs (or without a finite value of the metric): "inconclusive: missing arms/runs";
-  any run of its arms without DONE (still training, or killed): "inconclusive: runs not finished (k of
-  n)", so a report made while a grid runs shows no verdict drawn from partial curves.
+  any run of its arms without DONE (still training, or killed), or a seed of the grid's not run yet:
+  "inconclusive: runs not finished (k of n)", so a report made while a grid runs shows no verdict drawn
+  from partial curves or from the seeds done so far.
 
 With one seed an interval is the point itself, so verdicts compare points (the paper ran one seed);
 the numbers column says how many seeds stand behind each value.
@@ -203,16 +204,29 @@ def describe_test(item: dict) -> str:
     return f"{names[0]} {item['kind']}" + (f" (within {item['by_frac']:.0%})" if "by_frac" in item else "")
 
 
-def evaluate_findings(findings: list[dict], per_run: pd.DataFrame, n_boot: int = 2000) -> pd.DataFrame:
-    """One row per finding: id, figure, claim, test, observed, numbers, verdict."""
+def _unfinished(item: dict, per_run: pd.DataFrame, seeds: list[int] | None) -> tuple[int, int]:
+    """(runs of the item's arms not finished, runs it needs): a run without DONE, or with `seeds` (the
+    grid's) a seed with no run yet, is not finished."""
+    todo = total = 0
+    for ref in finding_arms(item):
+        runs = _runs_of(per_run, *ref)
+        want = set(seeds) if seeds else set(runs["seed"])
+        done = set(runs.loc[runs["status"] != "incomplete", "seed"])
+        todo, total = todo + len(want - done), total + len(want)
+    return todo, total
+
+
+def evaluate_findings(findings: list[dict], per_run: pd.DataFrame, n_boot: int = 2000,
+                      seeds: list[int] | None = None) -> pd.DataFrame:
+    """One row per finding: id, figure, claim, test, observed, numbers, verdict. `seeds`: the grid's; an
+    arm missing one of them is not finished."""
     validate_findings(findings)
     rows = []
     for item in findings:
         observed, numbers, verdict = _EVALUATORS[item["kind"]](item, per_run, n_boot)
-        runs = pd.concat([_runs_of(per_run, *r) for r in finding_arms(item)])
-        unfinished = int((runs["status"] == "incomplete").sum()) if len(runs) else 0
-        if unfinished and verdict != MISSING:  # a run still going (or killed): its curve is not the result
-            verdict = f"{UNFINISHED} ({unfinished} of {len(runs)})"
+        todo, total = _unfinished(item, per_run, seeds)
+        if todo and verdict != MISSING:  # a run still going, killed or not started: no result yet
+            verdict = f"{UNFINISHED} ({todo} of {total})"
         if verdict == MISSING:
             absent = [_name(r, item) for r in finding_arms(item) if _runs_of(per_run, *r).empty]
             observed = f"no runs of {', '.join(absent)}" if absent else f"no finite {item.get('metric')}"

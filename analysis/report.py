@@ -223,7 +223,7 @@ def build_report(grid_dir: str | Path, grid_file: str | Path | None = None,
            "subtitle": f"preset {preset} · {len(runs)} runs ({counts}) · generated {generated} "
                        f"from {grid_dir}",
            "figures": figures, "runs": runs, "per_run": per_run, "per_arm": per_arm, "out_dir": out_dir,
-           "findings": evaluate_findings(findings, per_run, n_boot=n_boot)}
+           "findings": evaluate_findings(findings, per_run, n_boot=n_boot, seeds=grid.get("seeds"))}
     return _write_outputs(ctx)
 
 

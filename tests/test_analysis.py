@@ -263,6 +263,10 @@ def test_a_run_without_done_makes_its_findings_inconclusive():
     assert verdict(better, table) == "inconclusive: runs not finished (1 of 6)"
     assert verdict({"kind": "stable", "arm": "b"}, table) == "inconclusive: runs not finished (1 of 3)"
     assert verdict({"kind": "stable", "arm": "a"}, table) == "agrees"  # its own runs are all done
+    # The grid's seeds: an arm with a seed not run yet is not finished either.
+    item = {"id": "x", "claim": "c", "figure": "fig", "kind": "stable", "arm": "a"}
+    seeds = evaluate_findings([item], table, n_boot=100, seeds=[0, 1, 2, 3])["verdict"].iloc[0]
+    assert seeds == "inconclusive: runs not finished (1 of 4)"
 
 
 def test_validation_names_the_problem():
