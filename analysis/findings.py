@@ -26,7 +26,8 @@ Verdicts, on per-arm IQM intervals over seeds (analysis.stability):
 * better: "agrees" when the better arm's interval lies on the better side of each worse arm's by more
   than `tolerance` (the metric's default: 0.05 for scores, about five standard errors of one mini-preset
   evaluation, avg@16 on 128 problems; README); "disagrees" when any worse arm's interval lies on
-  the better side by more than that; else "inconclusive: CIs overlap" (with one seed per arm:
+  the better side by more than that; else "inconclusive: CIs overlap", or "inconclusive: CIs apart by
+  less than the tolerance" when no two of them overlap (with one seed per arm:
   "inconclusive: one seed per arm (a point, no interval): gap within tolerance"). The margin matters
   most with one seed, whose interval is a point: a 0.01 gap between two single runs is evaluation
   noise, not a finding.
@@ -65,6 +66,7 @@ from analysis.stability import Interval, arm_interval
 
 MISSING = "inconclusive: missing arms/runs"
 OVERLAP = "inconclusive: CIs overlap"
+SEPARATED = "inconclusive: CIs apart by less than the tolerance"
 POINTS = "inconclusive: one seed per arm (a point, no interval): gap within tolerance"
 
 
@@ -128,14 +130,16 @@ def _better(item: dict, per_run: pd.DataFrame, n_boot: int) -> tuple[str, str, s
     margin, relative = _tolerance(item, metric)
     if relative:
         margin *= max(float(np.mean([abs(cis[r].point) for r in refs])), 1e-12)
-    wins = losses = 0
+    wins = losses = overlaps = 0
     for ref in refs[1:]:
         other = cis[ref]
         lo_b, hi_b = sorted((sign * best.lo, sign * best.hi))
         lo_o, hi_o = sorted((sign * other.lo, sign * other.hi))
         wins += lo_b > hi_o + margin
         losses += hi_b + margin < lo_o
-    verdict = "disagrees" if losses else ("agrees" if wins == len(refs) - 1 else _undecided(cis))
+        overlaps += lo_b <= hi_o and lo_o <= hi_b
+    undecided = _undecided(cis) if overlaps or all(ci.n == 1 for ci in cis.values()) else SEPARATED
+    verdict = "disagrees" if losses else ("agrees" if wins == len(refs) - 1 else undecided)
     leader = max(refs, key=lambda r: sign * cis[r].point)
     observed = f"{'highest' if metric.higher_is_better else 'lowest'} {item['metric']}: {_name(leader, item)}"
     return observed, numbers, verdict

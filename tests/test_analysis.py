@@ -212,6 +212,9 @@ def test_better_verdicts_clear_win_reversed_and_overlapping():
     assert verdict({**better, "better": "a", "worse": "zzz"}, table) == "inconclusive: missing arms/runs"
     kl = per_run_table({"r3": [1e-3, 1.1e-3, 0.9e-3], "plain": [2e-3, 2.1e-3, 1.9e-3]}, "mean_kl")
     assert verdict({"kind": "better", "metric": "mean_kl", "better": "r3", "worse": "plain"}, kl) == "agrees"
+    near = per_run_table({"a": [0.50, 0.51, 0.49], "b": [0.46, 0.47, 0.45]})  # apart, by less than 0.05
+    assert verdict({**better, "better": "a", "worse": "b"}, near) == \
+        "inconclusive: CIs apart by less than the tolerance"
 
 
 def test_better_with_one_seed_needs_a_gap_beyond_the_tolerance():
