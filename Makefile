@@ -12,7 +12,7 @@ GRID ?= experiments/paper.yaml
 export PYTHONHASHSEED := 0
 export MPLBACKEND := Agg
 
-.PHONY: reproduce smoke test test-slow test-slurm bench precision-table regime-table lint mlflow-ui clean venv venv-vllm test-vllm \
+.PHONY: reproduce replicate smoke test test-slow test-slurm bench precision-table regime-table lint mlflow-ui clean venv venv-vllm test-vllm \
 	venv-megatron test-megatron venv-peers gpu-check
 
 venv: $(STAMP)
@@ -35,6 +35,22 @@ reproduce: $(STAMP)
 	@$(BIN)/python -m rl_core.grid $(GRID) --estimate --cores $(CORES) $(if $(filter quick,$(PRESET)),--preset mini --seeds 0,--preset $(PRESET)) | tail -n 1
 	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) \
 	  --configfile $(GRID) --config $(RUN_CONFIG)
+
+# Do the verdicts replicate? The grid again with other seeds (REPLICA_SEEDS) into REPLICA/, from the same
+# cold starts (copied with their times: they do not depend on the RL seed), then both runs' findings side
+# by side (analysis.compare). Run after `make reproduce` with the same GRID and PRESET.
+REPLICA_SEEDS ?= [3,4,5]
+REPLICA ?= results-replica
+GRID_NAME = $(shell sed -n 's/^name: *//p' $(GRID))
+replicate: $(STAMP)
+	@test -f results/$(GRID_NAME)/report/findings.csv || { \
+	  echo "make replicate: no results/$(GRID_NAME)/report/findings.csv; run make reproduce first"; exit 2; }
+	mkdir -p $(REPLICA)/$(GRID_NAME) && cp -a -n results/$(GRID_NAME)/models $(REPLICA)/$(GRID_NAME)/
+	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) --configfile $(GRID) \
+	  --config preset=$(if $(filter quick,$(PRESET)),mini,$(PRESET)) 'seeds=$(REPLICA_SEEDS)' results=$(REPLICA)
+	$(BIN)/python -m analysis.compare results/$(GRID_NAME)/report/findings.csv \
+	  $(REPLICA)/$(GRID_NAME)/report/findings.csv --names "results/" "$(REPLICA)/ (seeds $(REPLICA_SEEDS))" \
+	  --out $(REPLICA)/$(GRID_NAME)/report/compare.md
 
 smoke: $(STAMP)
 	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) \
