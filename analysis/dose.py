@@ -38,7 +38,9 @@ def dose_frame(runs: pd.DataFrame, per_run: pd.DataFrame, figure: str) -> pd.Dat
     })
     if ident["precision"].nunique() < 2:
         return pd.DataFrame()
-    stats = per_run[per_run["figure"] == figure][["arm", "seed", X_METRIC, *(m for m, _ in Y_METRICS)]]
+    columns = ["arm", "seed", X_METRIC, *(m for m, _ in Y_METRICS)]
+    columns += ["collapse_step"] if "collapse_step" in per_run else []
+    stats = per_run[per_run["figure"] == figure][columns]
     out = ident.merge(stats.assign(seed=stats["seed"].astype(int)), on=["arm", "seed"], how="left")
     return out.rename(columns={X_METRIC: "kl"})
 
@@ -62,6 +64,11 @@ def plot_dose(frame: pd.DataFrame, axes, colors: dict | None = None) -> None:
             for row in line.itertuples(index=False):
                 ax.annotate(row.precision, (max(row.kl, KL_FLOOR), getattr(row, metric)), fontsize=10,
                             textcoords="offset points", xytext=(4, 4), color=colors[obj])
+        if metric == "survival_step" and "collapse_step" in frame and frame["collapse_step"].isna().all() \
+                and frame[metric].nunique() == 1:  # a flat line says nothing on its own
+            ax.text(0.5, 0.25, f"no run collapsed: all {len(frame)} survived to their last step "
+                    f"({frame[metric].iloc[0]:g})", transform=ax.transAxes, ha="center", fontsize=11,
+                    bbox={"facecolor": "white", "edgecolor": "0.7"})
         ax.set_xscale("log")
         ax.set_xlabel("mean train-inference KL, k3 (nats/token, log)")
         ax.set_ylabel(label)

@@ -19,7 +19,8 @@ def frames(precisions=("fp32", "fp8", "mxfp4")):
                              "config": {"loss": {"objective": obj}, "rollout": {"precision": p}}})
                 drop = 0.0 if obj == "minirl" else {"fp32": 0.0, "fp8": 0.1, "mxfp4": 0.3}[p]
                 per_run.append({"figure": "fig6", "arm": name, "seed": seed, "mean_kl_k3": kl[p] * (1 + seed),
-                                "final_score": 0.6 - drop + 0.01 * seed, "survival_step": 96 - 100 * drop})
+                                "final_score": 0.6 - drop + 0.01 * seed, "survival_step": 96 - 100 * drop,
+                                "collapse_step": 96 - 100 * drop if drop else float("nan")})
     runs.append({"figure": "other", "arm": "x", "seed": 0, "config": {}})
     return pd.DataFrame(runs), pd.DataFrame(per_run)
 
@@ -89,3 +90,12 @@ def test_a_figure_with_axes_lays_out_the_arms_as_run_not_their_templates():
     (fig,) = figure_layout(grid, runs)
     assert [a for a, _ in fig["arms"]] == ["m-precision=fp32", "m-precision=fp8"]
     assert dict(fig["arms"])["m-precision=fp8"] == "M (precision=fp8)"
+
+
+def test_the_survival_panel_says_so_in_words_when_no_run_collapsed():
+    runs, per_run = frames()
+    texts = [t.get_text() for t in dose_figure(dose_frame(runs, per_run, "fig6"), "fig6").get_axes()[1].texts]
+    assert not any("no run collapsed" in t for t in texts)  # the no-IS runs collapse at fp8 and mxfp4
+    per_run["survival_step"], per_run["collapse_step"] = 32.0, float("nan")
+    texts = [t.get_text() for t in dose_figure(dose_frame(runs, per_run, "fig6"), "fig6").get_axes()[1].texts]
+    assert "no run collapsed: all 12 survived to their last step (32)" in texts
