@@ -70,10 +70,12 @@ SEPARATED = "inconclusive: CIs apart by less than the tolerance"
 POINTS = "inconclusive: one seed per arm (a point, no interval): gap within tolerance"
 
 
-def _undecided(cis: dict) -> str:
-    """Why a comparison decided nothing: overlapping intervals, or, with one seed per arm, points closer
-    than the tolerance (there are no intervals to overlap)."""
-    return POINTS if all(ci.n == 1 for ci in cis.values()) else OVERLAP
+def _undecided(cis: dict, overlap: bool = True) -> str:
+    """Why a comparison decided nothing: overlapping intervals (`overlap`), intervals apart by less than
+    the tolerance, or, with one seed per arm, points closer than the tolerance (no intervals at all)."""
+    if all(ci.n == 1 for ci in cis.values()):
+        return POINTS
+    return OVERLAP if overlap else SEPARATED
 SPLIT = "inconclusive: seeds split"
 UNFINISHED = "inconclusive: runs not finished"
 
@@ -138,7 +140,7 @@ def _better(item: dict, per_run: pd.DataFrame, n_boot: int) -> tuple[str, str, s
         wins += lo_b > hi_o + margin
         losses += hi_b + margin < lo_o
         overlaps += lo_b <= hi_o and lo_o <= hi_b
-    undecided = _undecided(cis) if overlaps or all(ci.n == 1 for ci in cis.values()) else SEPARATED
+    undecided = _undecided(cis, overlap=overlaps > 0)
     verdict = "disagrees" if losses else ("agrees" if wins == len(refs) - 1 else undecided)
     leader = max(refs, key=lambda r: sign * cis[r].point)
     observed = f"{'highest' if metric.higher_is_better else 'lowest'} {item['metric']}: {_name(leader, item)}"

@@ -10,6 +10,7 @@ import json
 import os
 import sys
 import time
+from pathlib import Path
 
 MARK = "BENCH_JSON "
 
@@ -46,8 +47,6 @@ class Timer:
 
 def print_table(table: str, rows: list[dict], json_path: str | None) -> None:
     """A table script's output: the markdown table on stdout, and its rows as JSON at `json_path` if given."""
-    from pathlib import Path
-
     print(table)
     if json_path:
         Path(json_path).parent.mkdir(parents=True, exist_ok=True)
