@@ -224,14 +224,14 @@ def unsharded(policy: torch.nn.Module, ranks: Ranks) -> torch.nn.Module:
     return plain
 
 
-def full_optimizer_state(opt: torch.optim.Optimizer) -> dict:
+def full_optimizer_state(opt) -> dict:
     """``opt.state_dict()`` with full tensors: the single-process format (keys are parameter indices, and
     FSDP2 keeps the parameter order), so a checkpoint resumes at any world size. A collective."""
     sd = opt.state_dict()
     return {**sd, "state": {i: {k: _full(v) for k, v in s.items()} for i, s in sd["state"].items()}}
 
 
-def load_optimizer_state(opt: torch.optim.Optimizer, state: dict) -> None:
+def load_optimizer_state(opt, state: dict) -> None:
     """Load a full (single-process format) optimizer state into an optimizer over FSDP2 shards."""
     from torch.distributed.tensor import DTensor, distribute_tensor
 

@@ -34,9 +34,10 @@ Where it departs from Megatron's own training loop, and why:
 * Replay rows of -1 (pads, tokens the rollout engine never ran, prompts under ``replay_prompt: false``)
   route naturally, and the natural top-k is recorded under replay as well (e_pi for the diagnostics):
   Megatron's REPLAY_FORWARD replays every row and records nothing, so the class extends it by one method.
-* The optimizer is torch's AdamW on the GPTModel's parameters, not Megatron's DistributedOptimizer: the
-  same step as the torch engine (what the comparison needs); AdamW is elementwise, so each rank steps its
-  own slices. Optimizer state is checkpointed as full moments in our layout (any TP / EP resumes it).
+* The optimizer is the torch engine's AdamW (rl_core.adamw: torch's, bitwise) on the GPTModel's
+  parameters, not Megatron's DistributedOptimizer: the same step as the torch engine (what the comparison
+  needs); AdamW is elementwise, so each rank steps its own slices. Optimizer state is checkpointed as full
+  moments in our layout (any TP / EP resumes it).
 * No sequence parallelism (Megatron's local norm spec refuses it without Apex or Transformer Engine), so
   under TP the MoE layers run in eval mode (MoELayer refuses training under TP without it, a performance
   guard) and every expert sees each TP rank's copy of a token: expert gradients are divided by TP.
@@ -306,7 +307,7 @@ class MegatronPolicy(torch.nn.Module):
         reduce_grads(self.gpt, self.layout)
         return clip_grad_norm(self.gpt, max_norm, self.layout)
 
-    def optimizer_state(self, opt: torch.optim.Optimizer) -> dict:
+    def optimizer_state(self, opt) -> dict:
         """AdamW's moments as full tensors in our layout (gathered under TP / EP, a collective), so a
         checkpoint resumes at any tensor / expert-parallel size: {"step", "exp_avg", "exp_avg_sq"}."""
         if not opt.state:
@@ -320,7 +321,7 @@ class MegatronPolicy(torch.nn.Module):
             out[key] = from_hub_layout(megatron_to_hf(self.config, local))
         return out
 
-    def load_optimizer_state(self, opt: torch.optim.Optimizer, state: dict) -> None:
+    def load_optimizer_state(self, opt, state: dict) -> None:
         """The inverse of :meth:`optimizer_state`: this rank's slices of the moments into ``opt``."""
         if "exp_avg" not in state:
             return

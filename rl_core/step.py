@@ -188,7 +188,7 @@ def diagnostics(batch: Batch, rows: torch.Tensor, logp_new: torch.Tensor, entrop
     }
 
 
-def update(cfg: RunConfig, policy, opt: torch.optim.Optimizer, batch: Batch, rows: torch.Tensor,
+def update(cfg: RunConfig, policy, opt, batch: Batch, rows: torch.Tensor,
            objective: Objective, params: LossParams, ranks: Ranks = SINGLE) -> tuple[dict, bool]:
     """One optimizer step on the mini-batch `rows` (each rank on its share). Returns (metrics, finite)."""
     ro = batch.rollout

@@ -40,6 +40,7 @@ import torch
 
 from rl_core import config as C
 from rl_core import distributed as D
+from rl_core.adamw import AdamW
 from rl_core.backends import check_capabilities
 from rl_core.cli import check_checkpoint, config_from_args, guard, json_arg
 from rl_core.model import config_value, load_pretrained, save_pretrained
@@ -213,8 +214,8 @@ class Arm:
         weights = D.full_state_dict(self.policy)  # every rank joins (Megatron under TP / EP gathers)
         self.engine = make_rollout_engine(cfg, self.policy, ranks.device, weights) if ranks.main else None
         self.policy = D.shard(self.policy, ranks)
-        self.opt = torch.optim.AdamW(self.policy.parameters(), lr=t.lr, betas=(t.beta1, t.beta2),
-                                     weight_decay=t.weight_decay)
+        self.opt = AdamW(self.policy.parameters(), lr=t.lr, betas=(t.beta1, t.beta2),  # torch's, bitwise
+                         weight_decay=t.weight_decay)
         self.step, self.global_step, self.rl_wall = 0, 0, 0.0
         self.wall_before = state.get("wall_s", 0.0) if state else 0.0  # the processes before a resume
         if state is not None:
