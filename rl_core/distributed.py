@@ -33,6 +33,7 @@ server would); with W GPUs, give the rollout engine its own (vLLM) or accept ran
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field
 
@@ -202,10 +203,15 @@ def shard(policy: torch.nn.Module, ranks: Ranks) -> torch.nn.Module:
     return policy
 
 
-def _full(t):
-    from torch.distributed.tensor import DTensor
+def _dtensor(t) -> bool:
+    """Whether ``t`` is a DTensor, without importing torch.distributed.tensor (0.6 s) where nothing made one:
+    a process that never imported that module holds no DTensor."""
+    module = sys.modules.get("torch.distributed.tensor")
+    return module is not None and isinstance(t, module.DTensor)
 
-    return t.full_tensor() if isinstance(t, DTensor) else t
+
+def _full(t):
+    return t.full_tensor() if _dtensor(t) else t
 
 
 def full_state_dict(policy: torch.nn.Module) -> dict[str, torch.Tensor]:
@@ -255,9 +261,7 @@ def clip_grad_norm(policy: torch.nn.Module, max_norm: float) -> torch.Tensor:
 
 def params_finite(policy: torch.nn.Module, ranks: Ranks) -> bool:
     """Every weight finite, on every rank's shard."""
-    from torch.distributed.tensor import DTensor
-
-    local = (p.to_local() if isinstance(p, DTensor) else p for p in policy.parameters())
+    local = (p.to_local() if _dtensor(p) else p for p in policy.parameters())
     return ranks.all_true(all(bool(torch.isfinite(p).all()) for p in local))
 
 
