@@ -30,7 +30,8 @@ Verdicts, on per-arm IQM intervals over seeds (analysis.stability):
   less than the tolerance" when no two of them overlap (with one seed per arm:
   "inconclusive: one seed per arm (a point, no interval): gap within tolerance"). The margin matters
   most with one seed, whose interval is a point: a 0.01 gap between two single runs is evaluation
-  noise, not a finding.
+  noise, not a finding. On ``collapse_step``, when none of the compared runs collapsed: "inconclusive:
+  no run collapsed" (every value is censored at its run's last step, so there is no order to find).
 * similar: "agrees" when the spread (max - min) of the arms' IQMs is within `tolerance`; "disagrees"
   when it is not and some pair of intervals is disjoint; else "inconclusive: CIs overlap".
   different: the mirror image (agrees when a pair differs by more than `tolerance` with disjoint
@@ -78,6 +79,7 @@ def _undecided(cis: dict, overlap: bool = True) -> str:
     return OVERLAP if overlap else SEPARATED
 SPLIT = "inconclusive: seeds split"
 UNFINISHED = "inconclusive: runs not finished"
+CENSORED = "inconclusive: no run collapsed (every collapse step is its run's last step)"
 
 
 def _runs_of(per_run: pd.DataFrame, figure: str, arm: str) -> pd.DataFrame:
@@ -127,6 +129,9 @@ def _better(item: dict, per_run: pd.DataFrame, n_boot: int) -> tuple[str, str, s
     if compared is None:
         return "", "", MISSING
     refs, cis, metric, numbers = compared
+    if item["metric"] == "collapse_step" and \
+            all(_runs_of(per_run, *r)["collapse_step"].isna().all() for r in refs):
+        return "no run collapsed", numbers, CENSORED  # censored alike: nothing to rank by
     sign = 1.0 if metric.higher_is_better else -1.0
     best = cis[refs[0]]
     margin, relative = _tolerance(item, metric)

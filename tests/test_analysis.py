@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from analysis.findings import FindingError, evaluate_findings, validate_findings
+from analysis.findings import CENSORED, FindingError, evaluate_findings, validate_findings
 from analysis.index import build_index
 from analysis.load import load_grid, run_wide
 from analysis.report import build_report, main, parse_rule
@@ -215,6 +215,17 @@ def test_better_verdicts_clear_win_reversed_and_overlapping():
     near = per_run_table({"a": [0.50, 0.51, 0.49], "b": [0.46, 0.47, 0.45]})  # apart, by less than 0.05
     assert verdict({**better, "better": "a", "worse": "b"}, near) == \
         "inconclusive: CIs apart by less than the tolerance"
+
+
+def test_collapse_order_is_undecided_when_nothing_collapsed():
+    """Censored alike (every run at its last step): "later collapse" has no order to find; one collapse
+    (the control) makes it an ordinary comparison again."""
+    table = per_run_table({"a": [0.5] * 3, "b": [0.5] * 3})
+    later = {"kind": "better", "metric": "collapse_step", "better": "a", "worse": "b"}
+    assert verdict(later, table) == CENSORED == \
+        "inconclusive: no run collapsed (every collapse step is its run's last step)"
+    table.loc[table["arm"] == "b", ["collapse_step", "survival_step"]] = 40.0
+    assert verdict(later, table) == "agrees"
 
 
 def test_better_with_one_seed_needs_a_gap_beyond_the_tolerance():
