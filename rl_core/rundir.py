@@ -9,6 +9,7 @@
   ``ckpt/state.prev.pt``. A checkpoint that cannot be read (truncated, corrupt, of another config, or
   ahead of the metrics file) is named in a message and renamed ``*.corrupt``; the run resumes from the
   previous one, or from scratch when none is usable.
+* :class:`RunFiles`: the files a trainer writes there (metrics rows, JSON files, the checkpoint).
 """
 
 from __future__ import annotations
@@ -126,3 +127,42 @@ def load_checkpoint(ckpt_dir: Path, accept: Callable[[dict], str]) -> dict | Non
             say(f"checkpoint {ckpt_dir / STATE}: not usable; resuming from {path} (step {state['step']})")
         return state
     return None
+
+
+class RunFiles:
+    """The run directory: append-only metrics with a row count that checkpoints record."""
+
+    def __init__(self, out: Path, writes: bool = True):
+        self.out, self.writes = out, writes  # writes=False: a rank other than 0 (reads, never writes)
+        self.metrics = out / "metrics.jsonl"
+        self.ckpt = out / "ckpt" / "state.pt"
+        self.last_eval: dict = {}  # the latest eval row written (the progress line shows its score)
+
+    def rows(self) -> int:
+        return sum(1 for _ in self.metrics.open("rb")) if self.metrics.exists() else 0
+
+    def truncate(self, n_rows: int) -> None:
+        if not self.writes:
+            return
+        lines = self.metrics.read_bytes().splitlines(keepends=True) if self.metrics.exists() else []
+        self.metrics.write_bytes(b"".join(lines[:n_rows]))
+
+    def append(self, row: dict) -> None:
+        row = {**row, "perf/time": time.time()}  # wall clock, unix s: MLflow's metric timestamps
+        if "eval/score" in row:
+            self.last_eval = row
+        if not self.writes:
+            return
+        with self.metrics.open("a") as f:
+            f.write(json.dumps(row, allow_nan=True) + "\n")
+
+    def write_json(self, name: str, obj: dict) -> None:
+        if not self.writes:
+            return
+        tmp = self.out / f".{name}.tmp"
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+        os.replace(tmp, self.out / name)
+
+    def save_ckpt(self, state: dict) -> None:
+        if self.writes:
+            save_checkpoint(state, self.ckpt)  # keeps the one before as ckpt/state.prev.pt

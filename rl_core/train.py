@@ -46,7 +46,7 @@ from rl_core.cli import check_checkpoint, config_from_args, guard, json_arg
 from rl_core.model import config_value, load_pretrained, save_pretrained
 from rl_core.objectives import OBJECTIVES, LossParams
 from rl_core.rollout import EmbeddedRolloutEngine
-from rl_core.rundir import hold_lock, load_checkpoint, save_checkpoint, say, set_aside
+from rl_core.rundir import RunFiles, hold_lock, load_checkpoint, say, set_aside
 from rl_core.step import Sampled, prompt_indices, sample, score, update
 from rl_core.tasks import EVAL_SEED, eval_fingerprint, evaluate, make_task, reusable
 
@@ -83,45 +83,6 @@ def make_rollout_engine(cfg: C.RunConfig, policy, device: torch.device | None = 
     weights = policy.state_dict() if weights is None else weights
     make = lambda: EmbeddedRolloutEngine(policy.config, weights, cfg.rollout.precision, cfg.rollout.kv_cache)  # noqa: E731
     return make() if device is None or device.type == "cpu" else D.OnDevice(make, device)
-
-
-class RunFiles:
-    """The run directory: append-only metrics with a row count that checkpoints record."""
-
-    def __init__(self, out: Path, writes: bool = True):
-        self.out, self.writes = out, writes  # writes=False: a rank other than 0 (reads, never writes)
-        self.metrics = out / "metrics.jsonl"
-        self.ckpt = out / "ckpt" / "state.pt"
-        self.last_eval: dict = {}  # the latest eval row written (the progress line shows its score)
-
-    def rows(self) -> int:
-        return sum(1 for _ in self.metrics.open("rb")) if self.metrics.exists() else 0
-
-    def truncate(self, n_rows: int) -> None:
-        if not self.writes:
-            return
-        lines = self.metrics.read_bytes().splitlines(keepends=True) if self.metrics.exists() else []
-        self.metrics.write_bytes(b"".join(lines[:n_rows]))
-
-    def append(self, row: dict) -> None:
-        row = {**row, "perf/time": time.time()}  # wall clock, unix s: MLflow's metric timestamps
-        if "eval/score" in row:
-            self.last_eval = row
-        if not self.writes:
-            return
-        with self.metrics.open("a") as f:
-            f.write(json.dumps(row, allow_nan=True) + "\n")
-
-    def write_json(self, name: str, obj: dict) -> None:
-        if not self.writes:
-            return
-        tmp = self.out / f".{name}.tmp"
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
-        os.replace(tmp, self.out / name)
-
-    def save_ckpt(self, state: dict) -> None:
-        if self.writes:
-            save_checkpoint(state, self.ckpt)  # keeps the one before as ckpt/state.prev.pt
 
 
 def run_eval(cfg: C.RunConfig, policy, task, step: int, state_dict: dict | None = None,
