@@ -22,7 +22,9 @@ early leave the batch); P is the arithmetic task's mean prompt (a ``task.kind: f
 vocabulary are not modelled: its estimate is a lower bound). The grid's wall: pretraining (one job, the
 other cores idle), the SFTs spread over the cores, then the arms and cold-start evals list-scheduled longest
 first onto whichever core frees first (Snakemake's order differs; the report's rendering, a few seconds, is
-left out).
+left out). Jobs that share the machine run slower than the bench's one process (caches and memory bandwidth
+are shared): with more than one core, every job after pretraining takes ``busy`` times its modelled time,
+``busy`` measured on a whole grid (:data:`DEFAULTS`; `make bench` does not measure it).
 """
 
 from __future__ import annotations
@@ -45,6 +47,10 @@ DEFAULTS = {
     "f_train": {"fp32": 1.0, "bf16": 1.25},
     "resp_frac": 0.61, "prompt_tokens": 9.1, "arm_fixed_s": 1.7,
     "cs_batch": 32, "pretrain_step_s": 0.137, "sft_step_s": 0.122,
+    # The arms' summed wall time (summary.json wall_s, one thread each, two jobs on the two cores) over
+    # this model's time for the same arms: a fresh clone's `make reproduce` of the paper grid at commit
+    # ee0051f, 2026-11-30 11:43-13:49 UTC, the machine otherwise idle (README, "The default grid"): 1.31.
+    "busy": 1.31,
 }
 
 
@@ -174,8 +180,8 @@ def n_evals(steps: int, every: int, N: int) -> int:
     return 1 + sum(1 for s in range(N, steps + 1, N) if s % every < N or s >= steps)
 
 
-def arm_seconds(c: dict, cfg) -> dict:
-    """cfg: a RunConfig. Global steps, evals and seconds of one arm."""
+def arm_seconds(c: dict, cfg, busy: float = 1.0) -> dict:
+    """cfg: a RunConfig. Global steps, evals and seconds of one arm (times ``busy``: module docstring)."""
     t, r, d = cfg.train, cfg.rollout, cfg.model.hidden_size
     N, L = t.n_minibatches, r.max_new_tokens
     global_steps = t.steps // N
@@ -183,8 +189,9 @@ def arm_seconds(c: dict, cfg) -> dict:
     evals = n_evals(t.steps, cfg.eval.every, N)
     # An arm from a grid's cold start (no `init` of its own) takes the cold start's benchmark as its step 0.
     ev = (evals - (0 if cfg.init else 1)) * rollout_seconds(c, d, cfg.eval.n_problems * cfg.eval.k, L)
+    rl, ev = rl * busy, ev * busy
     return {"global_steps": global_steps, "grad_steps": t.steps, "evals": evals, "rl_s": rl, "eval_s": ev,
-            "total_s": rl + ev + c["arm_fixed_s"]}
+            "total_s": rl + ev + c["arm_fixed_s"] * busy}
 
 
 def _schedule(jobs: list[float], cores: int, load: list[float] | None = None) -> list[float]:
@@ -205,8 +212,10 @@ def grid_estimate(grid, cores: int = 2, c: dict | None = None) -> dict:
     teachers = grid.cold_starts
     pretrain = p.pretrain_steps * c["pretrain_step_s"] * lm_step
     sft = p.sft_steps * c["sft_step_s"] * lm_step
-    cs_eval = rollout_seconds(c, d, base.eval.n_problems * base.eval.k, base.rollout.max_new_tokens)
-    arms = [(r, arm_seconds(c, r.config)) for r in grid.trained_runs]  # a shared run costs nothing
+    busy = c.get("busy", 1.0) if cores > 1 else 1.0  # jobs side by side contend for caches and memory
+    sft *= busy if len(teachers) > 1 else 1.0
+    cs_eval = rollout_seconds(c, d, base.eval.n_problems * base.eval.k, base.rollout.max_new_tokens) * busy
+    arms = [(r, arm_seconds(c, r.config, busy)) for r in grid.trained_runs]  # a shared run costs nothing
     # The SFTs first, then the arms and evals onto whichever core frees first (an arm waits for its own
     # cold start only; Snakemake starts it as soon as a core is free).
     after_sft = _schedule([sft] * len(teachers), cores)
@@ -217,7 +226,7 @@ def grid_estimate(grid, cores: int = 2, c: dict | None = None) -> dict:
         "grid": grid.name, "preset": grid.preset, "runs": len(arms), "seeds": len(grid.seeds), "cores": cores,
         "teachers": teachers, "pretrain_s": pretrain, "sft_s": sft, "sft_wall_s": sft_wall,
         "coldstart_eval_s": cs_eval, "arms": arms, "rl_cpu_s": sum(a["total_s"] for _, a in arms),
-        "rl_wall_s": rl_wall, "wall_s": pretrain + sft_wall + rl_wall, "source": c["source"],
+        "rl_wall_s": rl_wall, "wall_s": pretrain + sft_wall + rl_wall, "source": c["source"], "busy": busy,
     }
 
 
@@ -243,8 +252,9 @@ def format_estimate(e: dict) -> str:
                  f"{len(e['teachers']) + 1} evals {e['coldstart_eval_s']:.1f} s each")
     lines.append(f"RL: {e['runs']} runs ({e['seeds']} seed(s)), {e['rl_cpu_s'] / 60:.0f} CPU min -> "
                  f"{e['rl_wall_s'] / 60:.0f} min on {e['cores']} cores")
+    busy = f", jobs {e['busy']:.2f}x slower side by side" if e["busy"] != 1.0 else ""
     lines.append(f"{e['grid']} (preset {e['preset']}): about {_hm(e['wall_s'])} h:mm wall on {e['cores']} "
-                 f"unloaded cores [coefficients: {e['source']}]")
+                 f"unloaded cores [coefficients: {e['source']}{busy}]")
     return "\n".join(lines)
 
 

@@ -76,7 +76,8 @@ def test_eval_count_follows_the_trainer(steps, every, N):
 
 def test_grid_estimate_schedules_arms_over_the_cores():
     grid = load_grid(REPO / "experiments" / "smoke.yaml")
-    one, two = cost.grid_estimate(grid, 1, cost.DEFAULTS), cost.grid_estimate(grid, 2, cost.DEFAULTS)
+    c = {**cost.DEFAULTS, "busy": 1.0}
+    one, two = cost.grid_estimate(grid, 1, c), cost.grid_estimate(grid, 2, c)
     assert one["rl_cpu_s"] == pytest.approx(two["rl_cpu_s"])
     n_evals = len(grid.cold_starts) + 1
     assert one["rl_wall_s"] == pytest.approx(one["rl_cpu_s"] + n_evals * one["coldstart_eval_s"])
@@ -86,6 +87,20 @@ def test_grid_estimate_schedules_arms_over_the_cores():
     trained = sum(r.config.train.steps for r in grid.trained_runs)
     assert sum(a["grad_steps"] for _, a in two["arms"]) == trained
     assert len(two["arms"]) == len(grid.runs) - 1
+
+
+def test_jobs_side_by_side_take_busy_times_longer():
+    """Every job after pretraining runs `busy` x slower when it shares the machine (2+ cores); alone (1
+    core) and pretraining (always alone) as modelled."""
+    grid = load_grid(REPO / "experiments" / "paper.yaml", preset="mini")
+    plain, busy = ({**cost.DEFAULTS, "busy": b} for b in (1.0, 1.3))
+    for cores in (1, 2):
+        a, b = cost.grid_estimate(grid, cores, plain), cost.grid_estimate(grid, cores, busy)
+        factor = 1.3 if cores > 1 else 1.0
+        assert b["rl_cpu_s"] == pytest.approx(factor * a["rl_cpu_s"])
+        assert (b["sft_s"], b["coldstart_eval_s"]) == pytest.approx((factor * a["sft_s"],
+                                                                     factor * a["coldstart_eval_s"]))
+        assert b["pretrain_s"] == a["pretrain_s"] and b["busy"] == factor
 
 
 def test_estimate_command_line_and_seeds(capsys):
