@@ -7,7 +7,7 @@ Each arm of experiments/paper.yaml (preset mini) is run in this process for a fe
 rl_core.train.Arm, each phase timed on its own; the figures are projected onto the whole arm (train.steps /
 N global steps, its evals every eval.every steps plus step 0, a checkpoint every checkpoint_every steps),
 after one warm-up global step. The fixed part of an arm process is listed once, the same for every arm:
-process start, imports and torch._dynamo's import (wall seconds of fresh interpreters, best of 3) and the
+process start, imports and the optimizer's first step (wall seconds of fresh interpreters, best of 3) and the
 setup of the first arm profiled (cold); the rest is CPU seconds of this process (time.process_time).
 `--ops` adds torch.profiler's top operators of one rollout, one update and one eval. Needs a cold start
 of the mini model (`--init`; the workflow's results/paper/models/chain). Use `--threads 1` on a shared
@@ -41,9 +41,9 @@ def fresh(code: str) -> float:
 def process_costs() -> dict:
     start = fresh("pass")
     train = fresh("import rl_core.train") - start
-    # torch.optim's step() imports torch._dynamo on its first call
+    # the trainer's optimizer's first step (torch.optim's imported torch._dynamo there: 1-2 s; ours does not)
     opt = fresh("import rl_core.train, torch; p = torch.zeros(1, requires_grad=True); p.grad = p.detach(); "
-                "torch.optim.AdamW([p]).step()") - start
+                "rl_core.train.AdamW([p]).step()") - start
     return {"python_start_s": start, "import_train_s": train, "optimizer_first_s": opt - train}
 
 
@@ -132,7 +132,7 @@ def report(res: dict, proc: dict) -> str:
     w = res["projected_s"]
     parts = {"python start": proc["python_start_s"], "import rl_core.train": proc["import_train_s"],
              "setup (task, policy, rollout engine, optimizer)": proc["setup_s"],
-             "torch._dynamo's import (torch.optim's first step)": proc["optimizer_first_s"],
+             "the optimizer's first step (rl_core.adamw)": proc["optimizer_first_s"],
              "rollout decode": w["rollout"], "pi_old scoring": w["pi_old"], "updates": w["update"],
              "weight sync": w["sync"], f"evals ({res['n_evals']} x {res['eval_s_each']:.2f} s)": w["evals"],
              f"checkpoints ({res['n_checkpoints']})": w["checkpoints"]}

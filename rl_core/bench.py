@@ -31,10 +31,12 @@ OUT/coldstart. Writes OUT/bench.json (every raw figure plus the table) and print
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
 import platform
+import signal
 import subprocess
 import sys
 import time
@@ -109,11 +111,20 @@ def run_helper(python: Path, script: str, spec: dict, threads: int, timeout: flo
         return {"error": "not installed", "python": str(python)}
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "PYTHONHASHSEED": "0", "TOKENIZERS_PARALLELISM": "false"}
+    # Its own session, killed whole afterwards: a helper's children (vLLM's engine process) must not
+    # outlive it and share the cores with the next measurement (one did: the training FLOP/s after the
+    # vLLM rollout read 0.4x its value measured alone).
+    proc = subprocess.Popen([str(python), str(ROOT / "bench" / script), json.dumps(spec)], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        proc = subprocess.run([str(python), str(ROOT / "bench" / script), json.dumps(spec)], cwd=ROOT,
-                              env=env, capture_output=True, text=True, timeout=timeout)
+        stdout, stderr = proc.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"error": f"timed out after {timeout:.0f}s"}
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    proc = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     try:
         return parse_result(proc.stdout)
     except ValueError:
