@@ -14,6 +14,8 @@ import argparse
 import json
 from pathlib import Path
 
+from analysis.load import find_run_dirs
+
 
 def _rows(run: Path) -> list[dict]:
     rows = (json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip())
@@ -23,7 +25,7 @@ def _rows(run: Path) -> list[dict]:
 def compare_runs(a: Path, b: Path) -> dict:
     """{"identical": [...], "differ": [(run, row index, fields)], "missing": [...]} over A's finished runs."""
     out = {"identical": [], "differ": [], "missing": []}
-    for run in sorted(a.glob("runs/*/*/seed*")):
+    for run in find_run_dirs(a):
         if not (run / "DONE").exists():
             continue
         name, other = str(run.relative_to(a / "runs")), b / run.relative_to(a)
@@ -47,7 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("a", type=Path, help="a grid directory (results/<grid>)")
     ap.add_argument("b", type=Path, help="the grid directory to compare it with")
     args = ap.parse_args(argv)
-    if not any(args.a.glob("runs/*/*/seed*/DONE")):
+    if not any((run / "DONE").exists() for run in find_run_dirs(args.a)):
         ap.error(f"{args.a}: no finished run (runs/<figure>/<arm>/seed<n>/DONE)")
     res = compare_runs(args.a, args.b)
     for name, i, fields in res["differ"]:

@@ -72,19 +72,19 @@ class AdamW:
         """A state_dict of this class or of torch.optim.AdamW over the same parameters, copied (tensors
         cast to their parameter's dtype and device, ``step`` as saved)."""
         saved = state_dict["param_groups"]
-        if [len(g["params"]) for g in saved] != [len(g["params"]) for g in self.param_groups]:
-            raise ValueError(f"optimizer state for {[len(g['params']) for g in saved]} parameters per group, "
-                             f"this optimizer has {[len(g['params']) for g in self.param_groups]}")
+        theirs, mine = ([len(g["params"]) for g in groups] for groups in (saved, self.param_groups))
+        if theirs != mine:
+            raise ValueError(f"optimizer state for {theirs} parameters per group, this optimizer has {mine}")
         for g in saved:
             unsupported = {k: g[k] for k, v in _FIXED.items() if k in g and bool(g[k]) != bool(v)}
             if unsupported:
                 raise ValueError(f"optimizer state with {unsupported}: rl_core.adamw.AdamW implements "
                                  f"{ {k: _FIXED[k] for k in unsupported} } only")
-        params = self._params()
-        self.state = {params[int(i)]: {k: v.clone() if k == "step" else v.to(params[int(i)].device,
-                                                                              params[int(i)].dtype, copy=True)
-                                       for k, v in s.items()}
-                      for i, s in state_dict["state"].items()}
+        params, self.state = self._params(), {}
+        for i, s in state_dict["state"].items():
+            p = params[int(i)]
+            self.state[p] = {k: v.clone() if k == "step" else v.to(p.device, p.dtype, copy=True)
+                             for k, v in s.items()}
         for mine, g in zip(self.param_groups, saved, strict=True):
             mine.update({k: (tuple(v) if k == "betas" else v) for k, v in g.items() if k != "params"})
 

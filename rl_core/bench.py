@@ -124,11 +124,10 @@ def run_helper(python: Path, script: str, spec: dict, threads: int, timeout: flo
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
-    proc = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
     try:
-        return parse_result(proc.stdout)
+        return parse_result(stdout)
     except ValueError:
-        return {"error": f"exit code {proc.returncode}, no result", "stderr_tail": proc.stderr[-2000:]}
+        return {"error": f"exit code {proc.returncode}, no result", "stderr_tail": stderr[-2000:]}
 
 
 def build_coldstart(out: Path, threads: int) -> Path:
