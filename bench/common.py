@@ -13,6 +13,9 @@ import time
 from pathlib import Path
 
 MARK = "BENCH_JSON "
+# This checkout's rl_core, whatever else is installed: a helper runs as a script (sys.path[0] is bench/), so
+# without this `import rl_core` would find the venv's editable install, which may point at another clone.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def pin_threads(n: int) -> None:

@@ -19,8 +19,11 @@ import json
 import math
 import statistics
 import sys
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's rl_core (bench/common.py)
 
 from rl_core.grid import REPO, load_grid
 from rl_core.model import load_pretrained

@@ -14,9 +14,13 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's rl_core (bench/common.py)
 
 from rl_core.config import ModelConfig
 from rl_core.engine import token_logprobs

@@ -158,3 +158,27 @@ def test_eval_se_measures_the_workflows_benchmark_its_first_seed_is_the_step0_sc
                         torch.Generator().manual_seed(EVAL_SEED))
     assert out["scores"][0] == workflow["score"] and len(out["scores"]) == 2
     assert out["se_measured"] >= 0 and 0 <= out["se_predicted"] <= 0.5 / (16 * 2) ** 0.5
+
+
+@pytest.mark.parametrize("first", ["common", "eval_se", "rollout_quick"])
+def test_helpers_import_this_checkouts_rl_core_not_another_install(tmp_path, first):
+    """A helper runs as a script, so sys.path[0] is bench/; an rl_core found later on the path (here a decoy
+    on PYTHONPATH, in life the venv's editable install of another clone) must not be the one benched."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parent.parent
+    (tmp_path / "rl_core").mkdir()
+    (tmp_path / "rl_core" / "__init__.py").write_text("")
+    probe = ("import sys; sys.path.insert(0, {b!r}); sys.argv = ['x', '--help']\n"
+             "try:\n    import {m}\nexcept SystemExit:\n    pass\n"
+             "import rl_core; print(rl_core.__file__)")
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+
+    def where(module: str) -> Path:
+        code = probe.format(b=str(repo / "bench"), m=module)
+        out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path.parent, env=env, check=True,
+                             capture_output=True, text=True).stdout
+        return Path(out.split()[-1]).parent
+
+    assert where("json") == tmp_path / "rl_core"  # control: without the helper's own import, the decoy
+    assert where(first) == repo / "rl_core"
