@@ -8,8 +8,8 @@ SPEC: config (a RunConfig tree, `init` included), threads, workdir, grid_runs. M
    time (process start, imports, model load, evals, RL steps, checkpoints, run files) and its peak RSS
    and CPU seconds (resource.getrusage(RUSAGE_CHILDREN): this process's only child so far); summary.json's
    rl_wall_s is the time inside global steps.
-2. The benchmark evals, listed separately: one rl_core.train.run_eval timed in this process (after a
-   warm-up) times the number of eval rows the arm wrote.
+2. The benchmark evals, listed separately: the wall time of each, as the arm's own eval rows record it
+   (perf/eval_s).
 3. The MLflow mirror of that run as the workflow does it (`python -m rl_core.tracking grid`, one process
    per grid) into a fresh sqlite store: the run's own part (runs_s) plus the process's fixed part (start,
    imports, store, parent) shared by the `grid_runs` runs of the grid (SPEC; paper.yaml has 26).
@@ -52,24 +52,9 @@ def main() -> None:
     train_cpu_s = usage.ru_utime + usage.ru_stime
     summary = json.loads((run_dir / "summary.json").read_text())
     rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    n_evals = sum("eval/score" in r for r in rows)
+    eval_s = [r["perf/eval_s"] for r in rows if "eval/score" in r]
     ckpt = run_dir / "ckpt" / "state.pt"
     ckpt_bytes = ckpt.stat().st_size if ckpt.exists() else 0
-
-    import torch
-
-    from rl_core import config as C
-    from rl_core.model import load_pretrained
-    from rl_core.tasks import make_task
-    from rl_core.train import run_eval
-
-    cfg = C.from_dict(s["config"])
-    policy, task = load_pretrained(cfg.init), make_task(cfg.task)
-    torch.set_num_threads(s["threads"])
-    run_eval(cfg, policy, task, 0)
-    t0 = time.perf_counter()
-    run_eval(cfg, policy, task, 0)
-    eval_s = time.perf_counter() - t0
 
     uri = f"sqlite:///{(work / 'mlflow.db').resolve()}"
     t0 = time.perf_counter()
@@ -83,8 +68,8 @@ def main() -> None:
     emit({
         "train_wall_s": train_wall, "train_cpu_s": train_cpu_s, "rl_wall_s": summary["rl_wall_s"],
         "status": summary["status"],
-        "steps": summary["steps_done"], "n_evals": n_evals, "eval_s_each": eval_s,
-        "eval_s_total": eval_s * n_evals, "mirror_wall_s": mirror_wall_s, "mirror_run_s": mirror["runs_s"],
+        "steps": summary["steps_done"], "n_evals": len(eval_s), "eval_s_each": eval_s,
+        "eval_s_total": sum(eval_s), "mirror_wall_s": mirror_wall_s, "mirror_run_s": mirror["runs_s"],
         "mirror_share_s": mirror_share_s, "grid_runs": s["grid_runs"],
         "python_start_s": python_start_s, "import_train_s": import_train_s, "peak_rss_mb": peak_rss_mb,
         "checkpoint_mb": ckpt_bytes / 2**20,

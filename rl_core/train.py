@@ -90,20 +90,24 @@ def run_eval(cfg: C.RunConfig, policy, task, step: int, state_dict: dict | None 
     """The benchmark on an fp32 embedded engine built from ``state_dict`` (default: the policy's), on
     ``device`` (default: cpu); or the result stored at ``reuse`` (the cold start's benchmark) when its
     fingerprint says it was made from the same weights, settings and code (else computed, saying why)."""
+    t0 = time.perf_counter()
     device = torch.device("cpu") if device is None else device
     sd = policy.state_dict() if state_dict is None else state_dict
+    res = None
     if reuse is not None:
         stored, why = reusable(reuse, eval_fingerprint(cfg, sd, policy.config, device.type))
         print(f"step-0 eval: {why}" + ("" if stored else "; computing it here"), flush=True)
-        if stored:
-            return {"step": step, "eval/score": stored["score"],
-                    "eval/response_length": stored["response_length"]}
-    make = lambda: EmbeddedRolloutEngine(policy.config, sd, "fp32")  # noqa: E731
-    engine = make() if device.type == "cpu" else D.OnDevice(make, device)
-    res = evaluate(engine, task, task.bench_problems[: cfg.eval.n_problems], cfg.eval.k,
-                   cfg.eval.temperature, cfg.rollout.max_new_tokens,
-                   torch.Generator(device).manual_seed(EVAL_SEED))
-    return {"step": step, "eval/score": res["score"], "eval/response_length": res["response_length"]}
+        res = stored or None
+    if res is None:
+        make = lambda: EmbeddedRolloutEngine(policy.config, sd, "fp32")  # noqa: E731
+        engine = make() if device.type == "cpu" else D.OnDevice(make, device)
+        res = evaluate(engine, task, task.bench_problems[: cfg.eval.n_problems], cfg.eval.k,
+                       cfg.eval.temperature, cfg.rollout.max_new_tokens,
+                       torch.Generator(device).manual_seed(EVAL_SEED))
+    # perf/eval_s: this eval's wall time (a reused one: the fingerprint check), so an arm's time outside
+    # its RL steps and evals can be told from its own rows (bench/arm.py).
+    return {"step": step, "eval/score": res["score"], "eval/response_length": res["response_length"],
+            "perf/eval_s": time.perf_counter() - t0}
 
 
 CKPT_KEYS = ("policy", "opt", "step", "global_step", "rl_wall", "rows", "config_hash")

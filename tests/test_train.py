@@ -177,6 +177,9 @@ def test_step0_eval_reuses_the_cold_start_benchmark_only_when_its_fingerprint_ma
     assert f"step-0 eval: reused {bench}" in out, [x for x in out.splitlines() if "step-0" in x]
     computed, reused = eval_rows(tmp_path / "computed"), eval_rows(tmp_path / "reused")
     assert computed[0]["step"] == 0 and strip_perf(computed) == strip_perf(reused)  # step 0 and the rest
+    # Each eval row carries its own wall time; a reused step 0 costs only the fingerprint check.
+    assert all(r["perf/eval_s"] > 0 for r in computed + reused)
+    assert reused[0]["perf/eval_s"] < min(r["perf/eval_s"] for r in computed) / 2
     # A stored result that would differ: another eval.k is named and the step-0 eval is computed here.
     stored = json.loads(bench.read_text())
     stored["score"] = -1.0
