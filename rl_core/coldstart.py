@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 
 from rl_core import config as C
+from rl_core.adamw import AdamW
 from rl_core.cli import check_checkpoint, config_from_args, guard
 from rl_core.model import MoEPolicy, hf_config, load_pretrained, save_pretrained
 from rl_core.rollout import EmbeddedRolloutEngine
@@ -164,7 +165,7 @@ def lm_loss(model: MoEPolicy, ids: torch.Tensor, mask: torch.Tensor, loss_mask: 
 
 def train_lm(model: MoEPolicy, batches, steps: int, lr: float, tag: str) -> list[dict]:
     """AdamW with the schedule of :func:`lr_at`; returns one log row per ~1% of steps."""
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)
+    opt = AdamW(model.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.0)  # torch's, bitwise
     log, t0, every = [], time.perf_counter(), max(1, steps // 10)
     model.train()
     for step in range(steps):
