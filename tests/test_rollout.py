@@ -227,3 +227,34 @@ def test_kv_cache_decode_equals_full_sequence_recompute_in_fp32():
     assert (logp[resp] - b.logp_behavior[:, 1:][resp]).abs().max() <= 1e-5
     processed = b.routing[..., 0] >= 0
     assert same_sets(routing, b.routing)[processed].all()
+
+
+@pytest.mark.parametrize("precision,kv", [("fp32", "auto"), ("fp8", "fp8")])
+def test_kv_cache_columns_are_written_before_they_are_read(monkeypatch, precision, kv):
+    """The cache is allocated uninitialised and a dropped row's cache is copied only up to the columns
+    written so far. Filled with NaN instead (a NaN value times a masked-out 0 probability is NaN), every
+    sampled token, log-prob and routing must equal a zero-filled cache's: no column is read unwritten."""
+    import rl_core.rollout.embedded as E
+
+    engine = EmbeddedRolloutEngine.from_model(tiny(), precision, kv)
+    ps = prompts(48, seed=7)
+
+    def run(fill: float) -> RolloutBatch:
+        def new_cache(B, S):
+            shape = (engine.n_layers, B, engine.n_kv, S, engine.head_dim)
+            return torch.full(shape, fill), torch.full(shape, fill)
+
+        def keep_rows(cache, keep, written):
+            out = torch.full((cache.shape[0], len(keep), *cache.shape[2:]), fill)
+            out[:, :, :, :written] = cache[:, keep, :, :written]
+            return out
+
+        monkeypatch.setattr(engine, "_new_cache", new_cache)
+        monkeypatch.setattr(E, "_keep_rows", keep_rows)
+        return engine.generate(ps, 30, 1.0, torch.Generator().manual_seed(4))
+
+    nan, zero = run(float("nan")), run(0.0)
+    assert zero.response_mask.sum(1).unique().numel() > 3  # rows finish at different steps: rows were dropped
+    for f in ("input_ids", "response_mask", "logp_behavior", "routing"):
+        assert torch.equal(getattr(nan, f), getattr(zero, f)), f
+    assert torch.isfinite(nan.logp_behavior).all()

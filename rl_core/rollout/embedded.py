@@ -86,6 +86,14 @@ def _rms(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     return (h * torch.rsqrt(h.pow(2).mean(-1, keepdim=True) + eps)).to(x.dtype) * weight
 
 
+def _keep_rows(cache: torch.Tensor, keep: torch.Tensor, written: int) -> torch.Tensor:
+    """The rows ``keep`` of a KV cache (L, B, Hkv, S, D), copying only its ``written`` columns (the rest
+    is never read before a forward writes it)."""
+    out = cache.new_empty(cache.shape[0], len(keep), *cache.shape[2:])
+    out[:, :, :, :written] = cache[:, keep, :, :written]
+    return out
+
+
 # -------------------------------------------------------------------------------------------- engine
 
 
@@ -252,8 +260,9 @@ class EmbeddedRolloutEngine:
         return logits, torch.stack(routing, dim=2)
 
     def _new_cache(self, B: int, S: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Uninitialised: a forward writes its columns [start, end) before its attention reads [0, end)."""
         shape = (self.n_layers, B, self.n_kv, S, self.head_dim)
-        return torch.zeros(shape), torch.zeros(shape)  # fp32 storage of compute-precision values
+        return torch.empty(shape), torch.empty(shape)  # fp32 storage of compute-precision values
 
     @torch.no_grad()
     def full_forward(self, input_ids: torch.Tensor,
@@ -333,7 +342,7 @@ class EmbeddedRolloutEngine:
             if 4 * int(finished.sum()) >= len(rows):  # drop finished rows from the batch and the cache
                 keep = (~finished).nonzero().squeeze(1)
                 rows, token, finished, key_valid = rows[keep], token[keep], finished[keep], key_valid[keep]
-                cache, next_pos = (cache[0][:, keep], cache[1][:, keep]), next_pos[keep]
+                cache, next_pos = tuple(_keep_rows(c, keep, col) for c in cache), next_pos[keep]
             logits, chosen = self._forward(token[:, None], (next_pos + j)[:, None], cache, col, key_valid)
             routing[rows, col] = chosen[:, 0].masked_fill(finished[:, None, None], -1)
         end = col + 1

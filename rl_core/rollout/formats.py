@@ -192,7 +192,7 @@ class W8A8Block:
         out = None
         for g, (cols, _, wq_t, row_scale) in enumerate(self.parts):
             part = F.grouped_mm(xq[:, cols].contiguous(), wq_t, offs=offs)
-            part = torch.mul(part, sx[:, g, None]).mul_(row_scale[expert])
+            part = torch.mul(part, sx[:, g, None]).mul_(row_scale.index_select(0, expert))  # 2x [expert]
             out = part if out is None else out.add_(part)
         return out.to(torch.bfloat16)
 
