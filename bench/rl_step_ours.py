@@ -4,9 +4,9 @@ of up to L tokens, rewards, the logp_old pass, N optimizer steps, weight sync.
     .venv/bin/python bench/rl_step_ours.py SPEC_JSON     (run by rl_core.bench; prints BENCH_JSON {...})
 
 SPEC: ckpt, task (TaskConfig overrides), B, G, L, N, warmup, steps, threads, lr, seed, precision (of the
-rollout engine), train_precision (of the training engine), objective. One-off setup (imports, checkpoint
-load, engine construction) and `warmup` global steps are excluded; the `steps` global steps after them are
-timed one by one.
+rollout engine), train_precision (of the training engine), compile (train.compile), objective. One-off
+setup (imports, checkpoint load, engine construction) and `warmup` global steps (timed apart: a compiled
+run compiles there) are excluded; the `steps` global steps after them are timed one by one.
 """
 
 from __future__ import annotations
@@ -31,13 +31,16 @@ def main() -> None:
         "rollout": {"precision": s.get("precision", "fp32"), "max_new_tokens": s["L"], "group_size": s["G"]},
         "train": {"batch_prompts": s["B"], "n_minibatches": s["N"], "lr": s["lr"], "seed": s["seed"],
                   "threads": s["threads"], "steps": s["N"] * (s["warmup"] + s["steps"]),
-                  "precision": s.get("train_precision", "fp32")},
+                  "precision": s.get("train_precision", "fp32"), "compile": s.get("compile", False)},
         "loss": {"objective": s.get("objective", "grpo"), "eps_low": 0.2, "eps_high": 0.27},
     })
     with tempfile.TemporaryDirectory() as tmp:
         arm = Arm(cfg, RunFiles(Path(tmp)))
+        warmup = []  # with train.compile: the graphs are compiled here
         for _ in range(s["warmup"]):
+            t0 = time.process_time()
             arm.global_step_rows()
+            warmup.append(time.process_time() - t0)
         walls, cpus, tokens, prompt_tokens, rows_all = [], [], [], [], []
         for _ in range(s["steps"]):
             prompt_tokens.append(s["G"] * sum(len(arm.task.encode_prompt(p)) for p in arm.problems()))
@@ -49,6 +52,7 @@ def main() -> None:
             rows_all.extend(rows)
     emit({
         "impl": "ours", "s_per_global_step": sum(walls) / len(walls), "walls": walls, "cpus": cpus,
+        "warmup_cpus": warmup,
         "response_tokens_per_step": sum(tokens) / len(tokens),
         "prompt_tokens_per_step": sum(prompt_tokens) / len(prompt_tokens),
         "rollout_s": sum(r["perf/rollout_s"] for r in rows_all[:: s["N"]]) / len(walls),

@@ -154,17 +154,27 @@ def median(xs: list[float]) -> float:
 # ----------------------------------------------------------------------------------- measurements
 
 
+#: Our sides of the RL step: extra spec keys. The compiled ones run in the first round only (each process
+#: pays its compile in the warm-up step: first_step_cpu_s).
+OURS = {"ours": {}, "ours_bf16": {"train_precision": "bf16"}, "ours_compiled": {"compile": True},
+        "ours_bf16_compiled": {"train_precision": "bf16", "compile": True}}
+
+
 def bench_rl_step(ckpt: Path, threads: int, peers: Path, rounds: int = 2) -> dict:
-    """Ours (fp32 and bf16 training engine) and TRL in turns, `rounds` processes each; s/global step = median
-    over every timed step."""
+    """Ours (fp32 and bf16 training engine, eager and train.compile) and TRL in turns, `rounds` processes
+    each (compiled: one); s/global step = median over every timed step."""
     spec = {**RL_STEP, "ckpt": str(ckpt), "task": TASK, "threads": threads}
-    out: dict = {"spec": spec, "ours": [], "ours_bf16": [], "trl": []}
-    for _ in range(rounds):
-        out["ours"].append(run_helper(Path(sys.executable), "rl_step_ours.py", spec, threads))
-        out["ours_bf16"].append(run_helper(Path(sys.executable), "rl_step_ours.py",
-                                           {**spec, "train_precision": "bf16"}, threads))
+    out: dict = {"spec": spec, "trl": [], **{side: [] for side in OURS}}
+    for r in range(rounds):
+        for side, extra in OURS.items():
+            if r == 0 or "compile" not in extra:
+                out[side].append(run_helper(Path(sys.executable), "rl_step_ours.py", {**spec, **extra},
+                                            threads))
         out["trl"].append(run_helper(peers, "rl_step_trl.py", spec, threads))
-    for side in ("ours", "ours_bf16", "trl"):
+    for side in OURS:
+        ok = [r for r in out[side] if "error" not in r]
+        out[f"{side}_first_step_cpu_s"] = median([r["warmup_cpus"][0] for r in ok]) if ok else None
+    for side in (*OURS, "trl"):
         ok = [r for r in out[side] if "error" not in r]
         out[f"{side}_wall_s"] = median([w for r in ok for w in r["walls"]]) if ok else None
         out[f"{side}_cpu_s"] = median([w for r in ok for w in r["cpus"]]) if ok else None
@@ -283,6 +293,18 @@ def table(res: dict) -> list[dict]:
         if o and b:
             rows.append(_row("RL global step, s: ours train.precision bf16 (peer: ours fp32)", b, o, o / b,
                              "-", None))
+        for side, eager, name in (("ours_compiled", "ours", "fp32"),
+                                  ("ours_bf16_compiled", "ours_bf16", "bf16")):
+            c, e = rl.get(f"{side}_s"), rl.get(f"{eager}_s")
+            if c and e:
+                rows.append(_row(f"RL global step, s: ours train.compile {name} (peer: eager)", c, e, e / c,
+                                 "-", None))
+                rows.append(_row(f"first global step (compiles), CPU s: train.compile {name} (peer: eager)",
+                                 rl[f"{side}_first_step_cpu_s"], rl[f"{eager}_first_step_cpu_s"], None, "-",
+                                 None))
+                if t:
+                    rows.append(_row(f"RL global step, s: ours train.compile {name} vs TRL", c, t, t / c,
+                                     ">= 5x", t / c >= 5))
         mf = res.get("mfu")
         if o and mf and "error" not in mf and rl.get("ours"):
             bound = rl["bound_flops"] / mf["peak_flops"]

@@ -179,6 +179,13 @@ class TrainConfig:
     grad_clip: float = F(1.0, "Max global gradient norm (0 disables).", ge=0)
     seed: int = F(0, "Seed of prompt order, sampling and init.", ge=0)
     threads: int = F(1, "torch intra-op threads of this run.", ge=1)
+    compile: bool = F(False, "torch.compile (inductor) the torch engine's decoder layers: fused elementwise "
+                      "kernels, faster updates and pi_old passes (make bench: ours vs ours compiled), for a "
+                      "one-off compile of each graph per process (tens of CPU seconds; inductor's on-disk "
+                      "cache shortens later ones), so it pays on long runs. Fused kernels round differently "
+                      "from eager ones (within fp32/bf16 rounding), so compiled and eager runs are not "
+                      "bitwise equal. In fp32 the experts' grouped matmuls stay eager. One process only; "
+                      "not with train.engine=megatron.")
     device: str = F("auto", "Where the policy, the batch and the embedded rollout engine live: auto = "
                     "cuda when torch sees a GPU, else cpu (the resolved device is recorded in summary.json "
                     "and every metric row); cuda without a GPU is refused before any work. Under torchrun "
@@ -361,6 +368,9 @@ def _megatron_checks(cfg: RunConfig) -> None:
         if value != 1 and t.engine != "megatron":
             raise ConfigError(f"train.{key}: {value} applies only to train.engine=megatron (this run trains "
                               f"with {t.engine!r}); allowed here: 1")
+    if t.compile and t.engine != "torch":
+        raise ConfigError(f"train.compile: true compiles the torch engine's layers (this run trains with "
+                          f"{t.engine!r}, which has its own kernels); allowed here: false")
     for key, value, divides in (("megatron_tp", t.megatron_tp, ("num_attention_heads", "num_key_value_heads",
                                                                   "moe_intermediate_size")),
                                 ("megatron_ep", t.megatron_ep, ("num_experts",))):

@@ -252,6 +252,9 @@ def format_estimate(e: dict) -> str:
                  f"{len(e['teachers']) + 1} evals {e['coldstart_eval_s']:.1f} s each")
     lines.append(f"RL: {e['runs']} runs ({e['seeds']} seed(s)), {e['rl_cpu_s'] / 60:.0f} CPU min -> "
                  f"{e['rl_wall_s'] / 60:.0f} min on {e['cores']} cores")
+    if compiled := sum(r.config.train.compile for r, _ in e["arms"]):
+        lines.append(f"{compiled} run(s) with train.compile: estimated as eager (not modelled: faster "
+                     f"updates, tens of CPU seconds of compiling per process; README, Performance)")
     busy = f", jobs {e['busy']:.2f}x slower side by side" if e["busy"] != 1.0 else ""
     lines.append(f"{e['grid']} (preset {e['preset']}): about {_hm(e['wall_s'])} h:mm wall on {e['cores']} "
                  f"unloaded cores [coefficients: {e['source']}{busy}]")

@@ -274,6 +274,8 @@ def route(router_logits: torch.Tensor, top_k: int,
 class Experts(nn.Module):
     """E SwiGLU experts held as stacked weights: gate_proj/up_proj (E, I, d), down_proj (E, d, I)."""
 
+    grouped_mm = staticmethod(F.grouped_mm)  # :func:`compile_layers` may swap in an eager-only one
+
     def __init__(self, cfg: dict):
         super().__init__()
         E, d, inter = config_value(cfg, "num_experts"), cfg["hidden_size"], cfg["moe_intermediate_size"]
@@ -334,7 +336,7 @@ class Experts(nn.Module):
         xe = source.index_select(0, tokens)
 
         def mm(a: torch.Tensor, w: torch.Tensor) -> torch.Tensor:  # a cast per use, as autocast does:
-            return F.grouped_mm(a.to(dtype), w.to(dtype).transpose(-1, -2), offs=offs)  # fp32 grad sums
+            return self.grouped_mm(a.to(dtype), w.to(dtype).transpose(-1, -2), offs=offs)  # fp32 grad sums
 
         h = F.silu(mm(xe, self.gate_proj)) * mm(xe, self.up_proj)
         y = mm(h, self.down_proj) * gates[:, None].to(h.dtype)
@@ -525,6 +527,24 @@ def load_pretrained(path: str | Path) -> MoEPolicy:
     return model
 
 
+def compile_layers(model: MoEPolicy, precision: str) -> MoEPolicy:
+    """``train.compile``: torch.compile (inductor, dynamic shapes) each decoder layer in place; parameter
+    names, state_dict and checkpoints are unchanged. In fp32 the experts' grouped matmuls stay eager (a
+    graph break per layer): torch 2.13's fake ``grouped_mm``, which tracing needs, takes bf16 only.
+
+    Inductor rounds bf16 intermediates as eager does (``emulate_precision_casts``, set for this process):
+    by default a fused kernel keeps them fp32, and the compiled bf16 trainer then moved log-probs from
+    the eager one's as far as bf16 moves them from fp32 (tests/test_compile.py measures both)."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.emulate_precision_casts = True
+    for layer in model.model.layers:
+        if precision == "fp32":
+            layer.mlp.experts.grouped_mm = torch.compiler.disable(F.grouped_mm)
+        layer.compile(dynamic=True)
+    return model
+
+
 __all__ = ["hf_config", "config_value", "MoEPolicy", "PolicyOutput", "route", "routing_disagreement",
            "rope_cos_sin", "apply_rope", "to_hub_layout", "from_hub_layout", "save_pretrained",
-           "load_pretrained"]
+           "load_pretrained", "compile_layers"]

@@ -43,7 +43,7 @@ from rl_core import distributed as D
 from rl_core.adamw import AdamW
 from rl_core.backends import check_capabilities
 from rl_core.cli import check_checkpoint, config_from_args, guard, json_arg
-from rl_core.model import config_value, load_pretrained, save_pretrained
+from rl_core.model import compile_layers, config_value, load_pretrained, save_pretrained
 from rl_core.objectives import OBJECTIVES, LossParams
 from rl_core.rollout import EmbeddedRolloutEngine
 from rl_core.rundir import RunFiles, hold_lock, load_checkpoint, say, set_aside
@@ -65,11 +65,21 @@ def _load_megatron(cfg: C.RunConfig, ranks: D.Ranks) -> tuple:
     return policy, D.Ranks(ranks.rank, ranks.world, ranks.device, data, group)
 
 
+def _load_torch(cfg: C.RunConfig, ranks: D.Ranks):
+    """rl_core.model's MoEPolicy on this rank's device; its layers compiled with train.compile."""
+    policy = load_pretrained(cfg.init).to(ranks.device)
+    if cfg.train.compile:
+        if ranks.world > 1:
+            raise C.ConfigError(f"train.compile: true runs in one process (this run has {ranks.world} "
+                                f"ranks: FSDP-sharded compiled layers are not tested here); allowed: false")
+        compile_layers(policy, cfg.train.precision)
+    return policy, ranks
+
+
 #: train.engine -> (the policy it trains, loaded from cfg.init onto this rank's device; the ranks it trains
 #: over). Both policies have MoEPolicy's interface (forward, config, state_dict in our layout), so scoring,
 #: objectives and AdamW are shared.
-TRAIN_ENGINES = {"torch": lambda cfg, ranks: (load_pretrained(cfg.init).to(ranks.device), ranks),
-                 "megatron": _load_megatron}
+TRAIN_ENGINES = {"torch": _load_torch, "megatron": _load_megatron}
 
 
 def make_rollout_engine(cfg: C.RunConfig, policy, device: torch.device | None = None,

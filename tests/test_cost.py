@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 
@@ -112,6 +113,15 @@ def test_estimate_command_line_and_seeds(capsys):
     runs = lambda text: int(text.split("RL: ")[1].split(" runs")[0])  # noqa: E731
     assert runs(three) == 3 * runs(one)
     assert main(["experiments/smoke.yaml", "--seeds", "0,x"]) == 2
+
+
+def test_the_estimate_says_it_models_compiled_runs_as_eager():
+    e = cost.grid_estimate(load_grid(REPO / "experiments" / "smoke.yaml"), 2, cost.DEFAULTS)
+    assert "train.compile" not in cost.format_estimate(e)
+    compiled = lambda r: dataclasses.replace(  # noqa: E731
+        r, config=dataclasses.replace(r.config, train=dataclasses.replace(r.config.train, compile=True)))
+    e["arms"] = [(compiled(r) if i < 2 else r, a) for i, (r, a) in enumerate(e["arms"])]
+    assert "2 run(s) with train.compile: estimated as eager" in cost.format_estimate(e)
 
 
 def test_the_cost_model_and_the_estimate_import_no_torch():

@@ -58,6 +58,8 @@ NOT_NUMBERS = {
                   "init records cold_start '(own init)', rl_core.grid)",
     "checkpoint_every": "resume cadence: a resumed run equals an uninterrupted one (tests/test_train.py)",
     "train.threads": "intra-op thread count: speed only",
+    "train.compile": "compiled decoder layers: the eager numbers to well within the bf16 trainer's own move, "
+                     "routing unchanged (tests/test_compile.py); speed in make bench",
     "train.device": "device placement (cpu or a GPU): the same numbers to float rounding; cuda without a GPU "
                     "is refused before any work (tests/test_distributed.py)",
     "rollout.engine": "vllm: an optional extra, tested in tests/test_vllm_engine.py (make test-vllm)",
