@@ -182,3 +182,18 @@ def test_helpers_import_this_checkouts_rl_core_not_another_install(tmp_path, fir
 
     assert where("json") == tmp_path / "rl_core"  # control: without the helper's own import, the decoy
     assert where(first) == repo / "rl_core"
+
+
+def test_compiled_steps_are_compared_with_their_eager_twin_and_with_trl():
+    res = synthetic_results({"error": "not installed"})
+    res["rl_step"].update(ours_bf16_s=2.0, ours_compiled_s=0.8, ours_bf16_compiled_s=1.0,
+                          ours_first_step_cpu_s=1.1, ours_compiled_first_step_cpu_s=20.0,
+                          ours_bf16_first_step_cpu_s=2.1, ours_bf16_compiled_first_step_cpu_s=60.0)
+    by = {r["measurement"]: r for r in bench.table(res)}
+    fp32, bf16 = (by[f"RL global step, s: ours train.compile {p} (peer: eager)"] for p in ("fp32", "bf16"))
+    assert (fp32["ours"], fp32["peer"], fp32["ratio"]) == (0.8, 1.0, 1.25) and bf16["ratio"] == 2.0
+    first = by["first global step (compiles), CPU s: train.compile bf16 (peer: eager)"]
+    assert (first["ours"], first["peer"]) == (60.0, 2.1)
+    trl = by["RL global step, s: ours train.compile fp32 vs TRL"]  # TRL 6 s in synthetic_results
+    assert trl["ratio"] == 7.5 and trl["met"] is True
+    assert by["RL global step, s: ours train.compile bf16 vs TRL"]["ratio"] == 6.0
