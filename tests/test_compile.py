@@ -81,3 +81,32 @@ def test_the_trainer_compiles_its_layers_only_when_asked_and_only_in_one_process
         assert [layer._compiled_call_impl is not None for layer in policy.model.layers] == [on] * 4
     with pytest.raises(C.ConfigError, match=r"train\.compile: true runs in one process \(this run has 2"):
         TRAIN_ENGINES["torch"](cfg, D.Ranks(rank=0, world=2))
+
+
+@pytest.mark.slow
+@needs_compiler
+def test_a_compiled_run_resumed_after_sigkill_matches_an_uninterrupted_compiled_run(tmp_path):
+    """Checkpoints of compiled layers hold the same names; a resumed process compiles again and continues with
+    bitwise the rows an uninterrupted compiled run writes (bf16, the precision compiling pays in)."""
+    import os
+    import subprocess
+    import sys
+
+    from test_train import TINY, strip_perf, train_rows
+    from tiny import build_cold_start
+
+    from rl_core.train import run
+
+    init = str(build_cold_start(tmp_path / "cold", TINY))
+    cfg = C.resolve(TINY, {"init": init}, overrides=["train.compile=true", "train.precision=bf16",
+                                                     "train.steps=8", "train.n_minibatches=2"])
+    args = [sys.executable, "-m", "rl_core.train", "--out", str(tmp_path / "killed"),
+            "--config-json", C.to_json(cfg)]
+    env = {**os.environ, "RLCORE_KILL_AT_STEP": "6"}  # dies after logging step 6, before its checkpoint
+    proc = subprocess.run(args, env=env, capture_output=True, text=True)
+    assert proc.returncode == -9, proc.stderr[-2000:]
+    run(cfg, tmp_path / "killed")  # resumes from the step-4 checkpoint
+    run(cfg, tmp_path / "clean")
+    resumed, clean = train_rows(tmp_path / "killed"), train_rows(tmp_path / "clean")
+    assert [r["step"] for r in resumed] == list(range(1, 9))
+    assert strip_perf(resumed) == strip_perf(clean)
