@@ -165,17 +165,16 @@ def bench_rl_step(ckpt: Path, threads: int, peers: Path, rounds: int = 2) -> dic
     each (compiled: one); s/global step = median over every timed step."""
     spec = {**RL_STEP, "ckpt": str(ckpt), "task": TASK, "threads": threads}
     out: dict = {"spec": spec, "trl": [], **{side: [] for side in OURS}}
-    for r in range(rounds):
+    for round_ in range(rounds):
         for side, extra in OURS.items():
-            if r == 0 or "compile" not in extra:
+            if round_ == 0 or "compile" not in extra:
                 out[side].append(run_helper(Path(sys.executable), "rl_step_ours.py", {**spec, **extra},
                                             threads))
         out["trl"].append(run_helper(peers, "rl_step_trl.py", spec, threads))
-    for side in OURS:
-        ok = [r for r in out[side] if "error" not in r]
-        out[f"{side}_first_step_cpu_s"] = median([r["warmup_cpus"][0] for r in ok]) if ok else None
     for side in (*OURS, "trl"):
         ok = [r for r in out[side] if "error" not in r]
+        if side in OURS:
+            out[f"{side}_first_step_cpu_s"] = median([r["warmup_cpus"][0] for r in ok]) if ok else None
         out[f"{side}_wall_s"] = median([w for r in ok for w in r["walls"]]) if ok else None
         out[f"{side}_cpu_s"] = median([w for r in ok for w in r["cpus"]]) if ok else None
         out[f"{side}_s"] = out[f"{side}_cpu_s" if threads == 1 else f"{side}_wall_s"]

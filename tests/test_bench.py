@@ -164,6 +164,7 @@ def test_eval_se_measures_the_workflows_benchmark_its_first_seed_is_the_step0_sc
 def test_helpers_import_this_checkouts_rl_core_not_another_install(tmp_path, first):
     """A helper runs as a script, so sys.path[0] is bench/; an rl_core found later on the path (here a decoy
     on PYTHONPATH, in life the venv's editable install of another clone) must not be the one benched."""
+    import os
     import subprocess
 
     repo = Path(__file__).resolve().parent.parent
@@ -172,7 +173,7 @@ def test_helpers_import_this_checkouts_rl_core_not_another_install(tmp_path, fir
     probe = ("import sys; sys.path.insert(0, {b!r}); sys.argv = ['x', '--help']\n"
              "try:\n    import {m}\nexcept SystemExit:\n    pass\n"
              "import rl_core; print(rl_core.__file__)")
-    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    env = {**os.environ, "PYTHONPATH": str(tmp_path)}
 
     def where(module: str) -> Path:
         code = probe.format(b=str(repo / "bench"), m=module)

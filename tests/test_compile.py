@@ -67,6 +67,10 @@ def test_compiled_layers_score_route_and_learn_as_eager_ones(precision):
     assert torch.equal(routing_c, routing_e)
     for name, g in grads_e.items():  # measured: 0.9% of the largest entry in bf16, 3e-6 in fp32
         assert (grads_c[name] - g).abs().max() <= 0.05 * g.abs().max(), name
+    if precision == "fp32":  # fp32 has no bf16 rounding to emulate: only fp32 summation order may differ
+        assert moved.max() < 1e-4  # measured 2.9e-6
+        for name, g in grads_e.items():
+            assert (grads_c[name] - g).abs().max() <= 1e-4 * g.abs().max(), name
 
 
 def test_the_trainer_compiles_its_layers_only_when_asked_and_only_in_one_process(tmp_path):
