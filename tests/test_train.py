@@ -96,6 +96,10 @@ def test_first_minibatch_pi_old_from_its_update_equals_a_separate_old_pass(cold_
     batch, _ = collect(cfg, arm.policy, arm.engine, arm.task, problems, arm.objective,
                        torch.Generator().manual_seed(0))
     first, second = torch.arange(0, 16), torch.arange(16, 32)
+    # The update must move the weights, whatever the sampler drew (equal rewards in every group give zero
+    # advantages and a zero gradient): give mini-batch 1 fixed non-zero advantages. This test is about
+    # which log-probs the update records as logp_old, not about the advantages' values.
+    batch.advantages[first] = torch.tensor([1.0, -1.0]).repeat(8).to(batch.advantages.dtype)
     ro = batch.rollout
     assert torch.isnan(batch.logp_old[first]).all() and not torch.isnan(batch.logp_old[second]).any()
     with torch.no_grad():
