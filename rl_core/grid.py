@@ -284,7 +284,7 @@ def _figure_runs(source: str, grid: str, preset: str, fig_key: str, fig: dict, b
     fig_base = fig.get("base") or {}
     _resolve(source, f"{where}, base", scale, base, fig_base)
     try:
-        arms = expand_axes(fig.get("arms") or {}, fig.get("axes") or {})
+        arms = expand_axes(fig.get("arms") or {}, {**(fig.get("axes") or {}), **check_stress(fig)})
     except GridError as e:
         raise GridError(f"{source}: {where}: {e}") from None
     runs = []
@@ -360,6 +360,33 @@ def _token(value: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]", "_", text)
 
 
+#: A learning-rate stress axis: at least this many levels, each at most LR_MAX_STEP x the one before, so
+#: that the critical learning rate is located to within a factor of two.
+LR_MIN_LEVELS, LR_MAX_STEP = 5, 2.0
+
+
+def check_stress(fig: dict) -> dict:
+    """A figure's ``stress`` axis ({key: levels}), checked: not also an axis, levels distinct; numeric
+    levels increasing; a train.lr axis with at least LR_MIN_LEVELS levels at most LR_MAX_STEP apart."""
+    stress = fig.get("stress") or {}
+    for key, levels in stress.items():
+        if key in (fig.get("axes") or {}):
+            raise GridError(f"stress key '{key}' is also one of the figure's axes")
+        if len(set(map(str, levels))) != len(levels):
+            raise GridError(f"stress '{key}': levels repeat: {levels}")
+        numeric = all(isinstance(v, int | float) and not isinstance(v, bool) for v in levels)
+        if numeric and any(b <= a for a, b in itertools.pairwise(levels)):
+            raise GridError(f"stress '{key}': levels must increase (in stress): {levels}")
+        if key == "train.lr":
+            if len(levels) < LR_MIN_LEVELS:
+                raise GridError(f"stress 'train.lr' needs at least {LR_MIN_LEVELS} levels, got {len(levels)}")
+            wide = [(a, b) for a, b in itertools.pairwise(levels) if b / a > LR_MAX_STEP * (1 + 1e-9)]
+            if wide:
+                raise GridError(f"stress 'train.lr': adjacent levels at most {LR_MAX_STEP:g}x apart; "
+                                f"{wide[0][0]:g} -> {wide[0][1]:g} is {wide[0][1] / wide[0][0]:.3g}x")
+    return stress
+
+
 def expand_axes(arms: dict, axes: dict) -> dict[str, dict]:
     """Cross `axes` (dotted key -> values) with `arms`; without axes the arms are returned unchanged.
 
@@ -417,7 +444,7 @@ def validate_schema(data: Any, source: str = "<grid>", schema: str | Path | None
     for err in sorted(validator.iter_errors(data), key=lambda e: [str(p) for p in e.absolute_path]):
         message = err.message
         if err.validator == "anyOf" and list(err.absolute_path)[:1] == ["figures"]:
-            message = "a figure needs `arms` or `axes`"
+            message = "a figure needs `arms`, `axes` or `stress`"
         problems.append(f"{_where(list(err.absolute_path))}: {message}")
     if problems:
         raise GridError(f"{source}: " + "\n  ".join(problems))

@@ -253,7 +253,7 @@ def test_schema_errors_name_where(tmp_path):
 def test_figure_without_arms_or_axes(tmp_path):
     data = tiny()
     del data["figures"]["f"]["arms"]
-    with pytest.raises(G.GridError, match=r"figure 'f': a figure needs `arms` or `axes`"):
+    with pytest.raises(G.GridError, match=r"figure 'f': a figure needs `arms`, `axes` or `stress`"):
         G.load_grid(write_grid(tmp_path, data))
 
 
@@ -391,3 +391,28 @@ def test_runs_the_paper_grid_repeats_are_trained_once():
                       (fig6, "minirl-precision=fp8"): ("fig1_on_policy", "minirl"),
                       (fig6, "minirl_no_is-precision=fp8"): ("fig1_on_policy", "minirl_no_is")}
     assert len(grid.trained_runs) == len(grid.runs) - 3 * len(grid.seeds)
+
+
+def test_a_stress_axis_crosses_every_arm_with_every_level(tmp_path):
+    grid = G.load_grid(write_grid(tmp_path, tiny(stress={"train.lr": [1e-4, 2e-4, 4e-4, 8e-4, 1.6e-3]})))
+    arms = grid.figures["f"]
+    assert len(arms) == 5 * len(tiny()["figures"]["f"]["arms"])
+    assert sorted({r.config.train.lr for r in grid.runs}) == [1e-4, 2e-4, 4e-4, 8e-4, 1.6e-3]
+
+
+@pytest.mark.parametrize("levels, message", [
+    ([1e-4, 2e-4, 4e-4, 8e-4], "at least 5 levels"),
+    ([1e-4, 2e-4, 4e-4, 8e-4, 2e-3], r"at most 2x apart; 0.0008 -> 0.002 is 2.5x"),
+    ([1e-4, 2e-4, 4e-4, 3e-4, 6e-4], "levels must increase"),
+    ([1e-4, 1e-4, 2e-4, 4e-4, 8e-4], "levels repeat"),
+])
+def test_a_learning_rate_stress_axis_is_checked(tmp_path, levels, message):
+    with pytest.raises(G.GridError, match=message):
+        G.load_grid(write_grid(tmp_path, tiny(stress={"train.lr": levels})))
+
+
+def test_the_stress_grid_loads_with_every_arm_at_every_level():
+    grid = G.load_grid(REPO / "experiments" / "stress.yaml")
+    for figure, arms in grid.figures.items():
+        levels = grid.data["figures"][figure]["stress"]["train.lr"]
+        assert len(arms) == len(levels) * len(grid.data["figures"][figure]["arms"])
