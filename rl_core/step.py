@@ -173,6 +173,7 @@ def diagnostics(batch: Batch, rows: torch.Tensor, logp_new: torch.Tensor, entrop
     lengths = mask.sum(1).float()
     processed = batch.processed[rows]
     k1, k3 = train_infer_kl(log_r)
+    log_s = torch.where(mask, logp_new - logp_old, 0.0)  # log pi_theta/pi_old: staleness (0 at mini-batch 1)
     return {
         "reward/mean": float(batch.rewards[rows].mean()),
         "response/length_mean": float(lengths.mean()),
@@ -185,7 +186,23 @@ def diagnostics(batch: Batch, rows: torch.Tensor, logp_new: torch.Tensor, entrop
         "route/disagree_new_vs_old": float(routing_disagreement(routing_new, batch.routing_old[rows],
                                                                 processed)),
         "logp/new_mean": _masked_mean(logp_new, mask),
+        # early-warning diagnostics (analysis.margins): the largest per-token log-ratios and the effective
+        # sample size of the train-inference ratios pi_old/mu_old (uncapped, the same for every objective)
+        "ratio/discrepancy_max_abs_log": float(log_r.abs().max()),
+        "ratio/staleness_max_abs_log": float(log_s.abs().max()),
+        "is/ess_frac": ess_fraction(log_r, mask),
     }
+
+
+def ess_fraction(log_w: torch.Tensor, mask: torch.Tensor) -> float:
+    """Kish's effective sample size of the weights exp(log_w) over the masked tokens, as a fraction of their
+    count: (sum w)^2 / (n sum w^2), 1 when every weight is equal, 1/n when one weight dominates. Computed
+    from the weights over their maximum (the ratio is scale-free), so large log-ratios do not overflow."""
+    lw = log_w[mask].double()
+    if lw.numel() == 0:
+        return 1.0
+    w = (lw - lw.max()).exp()
+    return float(w.sum() ** 2 / (lw.numel() * (w * w).sum()))
 
 
 def update(cfg: RunConfig, policy, opt, batch: Batch, rows: torch.Tensor,

@@ -76,6 +76,7 @@ def test_off_policy_first_minibatch_has_ratio_one_later_ones_are_stale(cold_star
     for r in rows:
         if r["minibatch"] == 1:
             assert r["kl/staleness_k1"] == 0.0 and r["clip/frac"] == 0.0 and r["ratio/staleness_mean"] == 1.0
+            assert r["ratio/staleness_max_abs_log"] == 0.0
         else:
             assert r["kl/staleness_k3"] > 0.0
     assert sum(r["clip/frac"] > 0 for r in rows if r["minibatch"] > 1) >= 3
@@ -207,3 +208,14 @@ def test_a_resumed_runs_wall_time_counts_the_processes_before_it(cold_start, tmp
     again = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert state["wall_s"] >= first["rl_wall_s"] > 0 and again["rl_wall_s"] == first["rl_wall_s"]
     assert again["wall_s"] > state["wall_s"]
+
+
+def test_ess_fraction_by_hand():
+    from rl_core.step import ess_fraction
+    mask = torch.tensor([[True, True, False]])
+    # equal weights: ESS = n, the fraction 1 (whatever the masked-out entry holds)
+    assert ess_fraction(torch.tensor([[0.7, 0.7, 50.0]]), mask) == pytest.approx(1.0, abs=1e-12)
+    # w = (1, 3): (1 + 3)^2 / (2 * (1 + 9)) = 16 / 20 = 0.8
+    assert ess_fraction(torch.tensor([[0.0, float(torch.tensor(3.0).log())]]), mask[:, :2]) == pytest.approx(0.8)
+    # one weight e^800 against 1: ESS -> 1 of 2 tokens, without overflow
+    assert ess_fraction(torch.tensor([[800.0, 0.0]]), mask[:, :2]) == pytest.approx(0.5)
