@@ -137,8 +137,9 @@ def twice_on_one_minibatch(cold_start, run_dir, *layers) -> list[dict]:
     cfg = C.resolve(TINY, BASELINE, *layers, {"init": cold_start})
     run_dir.mkdir()
     arm = Arm(cfg, RunFiles(run_dir))
-    batch, _ = collect(cfg, arm.policy, arm.engine, arm.task, arm.task.train_problems[:cfg.train.batch_prompts],
-                       arm.objective, torch.Generator().manual_seed(0))
+    problems = arm.task.train_problems[:cfg.train.batch_prompts]
+    batch, _ = collect(cfg, arm.policy, arm.engine, arm.task, problems, arm.objective,
+                       torch.Generator().manual_seed(0))
     batch.advantages.copy_(torch.tensor([1.0, -1.0]).repeat(len(batch.advantages) // 2))
     rows = torch.arange(len(batch.advantages))
     return [update(cfg, arm.policy, arm.opt, batch, rows, arm.objective, arm.params)[0] for _ in range(2)]

@@ -216,6 +216,7 @@ def test_ess_fraction_by_hand():
     # equal weights: ESS = n, the fraction 1 (whatever the masked-out entry holds)
     assert ess_fraction(torch.tensor([[0.7, 0.7, 50.0]]), mask) == pytest.approx(1.0, abs=1e-12)
     # w = (1, 3): (1 + 3)^2 / (2 * (1 + 9)) = 16 / 20 = 0.8
-    assert ess_fraction(torch.tensor([[0.0, float(torch.tensor(3.0).log())]]), mask[:, :2]) == pytest.approx(0.8)
+    log_w = torch.tensor([[0.0, float(torch.tensor(3.0).log())]])
+    assert ess_fraction(log_w, mask[:, :2]) == pytest.approx(0.8)
     # one weight e^800 against 1: ESS -> 1 of 2 tokens, without overflow
     assert ess_fraction(torch.tensor([[800.0, 0.0]]), mask[:, :2]) == pytest.approx(0.5)
