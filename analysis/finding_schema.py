@@ -42,6 +42,7 @@ KINDS = {  # kind -> (required keys, optional keys)
     "different": ({"metric", "arms"}, {"tolerance", "relative"}),
     "collapses": ({"arm"}, {"by_frac"}),
     "stable": ({"arm"}, {"by_frac"}),
+    "more_stable": ({"more", "less"}, set()),  # a stress figure's base arms, compared by critical stress
 }
 COMMON = {"id", "claim", "figure", "kind"}
 
@@ -51,7 +52,7 @@ def _check_values(item: dict, where: str) -> None:
     for key in ("id", "claim", "figure"):
         if not isinstance(item[key], str) or not item[key]:
             raise FindingError(f"{where}: '{key}' must be a non-empty string, got {item[key]!r}")
-    refs = [item[k] for k in ("better", "arm") if k in item]
+    refs = [item[k] for k in ("better", "arm", "more", "less") if k in item]
     if "worse" in item:
         refs += item["worse"] if isinstance(item["worse"], list) else [item["worse"]]
     if "arms" in item:
@@ -75,7 +76,8 @@ def _is_number(value) -> bool:
 
 def validate_findings(findings: list, figures: dict | None = None) -> list[dict]:
     """Check every item against the schema (and, given the grid's `figures`, that its figure and arms
-    exist). `figures` maps figure key -> {"arms": {arm key: ...}} with the arms as expanded (axes crossed)."""
+    exist). `figures` maps figure key -> {"arms": {arm key: ...}} with the arms as expanded (axes and
+    stress crossed) and, for a figure with a stress axis, "stress_arms": its base arms (axes crossed)."""
     if not isinstance(findings, list):
         raise FindingError(f"findings: expected a list, got {type(findings).__name__}")
     seen = set()
@@ -104,10 +106,24 @@ def validate_findings(findings: list, figures: dict | None = None) -> list[dict]
             if item["figure"] not in figures:
                 raise FindingError(f"{where}: figure '{item['figure']}' is not one of the grid's figures "
                                    f"{sorted(figures)}")
-            for figure, arm in finding_arms(item):
-                if arm not in (figures.get(figure) or {}).get("arms", {}):
-                    raise FindingError(f"{where}: arm '{figure}/{arm}' is not in the grid's figures")
+            _check_arms(item, figures, where)
     return findings
+
+
+def _check_arms(item: dict, figures: dict, where: str) -> None:
+    """Every arm the item names exists: a `more_stable` item names base arms of stress figures (the
+    figure's ``stress_arms``: its arms crossed with its axes, not with the stress levels, which the margin
+    reads across); every other kind names arms as run (``arms``: crossed with axes and stress)."""
+    key = "stress_arms" if item["kind"] == "more_stable" else "arms"
+    for figure, arm in finding_arms(item):
+        known = (figures.get(figure) or {}).get(key)
+        if key == "stress_arms" and known is None:
+            raise FindingError(f"{where}: kind 'more_stable' needs a figure with a stress axis; "
+                               f"'{figure}' has none")
+        if arm not in (known or {}):
+            extra = " (a more_stable item names base arms, without the stress level)" \
+                if key == "stress_arms" else ""
+            raise FindingError(f"{where}: arm '{figure}/{arm}' is not in the grid's figures{extra}")
 
 
 def resolve(ref: str, figure: str) -> tuple[str, str]:
@@ -117,7 +133,7 @@ def resolve(ref: str, figure: str) -> tuple[str, str]:
 
 def finding_arms(item: dict) -> list[tuple[str, str]]:
     """The (figure, arm) pairs an item names, in order."""
-    refs = []
+    refs = [item["more"], item["less"]] if "more" in item else []
     if "better" in item:
         worse = item["worse"]
         refs = [item["better"], *(worse if isinstance(worse, list) else [worse])]

@@ -5,7 +5,7 @@ A grid file's ``findings:`` is a list of items of this schema (unknown keys are 
     - id: f1_no_is_collapses       # unique, short
       claim: "..."                 # the paper's words, short
       figure: fig1_on_policy       # the figure whose arms the item names
-      kind: better                 # better | similar | different | collapses | stable
+      kind: better                 # better | similar | different | collapses | stable | more_stable
       metric: final_score          # better / similar / different: a key of METRICS
       better: minirl               # better: the arm claimed better on `metric` ...
       worse: minirl_no_is          # ... than this arm, or each arm of a list
@@ -15,6 +15,8 @@ A grid file's ``findings:`` is a list of items of this schema (unknown keys are 
       relative: false              # ... spread measured relative to the mean IQM (default per metric)
       by_frac: 0.5                 # collapses (optional): count only collapses in the first
                                    # by_frac of the planned steps (train.steps) -- "collapses early"
+      more: minirl                 # more_stable: the base arm claimed to break at a higher stress ...
+      less: minirl_no_is           # ... than this base arm (both of a figure with a stress axis)
 
 An arm is ``arm_key`` (in the item's figure) or ``figure_key/arm_key`` (another figure's arm), so one
 item can compare arms across figures. "better" means higher for scores, rewards, lengths and
@@ -39,6 +41,13 @@ Verdicts, on per-arm IQM intervals over seeds (analysis.stability):
 * collapses / stable: the arm's runs that collapsed (analysis.stability's rule); the seeds must agree:
   all collapsed or none did, else "inconclusive: seeds split" (2 of 3 is not evidence that an arm
   collapses, nor that it is stable).
+* more_stable: on the arms' critical stress s* with its bootstrap interval over seeds (analysis.margins;
+  `more` and `less` are base arms, read across the figure's stress levels): "agrees" when more's interval
+  lies entirely above less's, "disagrees" when entirely below, else "inconclusive: CIs overlap", or, when
+  neither arm crossed the survival threshold at any level (both censored above the top level),
+  "inconclusive: no arm broke within the stress levels" (both censored below the lowest: "inconclusive:
+  both arms broke at the lowest level"). A censored end of an interval sits at its boundary level, so it
+  separates only from an interval that lies strictly inside the levels on the other side.
 * Any arm without runs (or without a finite value of the metric): "inconclusive: missing arms/runs";
   any run of its arms without DONE (still training, or killed), or a seed of the grid's not run yet:
   "inconclusive: runs not finished (k of n)", so a report made while a grid runs shows no verdict drawn
@@ -49,6 +58,8 @@ the numbers column says how many seeds stand behind each value.
 """
 
 from __future__ import annotations
+
+from functools import partial
 
 import numpy as np
 import pandas as pd
@@ -63,6 +74,7 @@ from analysis.finding_schema import (  # noqa: F401  (re-exported: the schema li
     resolve,
     validate_findings,
 )
+from analysis.margins import separated, star_text
 from analysis.stability import Interval, arm_interval
 
 MISSING = "inconclusive: missing arms/runs"
@@ -78,12 +90,18 @@ def _undecided(cis: dict, overlap: bool = True) -> str:
         return POINTS
     return OVERLAP if overlap else SEPARATED
 SPLIT = "inconclusive: seeds split"
+NO_BREAK = "inconclusive: no arm broke within the stress levels"
+ALL_BROKE = "inconclusive: both arms broke at the lowest level"
 UNFINISHED = "inconclusive: runs not finished"
 CENSORED = "inconclusive: no run collapsed (every collapse step is its run's last step)"
 
 
 def _runs_of(per_run: pd.DataFrame, figure: str, arm: str) -> pd.DataFrame:
-    return per_run[(per_run["figure"] == figure) & (per_run["arm"] == arm)]
+    """The runs of `arm`: its own, or, for a stress figure's base arm, the runs at all its levels."""
+    named = per_run["arm"] == arm
+    if "base_arm" in per_run:
+        named |= per_run["base_arm"] == arm
+    return per_run[(per_run["figure"] == figure) & named]
 
 
 def _fmt(ci: Interval, fmt: str) -> str:
@@ -199,8 +217,32 @@ def _collapse_vote(item: dict, per_run: pd.DataFrame, n_boot: int) -> tuple[str,
     return observed, numbers, "agrees" if agrees else "disagrees"
 
 
+def _more_stable(item: dict, per_run: pd.DataFrame, n_boot: int,
+                 margins: pd.DataFrame | None = None) -> tuple[str, str, str]:
+    refs = finding_arms(item)
+    rows = {}
+    for figure, arm in refs:
+        sel = margins[(margins["figure"] == figure) & (margins["arm"] == arm)] \
+            if margins is not None and len(margins) else []
+        if len(sel) == 0:
+            return "", "", MISSING
+        rows[(figure, arm)] = sel.iloc[0].to_dict()
+    more, less = rows[refs[0]], rows[refs[1]]
+    numbers = " vs ".join(f"{_name(r, item)} s* {star_text(rows[r])} (n={rows[r]['n_seeds']})" for r in refs)
+    leader = max(refs, key=lambda r: (rows[r]["s_star_censored"] == "above", rows[r]["s_star"]))
+    observed = f"higher critical stress: {_name(leader, item)}"
+    if separated(more, less):
+        return observed, numbers, "agrees"
+    if separated(less, more):
+        return observed, numbers, "disagrees"
+    censored = {more["s_star_censored"], less["s_star_censored"]}
+    verdict = {frozenset({"above"}): NO_BREAK, frozenset({"below"}): ALL_BROKE}.get(frozenset(censored),
+                                                                                  OVERLAP)
+    return observed, numbers, verdict
+
+
 _EVALUATORS = {"better": _better, "similar": _spread, "different": _spread, "collapses": _collapse_vote,
-               "stable": _collapse_vote}
+               "stable": _collapse_vote, "more_stable": _more_stable}
 
 
 def describe_test(item: dict) -> str:
@@ -212,30 +254,40 @@ def describe_test(item: dict) -> str:
     if item["kind"] in ("similar", "different"):
         op = " ~ " if item["kind"] == "similar" else " != "
         return f"{item['metric']}: {op.join(names)}"
+    if item["kind"] == "more_stable":
+        return f"critical stress: {names[0]} > {names[1]}"
     return f"{names[0]} {item['kind']}" + (f" (within {item['by_frac']:.0%})" if "by_frac" in item else "")
 
 
-def _unfinished(item: dict, per_run: pd.DataFrame, seeds: list[int] | None) -> tuple[int, int]:
+def _unfinished(item: dict, per_run: pd.DataFrame, seeds: list[int] | None,
+                n_levels: dict | None = None) -> tuple[int, int]:
     """(runs of the item's arms not finished, runs it needs): a run without DONE, or with `seeds` (the
-    grid's) a seed with no run yet, is not finished."""
+    grid's) a seed with no run yet, is not finished. A stress figure's base arm needs every seed at each
+    of its `n_levels[(figure, arm)]` levels."""
     todo = total = 0
     for ref in finding_arms(item):
         runs = _runs_of(per_run, *ref)
         want = set(seeds) if seeds else set(runs["seed"])
-        done = set(runs.loc[runs["status"] != "incomplete", "seed"])
-        todo, total = todo + len(want - done), total + len(want)
+        levels = (n_levels or {}).get(ref, 1)
+        done = runs.loc[runs["status"] != "incomplete", ["arm", "seed"]].drop_duplicates()
+        done = done[done["seed"].isin(want)] if seeds else done
+        todo, total = todo + levels * len(want) - len(done), total + levels * len(want)
     return todo, total
 
 
 def evaluate_findings(findings: list[dict], per_run: pd.DataFrame, n_boot: int = 2000,
-                      seeds: list[int] | None = None) -> pd.DataFrame:
+                      seeds: list[int] | None = None, margins: pd.DataFrame | None = None) -> pd.DataFrame:
     """One row per finding: id, figure, claim, test, observed, numbers, verdict. `seeds`: the grid's; an
-    arm missing one of them is not finished."""
+    arm missing one of them is not finished. `margins`: analysis.margins' table (more_stable items), with
+    `per_run` carrying the stress runs' ``base_arm`` (analysis.margins.stress_runs)."""
     validate_findings(findings)
+    evaluators = {**_EVALUATORS, "more_stable": partial(_more_stable, margins=margins)}
+    n_levels = {} if margins is None or margins.empty else {
+        (r["figure"], r["arm"]): len(str(r["levels"]).split()) for r in margins.to_dict("records")}
     rows = []
     for item in findings:
-        observed, numbers, verdict = _EVALUATORS[item["kind"]](item, per_run, n_boot)
-        todo, total = _unfinished(item, per_run, seeds)
+        observed, numbers, verdict = evaluators[item["kind"]](item, per_run, n_boot)
+        todo, total = _unfinished(item, per_run, seeds, n_levels)
         if todo and verdict != MISSING:  # a run still going, killed or not started: no result yet
             verdict = f"{UNFINISHED} ({todo} of {total})"
         if verdict == MISSING:

@@ -55,9 +55,16 @@ def read_grid_file(path: str | Path | None) -> dict:
 
 
 def expanded_figures(grid: dict) -> dict:
-    """Figure key -> {"arms": arm key -> arm}, with axes crossed into arms (what findings may name)."""
-    return {key: {"arms": expand_axes(fig.get("arms") or {}, fig.get("axes") or {})}
-            for key, fig in (grid.get("figures") or {}).items() if isinstance(fig, dict)}
+    """Figure key -> {"arms": arm key -> arm}, with axes and stress levels crossed into arms, and for a
+    figure with a stress axis "stress_arms": its base arms (axes crossed only): what findings may name."""
+    out = {}
+    for key, fig in (grid.get("figures") or {}).items():
+        if isinstance(fig, dict):
+            axes = {**(fig.get("axes") or {}), **(fig.get("stress") or {})}
+            out[key] = {"arms": expand_axes(fig.get("arms") or {}, axes)}
+            if fig.get("stress"):
+                out[key]["stress_arms"] = expand_axes(fig.get("arms") or {}, fig.get("axes") or {})
+    return out
 
 
 def figure_layout(grid: dict, runs: pd.DataFrame) -> list[dict]:
@@ -69,7 +76,8 @@ def figure_layout(grid: dict, runs: pd.DataFrame) -> list[dict]:
     for key in keys:
         spec = defined.get(key) or {}
         seen = runs[runs["figure"] == key]
-        arm_specs = expand_axes(spec.get("arms") or {}, spec.get("axes") or {})  # the arms as run
+        arm_specs = expand_axes(spec.get("arms") or {},  # the arms as run
+                                {**(spec.get("axes") or {}), **(spec.get("stress") or {})})
         arm_keys = list(arm_specs) + sorted(set(seen["arm"]) - set(arm_specs))
         labels = {a: (arm_specs.get(a) or {}).get("label") for a in arm_keys}
         for row in seen.itertuples():

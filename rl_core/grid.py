@@ -270,6 +270,10 @@ def grid_from_dict(data: Any, source: str = "<grid>", preset: str | None = None,
     expanded: dict[str, dict] = {}
     for r in runs:
         expanded.setdefault(r.figure, {"arms": {}})["arms"][r.arm] = r.label
+    for fig_key, fig in data["figures"].items():
+        if fig.get("stress"):  # more_stable findings name base arms, read across the stress levels
+            expanded.setdefault(fig_key, {"arms": {}})["stress_arms"] = expand_axes(
+                fig.get("arms") or {}, fig.get("axes") or {})
     try:
         validate_findings(data.get("findings") or [], expanded)
     except FindingError as e:
