@@ -159,8 +159,12 @@ def level_x(levels: list) -> np.ndarray:
 
 
 def from_x(x: float, levels: list) -> float:
-    """A point on :func:`level_x`'s scale back in stress units (the index itself for a non-numeric axis)."""
-    return float(np.exp(x)) if _numeric(levels) else float(x)
+    """A point on :func:`level_x`'s scale back in stress units (the index itself for a non-numeric axis);
+    a point on a level is that level exactly (no exp(log()) round-off on censored values)."""
+    if not _numeric(levels):
+        return float(x)
+    on = np.flatnonzero(np.isclose(level_x(levels), x, rtol=0, atol=1e-12))
+    return float(levels[on[0]]) if len(on) else float(np.exp(x))
 
 
 def star_text(row: dict) -> str:
@@ -377,7 +381,7 @@ def read_margins(path: str | Path) -> pd.DataFrame:
     missing = {"figure", "arm", "s_star", "s_star_lo", "s_star_hi", "s_star_censored"} - set(frame.columns)
     if missing:
         raise UsageError(f"{path}: not a margins.csv (no column {', '.join(sorted(missing))})")
-    return frame.assign(s_star_censored=frame["s_star_censored"].fillna("").astype(str))
+    return frame.assign(s_star_censored=frame["s_star_censored"].astype(object).fillna("").astype(str))
 
 
 def _main(argv: list[str] | None = None) -> int:

@@ -105,7 +105,7 @@ def test_ranks_are_shared_when_intervals_overlap():
 
     from analysis.margins import rank_arms
     ranked = rank_arms(pd.DataFrame([row("c", 1, 0.5, 1.5), row("a", 8, 8, 8, "above"),
-                                     row("b", 4, 1.8, 8)]))
+                                     row("b", 4, 1.2, 8)]))
     # a's interval [8, 8] lies above c's [0.5, 1.5] only; b overlaps both; c has a above it -> rank 2
     assert list(ranked["arm"]) == ["a", "b", "c"] and list(ranked["rank"]) == [1, 1, 2]
     assert list(ranked["rank_shared"]) == [True, True, False]
