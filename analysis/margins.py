@@ -112,6 +112,18 @@ def level_index(value, levels: list) -> int:
     return -1
 
 
+def stress_arm_index(grid: dict) -> dict[str, dict[str, tuple[str, int]]]:
+    """{stress figure: {arm name as run: (base arm, level index)}}, from the grid's own expansion."""
+    out = {}
+    figures = grid.get("figures") or {}
+    for fig_key, (skey, levels) in stress_figures(grid).items():
+        out[fig_key] = {}
+        for base, spec in base_arms(figures[fig_key]).items():
+            for i, name in enumerate(expand_axes({base: spec}, {skey: levels})):
+                out[fig_key][name] = (base, i)
+    return out
+
+
 def membership(runs: pd.DataFrame, grid: dict) -> pd.DataFrame:
     """One row per run of a stress figure: figure, arm, seed, base_arm, stress_key, level, level_index.
 
@@ -119,12 +131,8 @@ def membership(runs: pd.DataFrame, grid: dict) -> pd.DataFrame:
     out (it is not a point of the sweep)."""
     columns = ["figure", "arm", "seed", "base_arm", "stress_key", "level", "level_index"]
     rows = []
-    figures = grid.get("figures") or {}
     for fig_key, (skey, levels) in stress_figures(grid).items():
-        names = {}
-        for base, spec in base_arms(figures[fig_key]).items():
-            for name, run_spec in expand_axes({base: spec}, {skey: levels}).items():
-                names[name] = (base, _dotted(run_spec["config"], skey))
+        names = {name: (base, levels[i]) for name, (base, i) in stress_arm_index(grid)[fig_key].items()}
         for run in runs[runs["figure"] == fig_key].itertuples(index=False):
             if run.arm not in names:
                 continue

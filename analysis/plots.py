@@ -182,16 +182,21 @@ def grid_shape(n_panels: int) -> tuple[int, int]:
 
 def plot_figure(tidy: pd.DataFrame, figure: str, arms, labels: dict | None = None,
                 per_run: pd.DataFrame | None = None, title: str | None = None, panels=DEFAULT_PANELS,
-                smooth: int | None = None, rule_name: str = "score-drop-or-kl-break"):
+                smooth: int | None = None, rule_name: str = "score-drop-or-kl-break",
+                colors: dict | None = None, legend_handles: list | None = None):
     """The panels of one figure (:func:`grid_shape`, 5 x 3.4 in each, dpi 120, text >= 11 pt) with one
     legend naming arms by label (in a free panel slot when there is one, else below).
+
+    `colors` (arm -> colour) replaces the per-figure palette, e.g. a stress figure's colour per base arm
+    and lightness per level; `legend_handles` replaces the one-entry-per-arm legend, and the legend then
+    goes below the panels (outside the axes) whatever the free slots.
 
     Returns a :class:`matplotlib.figure.Figure` built without pyplot (no global state, any backend):
     ``fig.savefig(path)`` writes it.
     """
     arms = list(arms)
     labels = labels or {}
-    colors = arm_colors(arms)
+    colors = colors or arm_colors(arms)
     smooth = auto_smooth(tidy, figure) if smooth is None else smooth
     rows, cols = grid_shape(len(panels))
     with matplotlib.rc_context(FONTS):
@@ -200,14 +205,15 @@ def plot_figure(tidy: pd.DataFrame, figure: str, arms, labels: dict | None = Non
         collapses = collapses_by_arm(per_run, figure)
         for ax, key in zip(axes, panels, strict=False):
             plot_panel(ax, tidy, figure, PANELS[key], arms, colors, labels, collapses, smooth)
-        handles = [Line2D([], [], color=colors[a], lw=2.5, label=labels.get(a, a)) for a in arms]
+        handles = legend_handles or [Line2D([], [], color=colors[a], lw=2.5, label=labels.get(a, a))
+                                     for a in arms]
         if collapses:
             handles.append(Line2D([], [], color="0.3", marker="x", ls="none", mew=2,
                                   label=f"collapse ({rule_name})"))
         spare = axes[len(panels):]
         for ax in spare:
             ax.set_axis_off()
-        if len(spare):
+        if len(spare) and not legend_handles:
             spare[0].legend(handles=handles, loc="center", frameon=False)
         else:
             fig.legend(handles=handles, loc="outside lower center", ncol=min(len(handles), 4), frameon=False)

@@ -250,6 +250,8 @@ def stability_matrix(figures: list[dict], per_arm: pd.DataFrame) -> tuple[list[s
     columns: list[str] = []
     rows = []
     for fig in figures:
+        if fig.get("stress_index"):  # read arm x level in its own matrix (analysis.render_margins)
+            continue
         cells = {}
         for arm, _label in fig["arms"]:
             if arm not in columns:
@@ -269,8 +271,9 @@ def _matrix_text(status: str, row: dict | None) -> str:
     return f"{status} @{when} · {score}" if status in ("collapsed", "mixed") else f"{status} · {score}"
 
 
-def summary_html(figures: list[dict], per_arm: pd.DataFrame, findings: pd.DataFrame) -> str:
-    """The block on top of the report: verdict counts and the figure x arm stability matrix."""
+def summary_html(figures: list[dict], per_arm: pd.DataFrame, findings: pd.DataFrame, extra: str = "") -> str:
+    """The block on top of the report: verdict counts and the figure x arm stability matrix (`extra`: the
+    stress figures' arm x level matrices, after it)."""
     counts = verdict_counts(findings)
     badges = "".join(f'<span class="badge {cls}">{counts[key]} {key}</span>' for key, cls in VERDICTS)
     seeds = int(per_arm["n_seeds"].max()) if len(per_arm) else 0
@@ -293,7 +296,7 @@ def summary_html(figures: list[dict], per_arm: pd.DataFrame, findings: pd.DataFr
     legend = "".join(f'<span class="key {status_class(k)}">{html.escape(k)}</span>{html.escape(v)}'
                      for k, v in STATUS_MEANING.items())
     matrix = (f'<table class="matrix"><thead><tr><th>Figure</th>{head}</tr></thead>'
-              f"<tbody>{''.join(body)}</tbody></table>")
+              f"<tbody>{''.join(body)}</tbody></table>" if rows else "") + extra
     return (f'<div class="summary"><h2 style="margin-top:0.4em">Summary</h2>'
             f'<p><a href="#findings">Findings</a> ({len(findings)}): {badges}{caveat}</p>'
             f"<p>Stability by figure and arm (status · final score, avg@k; collapse rule below; "
@@ -302,11 +305,11 @@ def summary_html(figures: list[dict], per_arm: pd.DataFrame, findings: pd.DataFr
             f"</div>")
 
 
-def summary_md(figures: list[dict], per_arm: pd.DataFrame, findings: pd.DataFrame) -> str:
+def summary_md(figures: list[dict], per_arm: pd.DataFrame, findings: pd.DataFrame, extra: str = "") -> str:
     counts = verdict_counts(findings)
     columns, rows = stability_matrix(figures, per_arm)
     cells = [[r["title"], *[_matrix_text(*r["cells"][a]) if a in r["cells"] else "·" for a in columns]]
              for r in rows]
-    table = md_table(["Figure", *columns], cells)
+    table = md_table(["Figure", *columns], cells) if rows else ""
     line = ", ".join(f"{counts[k]} {k}" for k, _ in VERDICTS)
-    return f"## Summary\n\nFindings ({len(findings)}): {line}.\n\n{table}\n"
+    return f"## Summary\n\nFindings ({len(findings)}): {line}.\n\n{table}\n{extra}"

@@ -27,11 +27,23 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pandas as pd
+from matplotlib.lines import Line2D
 
-from analysis import render
+from analysis import render, render_margins
 from analysis.dose import dose_figure, dose_frame
+from analysis.early_warning import early_warning
 from analysis.findings import FindingError, evaluate_findings, validate_findings
 from analysis.load import load_grid
+from analysis.margin_plots import base_colors, level_shade, margins_figure
+from analysis.margins import (
+    km_curves,
+    margin_rules,
+    margins_table,
+    membership,
+    stress_arm_index,
+    stress_figures,
+    stress_runs,
+)
 from analysis.plots import COLD_START_PANELS, DEFAULT_PANELS, plot_figure
 from analysis.stability import CollapseRule, stability_arms, stability_runs
 from rl_core.cli import UsageError, guard
@@ -86,15 +98,88 @@ def figure_layout(grid: dict, runs: pd.DataFrame) -> list[dict]:
         panels = spec.get("panels") or (COLD_START_PANELS if "cold_start" in key else DEFAULT_PANELS)
         layout.append({"key": key, "title": title, "arms": [(a, labels[a] or a) for a in arm_keys],
                        "panels": tuple(panels), "n_runs": len(seen)})
+        if spec.get("stress"):
+            (skey, levels), = spec["stress"].items()
+            layout[-1].update(stress_index=stress_arm_index({"figures": {key: spec}})[key], stress_key=skey,
+                              stress_levels=list(levels), base_labels={
+                                  b: (arm.get("label") or b) for b, arm in expand_axes(
+                                      spec.get("arms") or {}, spec.get("axes") or {}).items()})
     return layout
 
 
-def _figure_png(tidy, per_run, fig: dict, out_dir: Path, rule: CollapseRule) -> Path | None:
+def grid_colors(figures: list[dict]) -> dict:
+    """One colour per base arm (a stress figure's) or arm (any other figure's), the same in every figure."""
+    keys = []
+    for fig in figures:
+        keys += list(fig["base_labels"]) if fig.get("stress_index") else [a for a, _ in fig["arms"]]
+    return base_colors(keys)
+
+
+def margins_section(tidy, per_run, runs, grid: dict, n_boot: int) -> dict:
+    """The stress figures' margins (analysis.margins, analysis.early_warning): frames keyed by name, and
+    per_run with each stress run's base arm and level (what more_stable findings read)."""
+    members = membership(runs, grid) if len(runs) and stress_figures(grid) else pd.DataFrame(
+        columns=["figure", "arm", "seed", "base_arm", "level_index"])
+    srun = stress_runs(per_run, members)
+    rules = margin_rules(grid)
+    empty = pd.DataFrame(columns=["figure", "arm"])
+    margins = margins_table(srun, grid, rules, n_boot) if len(srun) else empty
+    leads, warn = early_warning(tidy, srun, rules) if len(srun) else (empty, empty)
+    tagged = per_run.merge(members[["figure", "arm", "seed", "base_arm", "level_index"]],
+                           on=["figure", "arm", "seed"], how="left") if len(per_run) else per_run
+    return {"stress_runs": srun, "margins": margins, "km": km_curves(srun), "leads": leads,
+            "warnings": warn, "rules": rules, "per_run": tagged}
+
+
+def _margins_png(fig: dict, section: dict, out_dir: Path, colors: dict) -> Path | None:
+    srun = section["stress_runs"]
+    sel = srun[srun["figure"] == fig["key"]] if len(srun) else srun
+    if not fig.get("stress_index") or sel.empty:
+        return None
+    figure = margins_figure(sel, _of_figure(section["margins"], fig["key"]),
+                            _of_figure(section["km"], fig["key"]), fig["stress_levels"], fig["stress_key"],
+                            fig["base_labels"], colors, section["rules"].survival_threshold,
+                            f"{fig['title']}: stability margins")
+    path = out_dir / f"fig_{fig['key']}_margins.png"
+    figure.savefig(path)
+    return path
+
+
+def _t_c_sources(section: dict, key: str) -> str:
+    leads = _of_figure(section["leads"], key)
+    if leads.empty:
+        return "no collapse yet"
+    runs = leads.drop_duplicates(["arm", "seed"])
+    rule = int((runs["t_c_source"] == "rule").sum())
+    return (f"{len(runs)} collapsed runs, {rule} of them timed by the collapse rule's step (the reward "
+            "never fell)")
+
+
+def _stress_style(fig: dict, colors: dict) -> tuple[dict | None, list | None]:
+    """A stress figure's curves: colour = base arm (grid-wide), lighter at lower stress; its legend names
+    the base arms and the levels' shades, not the arms x levels."""
+    if not fig.get("stress_index"):
+        return None, None
+    n = len(fig["stress_levels"])
+    styles = {name: level_shade(colors[base], i, n) for name, (base, i) in fig["stress_index"].items()}
+    bases = list(dict.fromkeys(b for b, _ in fig["stress_index"].values()))
+    leaf = fig["stress_key"].rsplit(".", 1)[-1]
+    handles = [Line2D([], [], color=colors[b], lw=3, label=fig["base_labels"].get(b, b)) for b in bases]
+    handles += [Line2D([], [], color=level_shade((0.2, 0.2, 0.2), i, n), lw=3, label=f"{leaf}={v}")
+                for i, v in enumerate(fig["stress_levels"])]
+    return styles, handles
+
+
+def _figure_png(tidy, per_run, fig: dict, out_dir: Path, rule: CollapseRule,
+                colors: dict | None = None) -> Path | None:
     if fig["n_runs"] == 0:
         return None
     labels = dict(fig["arms"])
+    styles, handles = _stress_style(fig, colors or {})
+    if styles is not None:
+        styles = {a: styles.get(a, (0.5, 0.5, 0.5)) for a, _ in fig["arms"]}
     figure = plot_figure(tidy, fig["key"], [a for a, _ in fig["arms"]], labels, per_run, fig["title"],
-                         fig["panels"], rule_name=rule.name)
+                         fig["panels"], rule_name=rule.name, colors=styles, legend_handles=handles)
     path = out_dir / f"fig_{fig['key']}.png"
     figure.savefig(path)
     return path
@@ -123,7 +208,8 @@ def _html_page(ctx: dict) -> str:
     out_dir = ctx["out_dir"]
     parts = [f"<h1>Report: grid <code>{html.escape(ctx['grid'])}</code></h1>",
              f"<p class=muted>{html.escape(ctx['subtitle'])}</p>",
-             render.summary_html(ctx["figures"], ctx["per_arm"], ctx["findings"]),
+             render.summary_html(ctx["figures"], ctx["per_arm"], ctx["findings"],
+                                 _stress_matrices(ctx, True)),
              f"<p>Collapse rule: <code>{html.escape(ctx['rule'])}</code></p>",
              f"<p class=muted>{html.escape(SCHEMA_NOTE)}</p>",
              '<p><a href="#findings">Findings</a> · ' + " · ".join(
@@ -138,6 +224,9 @@ def _html_page(ctx: dict) -> str:
             parts.append("<p class=muted>No runs of this figure yet.</p>")
         if fig.get("dose_png"):
             parts.append(_img_html(fig["dose_png"], f"{fig['title']}: across rollout formats"))
+        if fig.get("margins_png"):
+            parts.append(_img_html(fig["margins_png"], f"{fig['title']}: stability margins"))
+        parts.append(_margins_block(ctx, fig, render_margins.margins_html))
         sel, arms = _of_figure(ctx["per_run"], fig["key"]), _of_figure(ctx["per_arm"], fig["key"])
         parts.append(render.arm_table_html(fig["arms"], arms, sel, out_dir))
         if len(sel):
@@ -155,13 +244,15 @@ def _html_page(ctx: dict) -> str:
 
 def _markdown(ctx: dict) -> str:
     lines = [f"# Report: grid `{ctx['grid']}`", "", ctx["subtitle"], "",
-             render.summary_md(ctx["figures"], ctx["per_arm"], ctx["findings"]), "",
+             render.summary_md(ctx["figures"], ctx["per_arm"], ctx["findings"], _stress_matrices(ctx, False)),
+             "",
              f"Collapse rule: `{ctx['rule']}`", "", SCHEMA_NOTE, ""]
     for fig in ctx["figures"]:
         lines += [f"## {fig['title']} (`{fig['key']}`)", ""]
-        for key in ("png", "dose_png"):
+        for key in ("png", "dose_png", "margins_png"):
             if fig.get(key):
                 lines += [f"![{fig['title']}]({fig[key].name})", ""]
+        lines += [_margins_block(ctx, fig, render_margins.margins_md)]
         sel, arms = _of_figure(ctx["per_run"], fig["key"]), _of_figure(ctx["per_arm"], fig["key"])
         lines += [render.arm_table_md(fig["arms"], arms, sel, ctx["out_dir"]), ""]
     warned = _warnings(ctx["per_run"])
@@ -170,6 +261,19 @@ def _markdown(ctx: dict) -> str:
         lines += [f"* `{run}`: {text}" for run, text in warned] + [""]
     lines += ["## Findings", "", render.findings_table_md(ctx["findings"]), ""]
     return "\n".join(lines)
+
+
+def _margins_block(ctx: dict, fig: dict, renderer) -> str:
+    section = ctx["margins"]
+    if not fig.get("stress_index"):
+        return ""
+    return renderer(_of_figure(section["margins"], fig["key"]), _of_figure(section["warnings"], fig["key"]),
+                    fig["base_labels"], section["rules"], _t_c_sources(section, fig["key"]))
+
+
+def _stress_matrices(ctx: dict, html_out: bool) -> str:
+    render_one = render_margins.stress_matrix_html if html_out else render_margins.stress_matrix_md
+    return "".join(render_one(f, ctx["per_arm"]) for f in ctx["figures"] if f.get("stress_index"))
 
 
 def _warnings(per_run: pd.DataFrame) -> list[tuple[str, str]]:
@@ -192,6 +296,10 @@ def _write_outputs(ctx: dict) -> Path:
     ctx["per_arm"].to_csv(out_dir / "stability.csv", index=False)
     ctx["per_run"].to_csv(out_dir / "stability_runs.csv", index=False)
     verdicts.to_csv(out_dir / "findings.csv", index=False)
+    for name in ("margins", "km", "leads", "warnings"):  # `analysis.margins compare` reads margins.csv
+        frame = ctx["margins"][name]
+        if len(frame):
+            frame.to_csv(out_dir / f"{'early_warning' if name == 'warnings' else name}.csv", index=False)
     summary = {"grid": ctx["grid"], "preset": ctx["preset"], "generated": ctx["generated"],
                "n_runs": len(runs),
                "status_counts": {str(k): int(v) for k, v in runs["status"].value_counts().items()},
@@ -220,9 +328,12 @@ def build_report(grid_dir: str | Path, grid_file: str | Path | None = None,
     per_run = stability_runs(tidy, runs, rule) if len(runs) else _empty_per_run()
     per_arm = stability_arms(per_run, n_boot=n_boot) if len(runs) else pd.DataFrame(columns=["figure", "arm"])
     figures = figure_layout(grid, runs)
+    section = margins_section(tidy, per_run, runs, grid, n_boot)
+    colors = grid_colors(figures)
     for fig in figures:
-        fig["png"] = _figure_png(tidy, per_run, fig, out_dir, rule)
+        fig["png"] = _figure_png(tidy, per_run, fig, out_dir, rule, colors)
         fig["dose_png"] = _dose_png(runs, per_run, fig, out_dir)
+        fig["margins_png"] = _margins_png(fig, section, out_dir, colors)
     name = str(grid.get("name") or (runs["grid"].iloc[0] if len(runs) else grid_dir.name))
     preset = grid.get("preset") or next(iter(runs["preset"].dropna()), "?")
     generated = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
@@ -231,7 +342,9 @@ def build_report(grid_dir: str | Path, grid_file: str | Path | None = None,
            "subtitle": f"preset {preset} · {len(runs)} runs ({counts}) · generated {generated} "
                        f"from {grid_dir}",
            "figures": figures, "runs": runs, "per_run": per_run, "per_arm": per_arm, "out_dir": out_dir,
-           "findings": evaluate_findings(findings, per_run, n_boot=n_boot, seeds=grid.get("seeds"))}
+           "margins": section,
+           "findings": evaluate_findings(findings, section["per_run"], n_boot=n_boot, seeds=grid.get("seeds"),
+                                         margins=section["margins"])}
     return _write_outputs(ctx)
 
 

@@ -180,7 +180,8 @@ def test_early_warning_lead_times_false_flags_and_the_kl_exclusion():
     kl = by.loc["kl/train_infer_k3"]
     assert (kl["excluded"], kl["collapses"], kl["never"], kl["flagged"]) == (1, 1, 1, 0)
     ess = by.loc["is/ess_frac"]
-    assert ess["direction"] == "low" and ess["threshold"] == 0.9 and (ess["late"], ess["lead_median"]) == (1, -1)
+    assert ess["direction"] == "low" and ess["threshold"] == 0.9
+    assert (ess["late"], ess["lead_median"]) == (1, -1)
     assert ess["false_flags"] == 0 and ess["surviving_checked"] == 0  # the survivors never logged the ESS
     kl_run = leads[(leads["arm"] == "a-lr=2") & (leads["seed"] == 1)].iloc[0]
     assert kl_run["t_c"] == 6 and kl_run["t_c_source"] == "rule"
@@ -203,7 +204,7 @@ def test_compare_counts_kept_lost_and_flipped(tmp_path, capsys):
                   ("g", "p", 2, 1, 3, ""), ("g", "q", 4, 3.5, 5, ""), ("g", "r", 2, 1, 3, "")])
     table, counts = compare_margins(a, b)
     # in B: x > y still separated; p < q with separation (flipped); p = r (2 vs 2, overlapping): order lost
-    assert dict(zip(zip(table["higher"], table["lower"]), table["outcome"], strict=True)) == {
+    assert dict(zip(zip(table["higher"], table["lower"], strict=True), table["outcome"], strict=True)) == {
         ("x", "y"): "kept, separated", ("p", "q"): "flipped", ("p", "r"): "kept order, not separated"}
     assert counts_line(counts) == ("pairs separated in A: 3; in B: 1 kept the order with separation, 1 kept "
                                    "the order without separation, 1 flipped")
@@ -211,7 +212,8 @@ def test_compare_counts_kept_lost_and_flipped(tmp_path, capsys):
         frame.to_csv(tmp_path / name, index=False)
     assert main(["compare", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"),
                  "--out", str(tmp_path / "c.md")]) == 0
-    assert "1 flipped" in capsys.readouterr().out and "| g | p | q | flipped |" in (tmp_path / "c.md").read_text()
+    assert "1 flipped" in capsys.readouterr().out
+    assert "| g | p | q | flipped |" in (tmp_path / "c.md").read_text()
 
 
 # ------------------------------------------------------------------------------- more_stable
@@ -269,7 +271,8 @@ def test_more_stable_names_base_arms_of_stress_figures():
 def test_more_stress_grids_share_the_levels_and_rules(path):
     main_grid = yaml.safe_load(open("experiments/stress.yaml"))
     grid = load_grid_file(path)
-    assert grid.data["margins"] == main_grid["margins"] and grid.data["base"]["eval"] == main_grid["base"]["eval"]
+    assert grid.data["margins"] == main_grid["margins"]
+    assert grid.data["base"]["eval"] == main_grid["base"]["eval"]
     lr = main_grid["figures"]["s1_is_weight_lr"]["stress"]["train.lr"]
     for fig in grid.data["figures"].values():
         assert fig["stress"].get("train.lr", lr) == lr
@@ -279,8 +282,8 @@ def test_more_stress_grids_share_the_levels_and_rules(path):
 
 
 def test_membership_reads_levels_from_the_grid_and_the_configs():
-    grid = {"figures": {"s": {"stress": {"train.lr": [1e-4, 2e-4]}, "axes": {"rollout.precision": ["bf16"]},
-                              "arms": {"a": {"label": "A"}}}}}
+    grid = {"figures": {"s": {"stress": {"train.lr": [1e-4, 2e-4]},
+                              "axes": {"rollout.precision": ["bf16"]}, "arms": {"a": {"label": "A"}}}}}
     runs = pd.DataFrame([
         {"figure": "s", "arm": "a-precision=bf16-lr=0.0001", "seed": 0, "config": {"train": {"lr": 1e-4}}},
         {"figure": "s", "arm": "a-precision=bf16-lr=0.0002", "seed": 0, "config": {}},  # the plan's level
