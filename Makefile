@@ -51,6 +51,9 @@ replicate: $(STAMP)
 	$(BIN)/python -m analysis.compare results/$(GRID_NAME)/report/findings.csv \
 	  $(REPLICA)/$(GRID_NAME)/report/findings.csv --names "results/" "$(REPLICA)/ (seeds $(REPLICA_SEEDS))" \
 	  --out $(REPLICA)/$(GRID_NAME)/report/compare.md
+	@if [ -f results/$(GRID_NAME)/report/margins.csv ]; then \
+	  $(BIN)/python -m analysis.margins compare results/$(GRID_NAME)/report/margins.csv \
+	    $(REPLICA)/$(GRID_NAME)/report/margins.csv --out $(REPLICA)/$(GRID_NAME)/report/compare_margins.md; fi
 
 smoke: $(STAMP)
 	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) \
