@@ -32,7 +32,7 @@ RUN_CONFIG := preset=$(PRESET)
 endif
 
 reproduce: $(STAMP)
-	@$(BIN)/python -m rl_core.grid $(GRID) --estimate --cores $(CORES) $(if $(filter quick,$(PRESET)),--preset mini --seeds 0,--preset $(PRESET)) | tail -n 1
+	@$(BIN)/python -m rl_core.orchestration.grid $(GRID) --estimate --cores $(CORES) $(if $(filter quick,$(PRESET)),--preset mini --seeds 0,--preset $(PRESET)) | tail -n 1
 	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) \
 	  --configfile $(GRID) --config $(RUN_CONFIG)
 
@@ -89,7 +89,7 @@ test-slurm: $(STAMP)
 	  -p no:cacheprovider -q; rc=$$?; tests/slurm/cluster.sh stop $(SLURM_DIR); exit $$rc
 
 bench: $(STAMP)
-	$(BIN)/python -m rl_core.bench
+	$(BIN)/python bench/driver.py
 
 # The training engine on an NVIDIA GPU: cuda bf16 arm, torchrun x2 (2 GPUs), vLLM's GPU build (VLLM_PYTHON or
 # .venv-vllm), timings and the train-inference KL; then the `gpu` tests. Without a GPU: one "skipped" line.

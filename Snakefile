@@ -5,7 +5,7 @@
     snakemake -n                                          # the same: the paper's grid is the default
 
 Snakemake's config IS the grid file given with --configfile, else experiments/paper.yaml (checked by
-rl_core.grid against workflow/schemas/grid.schema.yaml and the typed RunConfig before any job starts).
+rl_core.orchestration.grid against workflow/schemas/grid.schema.yaml and the typed RunConfig before any job starts).
 A grid given with --configfile replaces the default whole (Snakemake would merge it over a `configfile:`
 default, and a smoke grid would inherit the paper's figures): the default is read only without one.
 One run's config is defaults <- preset <- grid base <- figure base <- arm config <- seed (the more

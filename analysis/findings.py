@@ -64,7 +64,9 @@ from functools import partial
 import numpy as np
 import pandas as pd
 
-from analysis.finding_schema import (  # noqa: F401  (re-exported: the schema lives without pandas)
+from analysis.margins import separated, star_text
+from analysis.stability import Interval, arm_interval
+from rl_core.orchestration.finding_schema import (  # noqa: F401  (re-exported: the schema lives without pandas)
     COMMON,
     KINDS,
     METRICS,
@@ -74,8 +76,6 @@ from analysis.finding_schema import (  # noqa: F401  (re-exported: the schema li
     resolve,
     validate_findings,
 )
-from analysis.margins import separated, star_text
-from analysis.stability import Interval, arm_interval
 
 MISSING = "inconclusive: missing arms/runs"
 OVERLAP = "inconclusive: CIs overlap"

@@ -3,8 +3,8 @@
 A stress figure of a grid file names one ``stress`` key (``train.lr``, ``train.n_minibatches``, or rollout
 formats ordered by their train-inference gap) with its levels; every arm runs at every level and seed.
 Which run belongs to which (figure, base arm, level) is read from the grid, not from the run names: the
-figure's arms crossed with its ``axes`` are the base arms (rl_core.grid's expansion), each base arm crossed
-with the stress levels gives the names of its runs, and the level of a run is the value of the stress key
+figure's arms crossed with its ``axes`` are the base arms (rl_core.orchestration.grid's expansion), each
+base arm crossed with the stress levels gives the names of its runs, and the level of a run is the value of the stress key
 in its own config.json (the expansion's value when the config lacks it). Definitions:
 
 * **survival**: a run survives when analysis.stability's collapse rule (``score-drop-or-kl-break``) finds no
@@ -54,7 +54,7 @@ import numpy as np
 import pandas as pd
 
 from rl_core.cli import UsageError, guard
-from rl_core.grid import expand_axes
+from rl_core.orchestration.grid import expand_axes
 
 N_BOOT, CI_LEVEL, RNG_SEED = 2000, 0.95, 0
 

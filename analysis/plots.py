@@ -57,7 +57,7 @@ PANELS = {
                 r"$D_{KL}(\mu_{old}\|\pi_{old})$ (nats / token)", log=True, min_smooth=KL_SMOOTH,
                 fallback="kl/train_infer_k1"),
     "length": Panel("eval/response_length", "Eval response length", "length (tokens)", smoothable=False),
-    # what users of the train-inference corrections watch (rl_core.objectives' stats)
+    # what users of the train-inference corrections watch (rl_core.losses.objectives' stats)
     "masked": Panel("is/masked_frac", "Tokens masked by the correction", "fraction of tokens"),
     "clip": Panel("clip/frac", "Tokens clipped (staleness)", "fraction of tokens"),
     "seq_ratio": Panel("seq/ratio_log_std", "Sequence-ratio spread",

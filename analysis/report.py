@@ -47,7 +47,7 @@ from analysis.margins import (
 from analysis.plots import COLD_START_PANELS, DEFAULT_PANELS, plot_figure
 from analysis.stability import CollapseRule, stability_arms, stability_runs
 from rl_core.cli import UsageError, guard
-from rl_core.grid import GridError, expand_axes, read_yaml
+from rl_core.orchestration.grid import GridError, expand_axes, read_yaml
 
 SCHEMA_NOTE = ("Cells are the interquartile mean over seeds with a 95% percentile-bootstrap interval "
                "[lo, hi]; with 2 seeds the interval is their min-max, with 1 seed the value alone. "

@@ -1,6 +1,6 @@
 """One arm end to end: orchestration overhead (wall time outside RL steps) and peak RSS.
 
-    .venv/bin/python bench/arm.py SPEC_JSON      (run by rl_core.bench; prints BENCH_JSON {...})
+    .venv/bin/python bench/arm.py SPEC_JSON      (run by bench/driver.py; prints BENCH_JSON {...})
 
 SPEC: config (a RunConfig tree, `init` included), threads, workdir, grid_runs. Measures, in this order:
 
@@ -10,9 +10,9 @@ SPEC: config (a RunConfig tree, `init` included), threads, workdir, grid_runs. M
    rl_wall_s is the time inside global steps.
 2. The benchmark evals, listed separately: the wall time of each, as the arm's own eval rows record it
    (perf/eval_s).
-3. The MLflow mirror of that run as the workflow does it (`python -m rl_core.tracking grid`, one process
-   per grid) into a fresh sqlite store: the run's own part (runs_s) plus the process's fixed part (start,
-   imports, store, parent) shared by the `grid_runs` runs of the grid (SPEC; paper.yaml has 26).
+3. The MLflow mirror of that run as the workflow does it (`python -m rl_core.orchestration.tracking grid`, one
+   process per grid) into a fresh sqlite store: the run's own part (runs_s) plus the process's fixed part
+   (start, imports, store, parent) shared by the `grid_runs` runs of the grid (SPEC; paper.yaml has 26).
 4. Interpreter start (`python -c pass`) and `import rl_core.train` (child wall minus interpreter start).
 """
 
@@ -58,8 +58,9 @@ def main() -> None:
 
     uri = f"sqlite:///{(work / 'mlflow.db').resolve()}"
     t0 = time.perf_counter()
-    proc = subprocess.run([py, "-m", "rl_core.tracking", "grid", "--grid-dir", str(work / "runs"), "--grid",
-                           "bench", "--uri", uri, str(run_dir)], check=True, capture_output=True, text=True)
+    proc = subprocess.run([py, "-m", "rl_core.orchestration.tracking", "grid", "--grid-dir",
+                           str(work / "runs"), "--grid", "bench", "--uri", uri, str(run_dir)], check=True,
+                          capture_output=True, text=True)
     mirror_wall_s = time.perf_counter() - t0
     mirror = json.loads(proc.stdout.splitlines()[-1])
     mirror_share_s = mirror["runs_s"] + (mirror_wall_s - mirror["runs_s"]) / s["grid_runs"]

@@ -65,7 +65,7 @@ def profile_arm(run, init: str, global_steps: int, ops: bool) -> dict:
 
     from rl_core import config as C
     from rl_core.step import score, update
-    from rl_core.train import Arm, RunFiles, _due, run_eval
+    from rl_core.train import Arm, RunFiles, due, run_eval
 
     cfg = C.from_dict({**C.to_dict(run.config), "init": init})
     t, N = cfg.train, cfg.train.n_minibatches
@@ -117,8 +117,8 @@ def profile_arm(run, init: str, global_steps: int, ops: bool) -> dict:
                                                          arm.params))
             op_tables["eval"] = top_ops(lambda: run_eval(cfg, arm.policy, arm.task, arm.step))
     n_global = t.steps // N
-    n_evals = 1 + sum(_due(s, cfg.eval.every, N, t.steps) for s in range(N, t.steps + 1, N))
-    n_ckpts = sum(_due(s, cfg.checkpoint_every, N, t.steps) for s in range(N, t.steps + 1, N))
+    n_evals = 1 + sum(due(s, cfg.eval.every, N, t.steps) for s in range(N, t.steps + 1, N))
+    n_ckpts = sum(due(s, cfg.checkpoint_every, N, t.steps) for s in range(N, t.steps + 1, N))
     per = {k: v / global_steps for k, v in phases.items()}
     whole = {k: v * n_global for k, v in per.items()}
     whole.update(setup=setup_s, evals=eval_s * n_evals, checkpoints=ckpt_s * n_ckpts)
@@ -132,7 +132,7 @@ def report(res: dict, proc: dict) -> str:
     w = res["projected_s"]
     parts = {"python start": proc["python_start_s"], "import rl_core.train": proc["import_train_s"],
              "setup (task, policy, rollout engine, optimizer)": proc["setup_s"],
-             "the optimizer's first step (rl_core.adamw)": proc["optimizer_first_s"],
+             "the optimizer's first step (rl_core.training.adamw)": proc["optimizer_first_s"],
              "rollout decode": w["rollout"], "pi_old scoring": w["pi_old"], "updates": w["update"],
              "weight sync": w["sync"], f"evals ({res['n_evals']} x {res['eval_s_each']:.2f} s)": w["evals"],
              f"checkpoints ({res['n_checkpoints']})": w["checkpoints"]}
@@ -146,7 +146,7 @@ def report(res: dict, proc: dict) -> str:
 
 
 def main() -> int:
-    """The command line above, or (run by rl_core.bench) one SPEC_JSON argument: init, threads,
+    """The command line above, or (run by bench/driver.py) one SPEC_JSON argument: init, threads,
     global_steps; then the figures are printed as one BENCH_JSON line."""
     if len(sys.argv) == 2 and sys.argv[1].startswith("{"):
         s = json.loads(sys.argv[1])
@@ -166,7 +166,7 @@ def main() -> int:
 
     pin_threads(args.threads)
     proc = process_costs()
-    from rl_core.grid import load_grid
+    from rl_core.orchestration.grid import load_grid
 
     runs = {f"{r.figure}/{r.arm}": r for r in load_grid(ROOT / "experiments" / "paper.yaml", "mini").runs}
     out = []

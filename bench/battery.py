@@ -24,12 +24,13 @@ from pathlib import Path
 
 import yaml
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # this checkout's rl_core
 
 from rl_core import config as C  # noqa: E402
-from rl_core import grid as G  # noqa: E402
+from rl_core.orchestration import grid as G  # noqa: E402
+from rl_core.paths import REPO  # noqa: E402
+
+sys.path.insert(0, str(REPO / "tests"))
 
 CASES: list = []
 
@@ -284,10 +285,11 @@ case("report: missing --grid-dir")(lambda ctx: cli("analysis.report", "--grid-di
                                                    named="/no/dir"))
 case("report: bad --rule")(lambda ctx: cli("analysis.report", "--grid-dir", ctx["tmp"], "--rule", "bogus=1",
                                            named="bogus"))
-case("grid CLI: missing file")(lambda ctx: cli("rl_core.grid", "/no/g.yaml", named="/no/g.yaml"))
+case("grid CLI: missing file")(lambda ctx: cli("rl_core.orchestration.grid", "/no/g.yaml",
+                                               named="/no/g.yaml"))
 case("coldstart eval: missing --ckpt")(lambda ctx: cli("rl_core.coldstart", "eval", "--ckpt", "/no/ck",
                                                        "--out", f"{ctx['tmp']}/e.json", named="/no/ck"))
-case("tracking: missing --grid-dir")(lambda ctx: cli("rl_core.tracking", "grid", "--grid-dir",
+case("tracking: missing --grid-dir")(lambda ctx: cli("rl_core.orchestration.tracking", "grid", "--grid-dir",
                                                      f"{ctx['tmp']}/no/gd", "--grid", "g", named="no/gd"))
 
 

@@ -1,6 +1,6 @@
 """Shared bits of the bench/ helper scripts: the spec they read, thread pinning, JSON output.
 
-Every helper is run as ``python bench/NAME.py SPEC_JSON`` by ``rl_core.bench`` (in the main venv, or in
+Every helper is run as ``python bench/NAME.py SPEC_JSON`` by ``bench/driver.py`` (in the main venv, or in
 ``.venv-peers`` / ``.venv-vllm`` for the peers) and prints exactly one line ``BENCH_JSON {...}`` on stdout.
 """
 

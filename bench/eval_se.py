@@ -25,9 +25,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's rl_core (bench/common.py)
 
-from rl_core.grid import REPO, load_grid
-from rl_core.model import load_pretrained
-from rl_core.rollout import EmbeddedRolloutEngine
+from rl_core.orchestration.grid import load_grid
+from rl_core.paths import REPO
+from rl_core.policy.model import load_pretrained
+from rl_core.rollout.embedded import EmbeddedRolloutEngine
 from rl_core.tasks import EVAL_SEED, make_task, sample_rewards
 
 PAPER = REPO / "experiments" / "paper.yaml"

@@ -8,12 +8,13 @@ builds a tiny-MoE cold start (pretrain + SFT, on the CPU, ~5 s) and runs these a
 (wall time, RL time, tokens/s, the train-inference KL k1/k3) and writes them as JSON:
 
 * cpu_fp32:      the reference: train.device=cpu, fp32 trainer, embedded bf16 rollout engine;
-* cuda_bf16:     train.device=cuda, bf16 trainer (autocast, as rl_core.engine), the embedded bf16 engine on
-                 the GPU (the fallback without vLLM);
+* cuda_bf16:     train.device=cuda, bf16 trainer (autocast, as rl_core.training.scoring), the embedded bf16
+                 engine on the GPU (the fallback without vLLM);
 * cuda_bf16_x2:  the same under `torchrun --nproc-per-node 2` (FSDP2) where 2 GPUs are visible;
 * vllm_bf16:     rollout.engine=vllm (the GPU build) with the cuda bf16 trainer, where a Python with vLLM's
                  GPU build is found ($VLLM_PYTHON, this one, or .venv-vllm/bin/python);
-* megatron:      listed as skipped: rl_core has no Megatron training engine yet (rl_core.backends).
+* megatron:      listed as skipped: rl_core has no Megatron training engine yet
+                 (rl_core.orchestration.capabilities).
 
 Checks (exit 1 when one fails): every arm completed and its summary records the device it was asked for;
 the fp32 trainer's log-probs on the GPU equal the CPU's to 1e-4 nats on a sampled batch; each arm's
@@ -51,7 +52,7 @@ def say(line: str) -> None:
 
 def vllm_python() -> str | None:
     """A Python whose vLLM is the GPU build, or None."""
-    probe = "from rl_core.backends import probe; print(probe().vllm_build)"
+    probe = "from rl_core.orchestration.capabilities import probe; print(probe().vllm_build)"
     for py in (os.environ.get("VLLM_PYTHON"), sys.executable, str(REPO / ".venv-vllm" / "bin" / "python")):
         if py and Path(py).exists():
             out = subprocess.run([py, "-c", probe], capture_output=True, text=True, cwd=REPO)
@@ -104,9 +105,9 @@ def logp_agreement(ckpt: Path) -> float:
     """Max |logp| difference of the fp32 trainer on cuda vs cpu on one sampled batch (nats)."""
     import torch
 
-    from rl_core.engine import token_logprobs
-    from rl_core.model import load_pretrained
-    from rl_core.rollout import EmbeddedRolloutEngine
+    from rl_core.policy.model import load_pretrained
+    from rl_core.rollout.embedded import EmbeddedRolloutEngine
+    from rl_core.training.scoring import token_logprobs
 
     policy = load_pretrained(ckpt)
     engine = EmbeddedRolloutEngine.from_model(policy, "fp32")
@@ -166,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
             arms.append(("vllm_bf16", [vpy], vllm, gpu))
         else:
             say("vllm_bf16: skipped (no Python with vLLM's GPU build: set VLLM_PYTHON)")
-        say("megatron: skipped (rl_core has no Megatron-core training engine yet; see rl_core.backends)")
+        say("megatron: skipped (rl_core has no Megatron-core training engine yet; see "
+            "rl_core.orchestration.capabilities)")
         results = []
         for name, cmd, overrides, _ in arms:
             merged = json.loads(json.dumps(steps))

@@ -1,13 +1,13 @@
 """Training-engine efficiency: achieved FLOP/s of forward+backward over the measured fp32 matmul peak.
 
-    .venv/bin/python bench/mfu.py SPEC_JSON      (run by rl_core.bench; prints BENCH_JSON {...})
+    .venv/bin/python bench/mfu.py SPEC_JSON      (run by bench/driver.py; prints BENCH_JSON {...})
 
-SPEC: ckpt, B, T, threads, rounds, peak_n. The work is what an RL update does: rl_core.engine.token_logprobs
-(full-sequence forward, log-softmax, gather) on a (B, T) batch without padding, then backward of
-sum(c * logp). Its FLOPs come from rl_core.bench.train_flops_per_token (documented there). The peak is
-torch.matmul of two (peak_n x peak_n) fp32 matrices, 2 n^3 FLOPs, in the same process and thread count;
-the two are measured in turns (`rounds` times) and each reported as its best round (least disturbed by
-the other jobs on a shared machine). One profiled step gives the share of time per op.
+SPEC: ckpt, B, T, threads, rounds, peak_n. The work is what an RL update does:
+rl_core.training.scoring.token_logprobs (full-sequence forward, log-softmax, gather) on a (B, T) batch without
+padding, then backward of sum(c * logp). Its FLOPs come from bench/driver.py's train_flops_per_token
+(documented there). The peak is torch.matmul of two (peak_n x peak_n) fp32 matrices, 2 n^3 FLOPs, in the same
+process and thread count; the two are measured in turns (`rounds` times) and each reported as its best round
+(least disturbed by the other jobs on a shared machine). One profiled step gives the share of time per op.
 """
 
 from __future__ import annotations
@@ -34,11 +34,11 @@ def main() -> None:
     s = spec()
     pin_threads(s["threads"])
     import torch
+    from driver import train_flops_per_token
     from torch.profiler import ProfilerActivity, profile
 
-    from rl_core.bench import train_flops_per_token
-    from rl_core.engine import token_logprobs
-    from rl_core.model import load_pretrained
+    from rl_core.policy.model import load_pretrained
+    from rl_core.training.scoring import token_logprobs
 
     model = load_pretrained(s["ckpt"])
     B, T, n = s["B"], s["T"], s["peak_n"]

@@ -21,12 +21,13 @@ import sys
 import torch
 from common import print_table
 
-from rl_core.engine import token_logprobs
-from rl_core.grid import REPO, load_grid
-from rl_core.model import load_pretrained, routing_disagreement
-from rl_core.rollout import PRECISIONS, EmbeddedRolloutEngine
+from rl_core.orchestration.grid import load_grid
+from rl_core.paths import REPO
+from rl_core.policy.model import load_pretrained, routing_disagreement
+from rl_core.rollout.embedded import PRECISIONS, EmbeddedRolloutEngine
 from rl_core.step import train_infer_kl
 from rl_core.tasks import make_task
+from rl_core.training.scoring import token_logprobs
 
 PAPER = REPO / "experiments" / "paper.yaml"
 

@@ -26,12 +26,13 @@ from pathlib import Path
 import torch
 from common import print_table
 
-from rl_core.engine import token_logprobs
-from rl_core.grid import REPO, TEACHERS, load_grid
-from rl_core.model import load_pretrained
-from rl_core.rollout import EmbeddedRolloutEngine
+from rl_core.orchestration.grid import TEACHERS, load_grid
+from rl_core.paths import REPO
+from rl_core.policy.model import load_pretrained
+from rl_core.rollout.embedded import EmbeddedRolloutEngine
 from rl_core.step import train_infer_kl
 from rl_core.tasks import make_task
+from rl_core.training.scoring import token_logprobs
 
 #: The paper's MiniRL starting point (figure 1; PAPER.md): entropy ~0.30 nats/token, train-inference KL
 #: ~3e-3 (FP8 rollout against the BF16 trainer). Its initial scores and lengths differ per cold start.

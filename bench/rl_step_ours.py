@@ -1,7 +1,7 @@
 """Seconds per global step of our trainer (rl_core.train.Arm.global_step_rows): rollout of B x G responses
 of up to L tokens, rewards, the logp_old pass, N optimizer steps, weight sync.
 
-    .venv/bin/python bench/rl_step_ours.py SPEC_JSON     (run by rl_core.bench; prints BENCH_JSON {...})
+    .venv/bin/python bench/rl_step_ours.py SPEC_JSON     (run by bench/driver.py; prints BENCH_JSON {...})
 
 SPEC: ckpt, task (TaskConfig overrides), B, G, L, N, warmup, steps, threads, lr, seed, precision (of the
 rollout engine), train_precision (of the training engine), compile (train.compile), objective. One-off

@@ -1,6 +1,6 @@
 """Seconds per global step of trl.GRPOTrainer on the same work as bench/rl_step_ours.py.
 
-    .venv-peers/bin/python bench/rl_step_trl.py SPEC_JSON    (run by rl_core.bench; prints BENCH_JSON {...})
+    .venv-peers/bin/python bench/rl_step_trl.py SPEC_JSON    (run by bench/driver.py; prints BENCH_JSON {...})
 
 The mapping of our global step (B prompts x G samples, up to L tokens, N optimizer steps) onto TRL:
 per_device_train_batch_size = B*G completions per optimizer step, gradient_accumulation_steps = 1,

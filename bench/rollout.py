@@ -1,6 +1,6 @@
 """Rollout tokens/s: the embedded rollout engine vs transformers `generate`, on the same checkpoint.
 
-    .venv/bin/python bench/rollout.py SPEC_JSON      (run by rl_core.bench; prints BENCH_JSON {...})
+    .venv/bin/python bench/rollout.py SPEC_JSON      (run by bench/driver.py; prints BENCH_JSON {...})
 
 SPEC: ckpt, prompts (token id lists), L, threads, reps, impls (any of "ours-fp32", "ours-bf16", "hf").
 Identical work on every side: the same left-padded prompts, sampling at temperature 1 from the full
@@ -25,7 +25,7 @@ from common import emit, pin_threads, spec  # noqa: E402
 def ours(ckpt: str, precision: str, prompts: list[list[int]], L: int):
     import torch
 
-    from rl_core.rollout import EmbeddedRolloutEngine
+    from rl_core.rollout.embedded import EmbeddedRolloutEngine
 
     engine = EmbeddedRolloutEngine.from_pretrained(ckpt, precision)
     engine.eos_token_id = -1  # no sampled token equals it: every row runs L steps

@@ -23,9 +23,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # this checkout's rl_core (bench/common.py)
 
 from rl_core.config import ModelConfig
-from rl_core.engine import token_logprobs
-from rl_core.model import MoEPolicy, hf_config, routing_disagreement
-from rl_core.rollout import EmbeddedRolloutEngine
+from rl_core.policy.model import MoEPolicy, hf_config, routing_disagreement
+from rl_core.rollout.embedded import EmbeddedRolloutEngine
+from rl_core.training.scoring import token_logprobs
 
 
 def main() -> None:

@@ -1,6 +1,6 @@
 """Rollout tokens/s of vLLM (the CPU build) on the same checkpoint and prompts as bench/rollout.py.
 
-    .venv-vllm/bin/python bench/rollout_vllm.py SPEC_JSON    (run by rl_core.bench; prints BENCH_JSON {...})
+    .venv-vllm/bin/python bench/rollout_vllm.py SPEC_JSON    (run by bench/driver.py; prints BENCH_JSON {...})
 
 Needs only vllm (not rl_core): prompts arrive as token ids (skip_tokenizer_init). Same work as the other
 sides: temperature 1, no top-k/top-p, ignore_eos=True and max_tokens = L, so every sequence gets exactly

@@ -1,6 +1,6 @@
 """How the RL step's cost grows: CPU seconds per global step against model width, batch and response length.
 
-    .venv/bin/python bench/scaling.py SPEC_JSON     (run by rl_core.bench; prints BENCH_JSON {...})
+    .venv/bin/python bench/scaling.py SPEC_JSON     (run by bench/driver.py; prints BENCH_JSON {...})
 
 SPEC: ckpt (the bench's cold start: its config.json, tokenizer and task), task, threads, G, N, warmup, steps,
 points (a list of {d, B, L}: width, prompts per mini-batch, response length), formats (rollout precisions
@@ -11,7 +11,8 @@ start's is a random init of the same architecture scaled (heads = d / 32 of widt
 expert width d). Seconds are CPU seconds of this one-thread process (time.process_time), the rollout's
 own share timed around engine.generate. At the first point also: the grid's stress-test pair (fp8 rollout,
 bf16 trainer) as a whole step, each rollout format alone (generate only), and a pretraining and an SFT step
-of rl_core.coldstart at pipeline batch_size. rl_core.cost fits its coefficients to these numbers.
+of rl_core.coldstart at pipeline batch_size. rl_core.orchestration.cost fits its coefficients to these
+numbers.
 """
 
 from __future__ import annotations
@@ -46,7 +47,7 @@ class CpuTimedEngine:
 
 def checkpoint(ckpt: Path, d: int, out: Path) -> Path:
     """The cold start itself at its own width, else a random init of the architecture scaled to width d."""
-    from rl_core.model import MoEPolicy, save_pretrained
+    from rl_core.policy.model import MoEPolicy, save_pretrained
 
     base = json.loads((ckpt / "config.json").read_text())
     if d == base["hidden_size"]:
@@ -98,7 +99,7 @@ def rollout_formats(s: dict, init: Path, B: int, L: int) -> dict:
     import torch
 
     from rl_core import config as C
-    from rl_core.rollout import EmbeddedRolloutEngine
+    from rl_core.rollout.embedded import EmbeddedRolloutEngine
     from rl_core.tasks import make_task
 
     task = make_task(C.resolve({"task": s["task"]}).task)
@@ -121,7 +122,7 @@ def coldstart_steps(s: dict, init: Path) -> dict:
     """CPU seconds of one pretraining step and one SFT step (chain teacher) at pipeline batch_size."""
     from rl_core import coldstart
     from rl_core import config as C
-    from rl_core.model import load_pretrained
+    from rl_core.policy.model import load_pretrained
     from rl_core.tasks import make_task
 
     cs = s["coldstart"]

@@ -4,7 +4,7 @@ A malformed ``--config-json``, a missing grid file, a truncated checkpoint or a 
 trainer is the user's input, not a bug: :func:`guard` prints ``error: <what and where>`` on one line and
 returns 2, with no traceback. Anything else (a bug) still raises with its traceback.
 
-Imports no torch at module level: rl_core.grid uses it while Snakemake builds the DAG.
+Imports no torch at module level: rl_core.orchestration.grid uses it while Snakemake builds the DAG.
 """
 
 from __future__ import annotations

@@ -35,10 +35,9 @@ import torch
 import torch.nn.functional as F
 
 from rl_core import config as C
-from rl_core.adamw import AdamW
 from rl_core.cli import check_checkpoint, config_from_args, guard
-from rl_core.model import MoEPolicy, hf_config, load_pretrained, save_pretrained
-from rl_core.rollout import EmbeddedRolloutEngine
+from rl_core.policy.model import MoEPolicy, hf_config, load_pretrained, save_pretrained
+from rl_core.rollout.embedded import EmbeddedRolloutEngine
 from rl_core.tasks import (
     COLUMNS,
     EVAL_SEED,
@@ -52,6 +51,7 @@ from rl_core.tasks import (
     sample_problem,
     step_fact,
 )
+from rl_core.training.adamw import AdamW
 
 DOC_CHARS = 40  # a pretraining document is facts appended until it is at least this long
 WARMUP_FRAC = 0.05

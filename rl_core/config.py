@@ -202,10 +202,10 @@ class TrainConfig:
 
 @dataclass
 class LossConfig:
-    """The objective (PAPER.md section 3); `objective` picks a registry entry of rl_core.objectives."""
+    """The objective (PAPER.md section 3); `objective` picks a registry entry of rl_core.losses.objectives."""
 
-    objective: str = F("minirl", "Objective by name (rl_core.objectives' paper index says which source "
-                       "each follows).", choices=(
+    objective: str = F("minirl", "Objective by name (rl_core.losses.objectives' paper index says which "
+                       "source each follows).", choices=(
         "minirl", "minirl_length_norm", "minirl_no_is", "minirl_no_clip", "grpo", "cispo",
         "tis_decoupled", "icepop", "seq_mis", "seq_tis", "gspo"))
     is_cap: float = F(5.0, "C: truncation of the detached token IS weight (and of seq_tis's sequence "

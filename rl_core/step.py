@@ -11,10 +11,11 @@ Replay per arm (PAPER.md section 2):
     r3:   the logp_old pass and every update replay the rollout engine's e_mu_old.
 Positions the rollout engine never processed (pads, the last sampled token) carry -1: routed naturally.
 
-Device and ranks (rl_core.distributed): tensors live where the rollout batch is put (``ranks.device``);
-under torchrun each rank scores and updates its share of every mini-batch (``ranks.share``) and the shares'
-per-token tensors are all-gathered (``ranks.gather``), so the Batch and the metrics are whole on every
-rank. With ``SINGLE`` (one process) share and gather are the identity: the code path of one process.
+Device and ranks (rl_core.training.distributed): tensors live where the rollout batch is put
+(``ranks.device``); under torchrun each rank scores and updates its share of every mini-batch
+(``ranks.share``) and the shares' per-token tensors are all-gathered (``ranks.gather``), so the Batch and the
+metrics are whole on every rank. With ``SINGLE`` (one process) share and gather are the identity: the code
+path of one process.
 
 Mini-batch 1 has no separate logp_old pass: its update is the first of the global step, at theta = theta_old,
 so pi_old of its rows IS that update's forward (detached), routing included (verl and TRL skip the pass
@@ -30,11 +31,11 @@ from dataclasses import dataclass
 import torch
 
 from rl_core.config import RunConfig
-from rl_core.distributed import SINGLE, Ranks, clip_grad_norm, params_finite
-from rl_core.engine import token_logprobs
-from rl_core.model import routing_disagreement
-from rl_core.objectives import ADVANTAGES, LossParams, Objective
-from rl_core.rollout import RolloutBatch, RolloutEngine
+from rl_core.losses.objectives import ADVANTAGES, LossParams, Objective
+from rl_core.policy.model import routing_disagreement
+from rl_core.rollout.base import RolloutBatch, RolloutEngine
+from rl_core.training.distributed import SINGLE, Ranks, clip_grad_norm, params_finite
+from rl_core.training.scoring import token_logprobs
 
 
 @dataclass

@@ -20,8 +20,8 @@ from the checkpoint; check_init refuses a mismatch, naming the key, both values 
 Re-running the same command resumes from ckpt/ (metric rows past the checkpoint are dropped, so none
 is duplicated or missing); a checkpoint of a different config is ignored and the run starts fresh.
 NaN/Inf in the loss or the gradient norm stops the arm with status "diverged": a result, not a crash.
-Under torchrun every rank runs this loop on its share of each mini-batch (rl_core.distributed); rank 0
-samples, evaluates and writes the run files.
+Under torchrun every rank runs this loop on its share of each mini-batch (rl_core.training.distributed);
+rank 0 samples, evaluates and writes the run files.
 """
 
 from __future__ import annotations
@@ -34,29 +34,32 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
 from rl_core import config as C
-from rl_core import distributed as D
-from rl_core.adamw import AdamW
-from rl_core.backends import check_capabilities
 from rl_core.cli import check_checkpoint, config_from_args, guard, json_arg
-from rl_core.model import compile_layers, config_value, load_pretrained, save_pretrained
-from rl_core.objectives import OBJECTIVES, LossParams
-from rl_core.rollout import EmbeddedRolloutEngine
+from rl_core.losses.objectives import OBJECTIVES, LossParams
+from rl_core.orchestration.capabilities import check_capabilities
+from rl_core.policy.model import compile_layers, config_value, load_pretrained, save_pretrained
+from rl_core.rollout.embedded import EmbeddedRolloutEngine
+from rl_core.rollout.factory import make_rollout_engine
 from rl_core.rundir import RunFiles, hold_lock, load_checkpoint, say, set_aside
 from rl_core.step import Sampled, prompt_indices, sample, score, update
 from rl_core.tasks import EVAL_SEED, eval_fingerprint, evaluate, make_task, reusable
+from rl_core.training import distributed as D
+from rl_core.training.adamw import AdamW
+from rl_core.training.base import OWN_OPTIMIZER_STATE, TrainingEngine
 
 
-def _load_megatron(cfg: C.RunConfig, ranks: D.Ranks) -> tuple:
+def _load_megatron(cfg: C.RunConfig, ranks: D.Ranks) -> tuple[TrainingEngine, D.Ranks]:
     """Megatron's GPTModel at train.megatron_tp x megatron_ep; the world left over is data-parallel, so the
     mini-batch is split over Megatron's data-parallel group (tensor-parallel ranks share their rows)."""
     from megatron.core import parallel_state  # optional extra
 
-    from rl_core.megatron_engine import load_megatron
+    from rl_core.training.megatron.engine import load_megatron
 
     t = cfg.train
     policy = load_megatron(cfg.init, t.seed, ranks.device, t.megatron_tp, t.megatron_ep)
@@ -65,8 +68,8 @@ def _load_megatron(cfg: C.RunConfig, ranks: D.Ranks) -> tuple:
     return policy, D.Ranks(ranks.rank, ranks.world, ranks.device, data, group)
 
 
-def _load_torch(cfg: C.RunConfig, ranks: D.Ranks):
-    """rl_core.model's MoEPolicy on this rank's device; its layers compiled with train.compile."""
+def _load_torch(cfg: C.RunConfig, ranks: D.Ranks) -> tuple[TrainingEngine, D.Ranks]:
+    """rl_core.policy.model's MoEPolicy on this rank's device; its layers compiled with train.compile."""
     policy = load_pretrained(cfg.init).to(ranks.device)
     if cfg.train.compile:
         if ranks.world > 1:
@@ -77,22 +80,10 @@ def _load_torch(cfg: C.RunConfig, ranks: D.Ranks):
 
 
 #: train.engine -> (the policy it trains, loaded from cfg.init onto this rank's device; the ranks it trains
-#: over). Both policies have MoEPolicy's interface (forward, config, state_dict in our layout), so scoring,
-#: objectives and AdamW are shared.
-TRAIN_ENGINES = {"torch": _load_torch, "megatron": _load_megatron}
-
-
-def make_rollout_engine(cfg: C.RunConfig, policy, device: torch.device | None = None,
-                        weights: dict | None = None):
-    """vLLM (its own devices), else the embedded engine on the training device (a GPU's fallback), from
-    ``weights`` (default: the policy's)."""
-    if cfg.rollout.engine == "vllm":
-        from rl_core.vllm_engine import VLLMRolloutEngine  # optional extra
-
-        return VLLMRolloutEngine(cfg.init, cfg.rollout.precision)
-    weights = policy.state_dict() if weights is None else weights
-    make = lambda: EmbeddedRolloutEngine(policy.config, weights, cfg.rollout.precision, cfg.rollout.kv_cache)  # noqa: E731
-    return make() if device is None or device.type == "cpu" else D.OnDevice(make, device)
+#: over). Both policies are TrainingEngines (rl_core.training.base: forward, config, state_dict in our
+#: layout), so scoring, objectives and AdamW are shared.
+TRAIN_ENGINES: dict[str, Callable[[C.RunConfig, D.Ranks], tuple[TrainingEngine, D.Ranks]]] = {
+    "torch": _load_torch, "megatron": _load_megatron}
 
 
 def run_eval(cfg: C.RunConfig, policy, task, step: int, state_dict: dict | None = None,
@@ -194,7 +185,7 @@ class Arm:
         self.step, self.global_step, self.rl_wall = 0, 0, 0.0
         self.wall_before = state.get("wall_s", 0.0) if state else 0.0  # the processes before a resume
         if state is not None:
-            if hasattr(self.policy, "load_optimizer_state"):  # Megatron: full tensors in our layout
+            if OWN_OPTIMIZER_STATE in self.policy.capabilities:  # Megatron: full tensors in our layout
                 self.policy.load_optimizer_state(self.opt, state["opt"])
             elif ranks.world == 1:
                 self.opt.load_state_dict(state["opt"])
@@ -273,7 +264,7 @@ class Arm:
     def checkpoint(self, wall_s: float) -> None:
         """Full weights and optimizer state (the single-process format at any world size; rank 0 writes);
         ``wall_s``: the run's wall time so far, resumes included."""
-        if hasattr(self.policy, "optimizer_state"):  # Megatron: gathered into our layout, any TP / EP
+        if OWN_OPTIMIZER_STATE in self.policy.capabilities:  # Megatron: gathered into our layout, any TP / EP
             opt = self.policy.optimizer_state(self.opt)
         else:
             opt = self.opt.state_dict() if self.ranks.world == 1 else D.full_optimizer_state(self.opt)
@@ -283,7 +274,7 @@ class Arm:
                               "config_hash": C.config_hash(self.cfg)})
 
 
-def _due(step: int, every: int, n: int, last: int) -> bool:
+def due(step: int, every: int, n: int, last: int) -> bool:
     """True on the global step that crosses a multiple of `every` (steps advance by n), and at the end."""
     return step % every < n or step >= last
 
@@ -371,9 +362,9 @@ def _train(cfg: C.RunConfig, out: Path, meta: dict | None, t_start: float, ranks
             break
         if kill_at and arm.step >= kill_at:
             os.kill(os.getpid(), signal.SIGKILL)
-        if _due(arm.step, cfg.eval.every, N, total) and (row := arm.evaluate(arm.step)):
+        if due(arm.step, cfg.eval.every, N, total) and (row := arm.evaluate(arm.step)):
             files.append(row)
-        if _due(arm.step, cfg.checkpoint_every, N, total):
+        if due(arm.step, cfg.checkpoint_every, N, total):
             arm.checkpoint(arm.wall_before + time.time() - t_start)
     # The policy the arm produced, as a Hugging Face checkpoint (loadable in transformers, servable).
     policy = D.unsharded(arm.policy, ranks)

@@ -1,5 +1,5 @@
-"""rl_core.adamw.AdamW against torch.optim.AdamW: the same numbers, bitwise, the same state_dict, and no
-torch._dynamo import (the reason it exists)."""
+"""rl_core.training.adamw.AdamW against torch.optim.AdamW: the same numbers, bitwise, the same state_dict, and
+no torch._dynamo import (the reason it exists)."""
 
 import copy
 import subprocess
@@ -8,7 +8,7 @@ import sys
 import pytest
 import torch
 
-from rl_core.adamw import AdamW
+from rl_core.training.adamw import AdamW
 
 
 def _model(seed=0):
@@ -88,7 +88,8 @@ def test_refuses_what_it_does_not_implement():
         AdamW(list(m.parameters())[:2]).load_state_dict(sd)
 
 
-@pytest.mark.parametrize("cls, imports", [("rl_core.adamw.AdamW", False), ("torch.optim.AdamW", True)])
+@pytest.mark.parametrize("cls, imports", [("rl_core.training.adamw.AdamW", False),
+                                          ("torch.optim.AdamW", True)])
 def test_no_dynamo_import(cls, imports):
     """torch.optim's step imports torch._dynamo (the control: this check can fail); ours does not."""
     module, name = cls.rsplit(".", 1)

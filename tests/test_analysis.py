@@ -83,7 +83,7 @@ def write_run(grid_dir: Path, figure: str, arm: str, seed: int, train: list[dict
     summary = {"status": status, "steps_done": max(r["step"] for r in train), "diverged_step": diverged_step,
                "reason": "nan loss" if status == "diverged" else "", "wall_s": 1.5}
     (run_dir / "summary.json").write_text(json.dumps(summary))
-    if mlflow:  # written by the workflow's MLflow mirror (rl_core.tracking)
+    if mlflow:  # written by the workflow's MLflow mirror (rl_core.orchestration.tracking)
         (run_dir / "mlflow_run.json").write_text(json.dumps({"run_id": mlflow}))
     if done:
         (run_dir / "DONE").write_text("")
@@ -306,7 +306,7 @@ PAPER_ARMS = {"fig1_on_policy": FIG1, "fig1c_on_policy_fp32": FIG1, "fig2_off_po
 
 
 def test_paper_findings_are_valid_for_the_paper_grid():
-    from rl_core.grid import load_grid
+    from rl_core.orchestration.grid import load_grid
 
     grid = load_grid(ROOT / "experiments" / "paper.yaml")  # validates the findings against the arms as run
     findings = grid.data["findings"]

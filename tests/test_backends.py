@@ -1,6 +1,7 @@
-"""Capability checks (rl_core.backends): an arm its backends cannot run fails at config validation, with a
-message naming the capability and the backend. Environments are given explicitly, so these tests do not
-depend on what is installed here; one test checks the real probe imports neither torch nor vllm."""
+"""Capability checks (rl_core.orchestration.capabilities): an arm its backends cannot run fails at config
+validation, with a message naming the capability and the backend. Environments are given explicitly, so these
+tests do not depend on what is installed here; one test checks the real probe imports neither torch nor
+vllm."""
 
 import subprocess
 import sys
@@ -8,7 +9,12 @@ import sys
 import pytest
 
 from rl_core import config as C
-from rl_core.backends import CapabilityError, Environment, check_capabilities, rollout_capabilities
+from rl_core.orchestration.capabilities import (
+    CapabilityError,
+    Environment,
+    check_capabilities,
+    rollout_capabilities,
+)
 
 BARE = Environment(vllm=False, vllm_build="", triton=False, megatron=False, cuda_gpu=False)
 VLLM_CPU = Environment(vllm=True, vllm_build="cpu", triton=True, megatron=False, cuda_gpu=False)
@@ -77,8 +83,8 @@ def test_megatron_needs_megatron_core_and_fp32_only():
 
 
 def test_probe_imports_neither_torch_nor_vllm():
-    code = ("import sys; from rl_core import backends, config; "
-            "backends.check_capabilities(config.resolve()); env = backends.probe(); "
+    code = ("import sys; from rl_core import config; from rl_core.orchestration import capabilities; "
+            "capabilities.check_capabilities(config.resolve()); env = capabilities.probe(); "
             "assert not {'torch', 'vllm', 'megatron'} & set(sys.modules), sorted(sys.modules); print(env)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert out.returncode == 0, out.stderr
@@ -104,7 +110,7 @@ def test_vllm_never_serves_a_format_under_another_formats_name():
 def test_an_arm_no_machine_can_run_is_refused_when_the_grid_loads(tmp_path):
     # vLLM (any build) serves our checkpoints in fp32/bf16 only; the Megatron engine trains in fp32 only:
     # a grid asking for either fails before any job, even where Snakemake runs without GPUs.
-    from rl_core.grid import GridError, grid_from_dict
+    from rl_core.orchestration.grid import GridError, grid_from_dict
 
     for bad, words in (({"rollout": {"engine": "vllm", "precision": "mxfp4"}}, "rollout.precision='mxfp4'"),
                        ({"train": {"engine": "megatron", "precision": "bf16"}}, "train.precision='bf16'")):

@@ -1,4 +1,5 @@
-"""The `make bench` harness (rl_core.bench): its pure pieces, on synthetic results. Nothing here is timed."""
+"""The `make bench` harness (bench/driver.py): its pure pieces, on synthetic results. Nothing here is
+timed."""
 
 from __future__ import annotations
 
@@ -7,9 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from rl_core import bench
 from rl_core import config as C
-from rl_core.model import hf_config
+from rl_core.paths import REPO
+from rl_core.policy.model import hf_config
+
+sys.path.insert(0, str(REPO / "bench"))
+import driver as bench  # noqa: E402
 
 
 def test_flops_per_token_of_the_default_model_matches_a_hand_count():
@@ -92,7 +96,7 @@ def test_step_bound_counts_weight_flops_of_rollout_old_pass_and_updates():
 
 def test_arm_config_is_the_mini_scale_at_eight_minibatches(tmp_path):
     cfg = C.from_dict(bench.arm_config(tmp_path / "ckpt", threads=1))
-    mini = C.yaml_load((bench.ROOT / "experiments" / "presets.yaml").read_text())["mini"]
+    mini = C.yaml_load((bench.REPO / "experiments" / "presets.yaml").read_text())["mini"]
     assert cfg.train.batch_prompts == mini["train"]["batch_prompts"] and cfg.train.n_minibatches == 8
     assert cfg.rollout.group_size == mini["rollout"]["group_size"]
     assert cfg.train.steps == bench.ARM_STEPS and cfg.rollout.max_new_tokens == 80
@@ -101,13 +105,13 @@ def test_arm_config_is_the_mini_scale_at_eight_minibatches(tmp_path):
 
 
 def test_helper_scripts_exist_and_share_the_marker():
-    sys.path.insert(0, str(bench.ROOT / "bench"))
+    sys.path.insert(0, str(bench.REPO / "bench"))
     import common
 
     assert common.MARK == bench.MARK
     for name in ("rl_step_ours.py", "rl_step_trl.py", "rollout.py", "rollout_vllm.py", "mfu.py", "arm.py",
                  "scaling.py"):
-        assert Path(bench.ROOT / "bench" / name).is_file(), name
+        assert Path(bench.REPO / "bench" / name).is_file(), name
 
 
 def test_regime_table_measures_the_gap_a_format_makes_and_not_one_without(tmp_path):
@@ -116,7 +120,7 @@ def test_regime_table_measures_the_gap_a_format_makes_and_not_one_without(tmp_pa
     from test_train import TINY
     from tiny import build_cold_start
 
-    sys.path.insert(0, str(bench.ROOT / "bench"))
+    sys.path.insert(0, str(bench.REPO / "bench"))
     import regime_table
 
     ckpt = build_cold_start(tmp_path, TINY)
@@ -139,12 +143,12 @@ def test_eval_se_measures_the_workflows_benchmark_its_first_seed_is_the_step0_sc
     from test_train import TINY
     from tiny import build_cold_start
 
-    from rl_core.grid import load_grid
-    from rl_core.model import load_pretrained
-    from rl_core.rollout import EmbeddedRolloutEngine
+    from rl_core.orchestration.grid import load_grid
+    from rl_core.policy.model import load_pretrained
+    from rl_core.rollout.embedded import EmbeddedRolloutEngine
     from rl_core.tasks import EVAL_SEED, evaluate, make_task
 
-    sys.path.insert(0, str(bench.ROOT / "bench"))
+    sys.path.insert(0, str(bench.REPO / "bench"))
     import eval_se
 
     ckpt = build_cold_start(tmp_path, TINY)

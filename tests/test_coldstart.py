@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 
 from rl_core import coldstart as CS
 from rl_core import config as C
-from rl_core.model import load_pretrained
+from rl_core.policy.model import load_pretrained
 from rl_core.tasks import CHARS, MARKER, make_task
 
 torch.set_num_threads(1)

@@ -10,8 +10,8 @@ import torch
 
 from rl_core import config as C
 from rl_core.config import ModelConfig
-from rl_core.engine import token_logprobs
-from rl_core.model import MoEPolicy, compile_layers, hf_config
+from rl_core.policy.model import MoEPolicy, compile_layers, hf_config
+from rl_core.training.scoring import token_logprobs
 
 V, EOS, PAD = 24, 1, 0
 needs_compiler = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
@@ -74,9 +74,9 @@ def test_compiled_layers_score_route_and_learn_as_eager_ones(precision):
 
 
 def test_the_trainer_compiles_its_layers_only_when_asked_and_only_in_one_process(tmp_path):
-    from rl_core import distributed as D
-    from rl_core.model import save_pretrained
+    from rl_core.policy.model import save_pretrained
     from rl_core.train import TRAIN_ENGINES
+    from rl_core.training import distributed as D
 
     save_pretrained(tiny(), tmp_path)
     for on in (False, True):

@@ -1,4 +1,5 @@
-"""rl_core.cost (the grid cost model) and the scaling table's slopes: pure arithmetic, nothing timed."""
+"""rl_core.orchestration.cost (the grid cost model) and the scaling table's slopes: pure arithmetic, nothing
+timed."""
 
 from __future__ import annotations
 
@@ -8,9 +9,12 @@ import sys
 
 import pytest
 
-from rl_core import cost
-from rl_core.bench_scaling import slopes
-from rl_core.grid import REPO, load_grid, main
+from rl_core.orchestration import cost
+from rl_core.orchestration.grid import load_grid, main
+from rl_core.paths import REPO
+
+sys.path.insert(0, str(REPO / "bench"))
+from scaling_report import slopes  # noqa: E402
 
 TRUE = {**cost.DEFAULTS, "d0": 128, "r_step": 2e-3, "r_row": 4e-5, "a_roll": 1.2, "u_fixed": 0.02,
         "u_tok": 8e-5, "a_train": 1.6, "prompt_tokens": 8.0}
@@ -69,9 +73,9 @@ def test_a_global_step_is_its_rollout_its_updates_and_its_old_passes():
 
 @pytest.mark.parametrize("steps,every,N", [(96, 8, 1), (96, 8, 8), (96, 10, 4), (16, 8, 8), (8, 4, 2)])
 def test_eval_count_follows_the_trainer(steps, every, N):
-    from rl_core.train import _due
+    from rl_core.train import due
 
-    expected = 1 + sum(_due(s, every, N, steps) for s in range(N, steps + 1, N))
+    expected = 1 + sum(due(s, every, N, steps) for s in range(N, steps + 1, N))
     assert cost.n_evals(steps, every, N) == expected
 
 
@@ -125,7 +129,8 @@ def test_the_estimate_says_it_models_compiled_runs_as_eager():
 
 
 def test_the_cost_model_and_the_estimate_import_no_torch():
-    code = ("import sys; from rl_core.grid import main; main(['experiments/smoke.yaml', '--estimate']); "
+    code = ("import sys; from rl_core.orchestration.grid import main; "
+            "main(['experiments/smoke.yaml', '--estimate']); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     proc = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

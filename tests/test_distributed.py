@@ -1,4 +1,4 @@
-"""Devices and data parallelism (rl_core.distributed).
+"""Devices and data parallelism (rl_core.training.distributed).
 
 Invariance (the TRL habit: configurations that must agree): FSDP2 over 2 ranks (gloo, CPU), each scoring
 and updating half of every mini-batch, gives the update of 1 process on the whole mini-batch, to fp32
@@ -14,12 +14,12 @@ import torch
 import torch.multiprocessing as mp
 
 from rl_core import config as C
-from rl_core import distributed as D
-from rl_core.backends import Environment, check_capabilities
-from rl_core.model import MoEPolicy, hf_config
-from rl_core.objectives import ADVANTAGES, OBJECTIVES, LossParams
-from rl_core.rollout import EmbeddedRolloutEngine
+from rl_core.losses.objectives import ADVANTAGES, OBJECTIVES, LossParams
+from rl_core.orchestration.capabilities import Environment, check_capabilities
+from rl_core.policy.model import MoEPolicy, hf_config
+from rl_core.rollout.embedded import EmbeddedRolloutEngine
 from rl_core.step import Sampled, score, update
+from rl_core.training import distributed as D
 
 TINY = {"model": {"hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 2,
                   "num_key_value_heads": 1, "head_dim": 16, "num_experts": 4, "num_experts_per_tok": 2,

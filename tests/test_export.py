@@ -9,7 +9,7 @@ import torch
 from tiny import build_cold_start
 
 from rl_core import config as C
-from rl_core.export import special_tokens
+from rl_core.policy.export import special_tokens
 from rl_core.tasks import build_tokenizer
 from rl_core.train import run
 

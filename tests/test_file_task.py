@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from rl_core import config as C
-from rl_core.model import load_pretrained, save_pretrained
+from rl_core.policy.model import load_pretrained, save_pretrained
 from rl_core.tasks import evaluate, make_task
 from rl_core.tasks.math_file import math_reward
 
@@ -186,7 +186,7 @@ def test_an_arm_on_the_file_task_runs_end_to_end(tied, tmp_path):
 
 
 def test_the_benchmark_scores_a_file_task(tied):
-    from rl_core.rollout import EmbeddedRolloutEngine
+    from rl_core.rollout.embedded import EmbeddedRolloutEngine
 
     task = make_task(file_cfg(tied).task, str(tied))
     engine = EmbeddedRolloutEngine.from_model(load_pretrained(tied), "fp32")

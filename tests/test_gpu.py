@@ -49,10 +49,10 @@ def test_an_arm_trains_on_the_gpu_and_records_it(cold_start, tmp_path, precision
 
 @needs_gpu
 def test_fp32_scores_on_the_gpu_equal_the_cpu_and_the_gpu_sampler_agrees(cold_start):
-    from rl_core.distributed import OnDevice
-    from rl_core.engine import token_logprobs
-    from rl_core.model import load_pretrained
-    from rl_core.rollout import EmbeddedRolloutEngine
+    from rl_core.policy.model import load_pretrained
+    from rl_core.rollout.embedded import EmbeddedRolloutEngine
+    from rl_core.training.distributed import OnDevice
+    from rl_core.training.scoring import token_logprobs
 
     policy = load_pretrained(cold_start)
     cpu_engine = EmbeddedRolloutEngine.from_model(policy, "fp32")

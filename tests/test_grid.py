@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rl_core import grid as G
+from rl_core.orchestration import grid as G
 
 REPO = Path(__file__).resolve().parents[1]
 PAPER = REPO / "experiments" / "paper.yaml"
@@ -159,8 +159,8 @@ def test_an_arms_group_size_survives_the_preset(tmp_path):
 
 def test_cli_shows_what_the_grid_sets_over_the_preset(tmp_path):
     data = tiny(axes={"train.lr": [1e-4]})
-    out = subprocess.run([sys.executable, "-m", "rl_core.grid", str(write_grid(tmp_path, data)), "--preset",
-                          "mini"], capture_output=True, text=True, cwd=REPO, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "rl_core.orchestration.grid", str(write_grid(tmp_path, data)),
+                          "--preset", "mini"], capture_output=True, text=True, cwd=REPO, check=True).stdout
     assert "over preset mini: train.lr=0.0001" in out
 
 
@@ -288,13 +288,13 @@ def test_not_a_mapping_and_bad_yaml(tmp_path):
 
 
 def test_importing_grid_leaves_torch_out():
-    code = "import sys, rl_core.grid; sys.exit('torch' in sys.modules)"
+    code = "import sys, rl_core.orchestration.grid; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
 
 
 def test_cli_lists_runs():
-    out = subprocess.run([sys.executable, "-m", "rl_core.grid", str(SMOKE)], capture_output=True, text=True,
-                         cwd=REPO, check=True).stdout
+    out = subprocess.run([sys.executable, "-m", "rl_core.orchestration.grid", str(SMOKE)],
+                         capture_output=True, text=True, cwd=REPO, check=True).stdout
     assert "smoke: 6 runs, preset smoke, cold starts ['chain']" in out
 
 
@@ -357,7 +357,8 @@ def test_findings_may_name_arms_made_by_axes(tmp_path):
 
 
 def test_importing_grid_leaves_pandas_out():
-    code = "import sys, rl_core.grid; sys.exit('pandas' in sys.modules or 'numpy' in sys.modules)"
+    code = ("import sys, rl_core.orchestration.grid; "
+            "sys.exit('pandas' in sys.modules or 'numpy' in sys.modules)")
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
 
 

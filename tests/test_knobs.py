@@ -57,7 +57,7 @@ ALT = {
 NOT_NUMBERS = {
     "init": "the initial policy's path (the workflow fills it from cold_start)",
     "cold_start": "which cold start the workflow passes as init; the trainer reads init (a run with its own "
-                  "init records cold_start '(own init)', rl_core.grid)",
+                  "init records cold_start '(own init)', rl_core.orchestration.grid)",
     "checkpoint_every": "resume cadence: a resumed run equals an uninterrupted one (tests/test_train.py)",
     "train.threads": "intra-op thread count: speed only",
     "train.compile": "compiled decoder layers: the eager numbers to well within the bf16 trainer's own move, "

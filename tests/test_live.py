@@ -1,5 +1,5 @@
-"""Live tracking (rl_core.live): a running arm's metric rows are visible through MLflow's API before the arm
-ends, and the grid's mirror replaces the live run with the finished one."""
+"""Live tracking (rl_core.orchestration.live): a running arm's metric rows are visible through MLflow's API
+before the arm ends, and the grid's mirror replaces the live run with the finished one."""
 
 import json
 import os
@@ -30,15 +30,16 @@ def test_running_arms_metrics_reach_mlflow_before_they_end(tmp_path):
     two arms training at once: both are readable through MLflow's API while their trainers still run."""
     from mlflow.tracking import MlflowClient
 
-    from rl_core import tracking as T
+    from rl_core.orchestration import tracking as T
 
     init = build_checkpoint(tmp_path / "init")
     grid_dir = tmp_path / "results" / "live"
     T.mirror_parent(grid_dir, "live")  # a new sqlite store takes ~8 s to create: not what is tested here
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MLFLOW_DISABLE_TELEMETRY": "true"}
     snakemake = subprocess.Popen(["sleep", "600"])
-    follower = subprocess.Popen([sys.executable, "-m", "rl_core.live", "--grid-dir", str(grid_dir), "--grid",
-                                 "live", "--interval", "0.5", "--pid", str(snakemake.pid)], cwd=ROOT, env=env,
+    follower = subprocess.Popen([sys.executable, "-m", "rl_core.orchestration.live", "--grid-dir",
+                                 str(grid_dir), "--grid", "live", "--interval", "0.5", "--pid",
+                                 str(snakemake.pid)], cwd=ROOT, env=env,
                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     trainers, run_dirs = [], []
     for arm in ("a", "b"):
@@ -93,9 +94,9 @@ def test_running_arms_metrics_reach_mlflow_before_they_end(tmp_path):
 def test_a_follower_ends_with_the_process_it_follows(tmp_path):
     """Snakemake gone (finished, failed or cancelled): the follower ends too, with nothing to follow."""
     sleeper = subprocess.Popen(["sleep", "2"])
-    res = subprocess.run([sys.executable, "-m", "rl_core.live", "--grid-dir", str(tmp_path / "g"), "--grid",
-                          "g", "--interval", "0.2", "--pid", str(sleeper.pid)], cwd=ROOT, capture_output=True,
-                         text=True, timeout=120)
+    res = subprocess.run([sys.executable, "-m", "rl_core.orchestration.live", "--grid-dir",
+                          str(tmp_path / "g"), "--grid", "g", "--interval", "0.2", "--pid", str(sleeper.pid)],
+                         cwd=ROOT, capture_output=True, text=True, timeout=120)
     sleeper.wait()
     assert res.returncode == 0, res.stderr
     assert json.loads(res.stdout.strip().splitlines()[-1]) == {"arms": 0, "finished": 0, "metrics": 0,
@@ -104,6 +105,6 @@ def test_a_follower_ends_with_the_process_it_follows(tmp_path):
 
 @pytest.mark.parametrize("argv", [["--grid-dir", "g", "--grid", "x", "--interval", "0"]])
 def test_bad_arguments_are_one_line(argv, tmp_path):
-    res = subprocess.run([sys.executable, "-m", "rl_core.live", *argv], cwd=tmp_path, capture_output=True,
-                         text=True)
+    res = subprocess.run([sys.executable, "-m", "rl_core.orchestration.live", *argv], cwd=tmp_path,
+                         capture_output=True, text=True)
     assert res.returncode == 2 and res.stderr.strip() == "error: --interval: 0.0 must be > 0"

@@ -28,7 +28,7 @@ from analysis.margins import (
     stress_runs,
 )
 from analysis.report import build_report, expanded_figures
-from rl_core.grid import load_grid as load_grid_file
+from rl_core.orchestration.grid import load_grid as load_grid_file
 
 LEVELS = [1.0, 2.0, 4.0, 8.0, 16.0]
 
@@ -262,7 +262,7 @@ def test_more_stable_names_base_arms_of_stress_figures():
         validate_findings([{**ok, "more": "a-lr=0.0001"}], figures)
     with pytest.raises(FindingError, match="has none"):
         validate_findings([{**ok, "figure": "plain", "more": "a", "less": "a"}], figures)
-    stress = load_grid_file("experiments/stress.yaml")  # the committed findings validate in rl_core.grid
+    stress = load_grid_file("experiments/stress.yaml")  # the committed findings validate in the grid loader
     kinds = {f["id"]: f["kind"] for f in stress.data["findings"]}
     assert kinds["s2_r3_over_r2_n4"] == "more_stable" and len(kinds) == 4
 

@@ -1,4 +1,4 @@
-"""Megatron-core against our model and our torch training engine (rl_core.megatron_engine).
+"""Megatron-core against our model and our torch training engine (rl_core.training.megatron.engine).
 
 Needs the megatron extra, in its own venv (``make test-megatron``: builds .venv-megatron, runs this file):
 
@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from rl_core.config import ModelConfig
-from rl_core.model import MoEPolicy, hf_config, route, to_hub_layout
+from rl_core.policy.model import MoEPolicy, hf_config, route, to_hub_layout
 
 
 def _has(name: str) -> bool:
@@ -56,7 +56,7 @@ def megatron():
     from megatron.core.transformer.moe.router_replay import RouterReplay
     from megatron_cpu_shim import install
 
-    from rl_core.megatron_engine import init_megatron
+    from rl_core.training.megatron.engine import init_megatron
 
     undo = None if torch.cuda.is_available() else install()
     init_megatron(seed=0)
@@ -71,7 +71,7 @@ def megatron():
 @pytest.fixture(scope="module")
 def gpt(policy, megatron):
     """Megatron's GPTModel with our weights loaded through the converter."""
-    from rl_core.megatron_engine import build_gpt_model, hf_to_megatron
+    from rl_core.training.megatron.engine import build_gpt_model, hf_to_megatron
 
     model = build_gpt_model(policy.config).eval()
     converted = hf_to_megatron(policy.config, policy.state_dict())
@@ -88,7 +88,7 @@ def test_converted_checkpoint_loads_strictly(gpt):
 
 
 def test_conversion_round_trips_bitwise(policy):
-    from rl_core.megatron_engine import hf_to_megatron, megatron_to_hf
+    from rl_core.training.megatron.engine import hf_to_megatron, megatron_to_hf
 
     hub = to_hub_layout(policy.state_dict())
     back = megatron_to_hf(policy.config, hf_to_megatron(policy.config, hub))
@@ -127,7 +127,7 @@ def test_expert_mlp_matches_ours(policy, gpt):
 def test_router_replay_agrees_with_route(policy, gpt):
     """Same router weights (converted), same inputs: same forced experts and same live gates, and the same
     natural routing when nothing is replayed."""
-    from rl_core.megatron_engine import megatron_route
+    from rl_core.training.megatron.engine import megatron_route
 
     model, converted = gpt
     model.load_state_dict({**model.state_dict(), **converted}, strict=True)
@@ -176,7 +176,7 @@ def _engines(cfg):
     """The seed-0 policy of test_distributed's tiny config, as our torch engine's model and as Megatron's."""
     from test_distributed import EOS, PAD, VOCAB
 
-    from rl_core.megatron_engine import MegatronPolicy, build_gpt_model
+    from rl_core.training.megatron.engine import MegatronPolicy, build_gpt_model
 
     ours = MoEPolicy(hf_config(cfg.model, VOCAB, EOS, PAD), seed=0)
     theirs = MegatronPolicy(ours.config, build_gpt_model(ours.config))
@@ -193,7 +193,7 @@ def test_logprobs_equal_the_torch_engines(megatron, replay):
     invariance of routing replay)."""
     from test_distributed import case_config, sampled_batch
 
-    from rl_core.engine import token_logprobs
+    from rl_core.training.scoring import token_logprobs
 
     cfg = case_config("minirl/none")
     ro = sampled_batch(cfg).rollout
@@ -225,8 +225,8 @@ def test_logprobs_equal_the_torch_engines(megatron, replay):
 
 def _grads(policy) -> dict[str, torch.Tensor]:
     """The parameters' gradients in our layout (Megatron's converted like its weights)."""
-    from rl_core.megatron_engine import MegatronPolicy, megatron_to_hf
-    from rl_core.model import from_hub_layout
+    from rl_core.policy.model import from_hub_layout
+    from rl_core.training.megatron.engine import MegatronPolicy, megatron_to_hf
 
     if isinstance(policy, MegatronPolicy):
         grads = {k: p.grad for k, p in policy.gpt.named_parameters()}
@@ -241,7 +241,7 @@ def test_gradients_equal_the_torch_engines(megatron, case):
     (measured ~6e-7)."""
     from test_distributed import case_config, sampled_batch
 
-    from rl_core.objectives import OBJECTIVES, LossParams
+    from rl_core.losses.objectives import OBJECTIVES, LossParams
     from rl_core.step import score, update
 
     cfg = case_config(case)
@@ -270,7 +270,7 @@ def test_one_global_step_gives_the_same_weights(megatron, case):
     weights within 5e-6 (measured: 1.5e-4 of them above)."""
     from test_distributed import case_config, global_step, sampled_batch
 
-    from rl_core import distributed as D
+    from rl_core.training import distributed as D
 
     cfg = case_config(case)
     sampled = sampled_batch(cfg)
@@ -339,7 +339,7 @@ def test_a_short_arm_runs_end_to_end(megatron, tmp_path):
     from tiny import build_cold_start
 
     from rl_core import config as C
-    from rl_core.model import load_pretrained
+    from rl_core.policy.model import load_pretrained
     from rl_core.train import run
 
     init = str(build_cold_start(tmp_path / "coldstart", TINY))
@@ -401,7 +401,7 @@ def test_without_the_shim_a_cpu_run_stops_with_a_clear_error(tmp_path):
     import subprocess
     import sys
 
-    code = ("from rl_core.megatron_engine import load_megatron\n"
+    code = ("from rl_core.training.megatron.engine import load_megatron\n"
             "try:\n    load_megatron('unused')\nexcept Exception as e:\n    print(type(e).__name__, e)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120).stdout
     assert out.startswith("ConfigError train.engine='megatron': megatron-core needs a CUDA GPU")
@@ -423,7 +423,7 @@ def _parallel_case(case: str):
 
 def _scores(policy, sampled) -> dict:
     """Log-probs and entropy of the whole batch (temperature 0.7) with no replay and with R3's."""
-    from rl_core.engine import token_logprobs
+    from rl_core.training.scoring import token_logprobs
 
     ro = sampled.rollout
     with torch.no_grad():
@@ -458,8 +458,8 @@ def _parallel_rank(rank: int, port: int, tp: int, ep: int, sampled: dict, out: s
     from megatron.core import parallel_state as ps
     from megatron_cpu_shim import install
 
-    from rl_core import distributed as D
-    from rl_core.megatron_engine import init_megatron
+    from rl_core.training import distributed as D
+    from rl_core.training.megatron.engine import init_megatron
 
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
@@ -483,7 +483,7 @@ def test_two_ranks_at_tp_or_ep_2_equal_the_one_process_engine(megatron, tp, ep, 
     import torch.multiprocessing as mp
     from test_distributed import _free_port, sampled_batch
 
-    from rl_core import distributed as D
+    from rl_core.training import distributed as D
 
     torch.set_num_threads(1)
     sampled = {"minirl/r2": sampled_batch(_parallel_case("minirl/r2"))}

@@ -1,4 +1,4 @@
-"""The policy (rl_core.model) and the training engine's scoring (rl_core.engine).
+"""The policy (rl_core.policy.model) and the training engine's scoring (rl_core.training.scoring).
 
 Models are random inits of the default tiny architecture (ModelConfig defaults, vocab 24) with
 init_std = 0.1: at the default 0.02 the next-token distribution is almost uniform and the router's
@@ -14,8 +14,7 @@ import torch
 from safetensors.torch import load_file
 
 from rl_core.config import ModelConfig
-from rl_core.engine import token_logprobs
-from rl_core.model import (
+from rl_core.policy.model import (
     MoEPolicy,
     from_hub_layout,
     hf_config,
@@ -24,6 +23,7 @@ from rl_core.model import (
     save_pretrained,
     to_hub_layout,
 )
+from rl_core.training.scoring import token_logprobs
 
 torch.set_num_threads(1)
 V = 24
@@ -216,7 +216,7 @@ def test_token_logprobs_replay_reproduces_logp_and_passes_routing_through():
 
 def test_token_logprobs_skip_all_pad_columns_and_pads_never_reach_real_tokens():
     """Extra all-pad columns (a short mini-batch of a long global batch) are trimmed away, and what a pad
-    slot holds cannot change a real token's score: pads are never computed (rl_core.model.Layout)."""
+    slot holds cannot change a real token's score: pads are never computed (rl_core.policy.model.Layout)."""
     model = tiny()
     ids, mask = left_padded_batch()
     wide_ids = torch.cat([torch.zeros(3, 2, dtype=torch.long), ids, torch.zeros(3, 5, dtype=torch.long)], 1)

@@ -23,7 +23,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rl_core import config
-from rl_core.objectives import (
+from rl_core.losses.objectives import (
     ADVANTAGES,
     CISPO_NORMS,
     IS_WEIGHTS,

@@ -1,5 +1,5 @@
-"""Number formats of the two engines: the BF16 training engine (rl_core.engine) and the rollout engine's
-quantised formats (rl_core.rollout.formats), each checked against what its number format explains.
+"""Number formats of the two engines: the BF16 training engine (rl_core.training.scoring) and the rollout
+engine's quantised formats (rl_core.rollout.formats), each checked against what its number format explains.
 
 Models are random inits of the default tiny architecture with init_std = 0.1 (as in test_model.py).
 """
@@ -11,8 +11,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from rl_core.config import ModelConfig
-from rl_core.engine import token_logprobs
-from rl_core.model import MoEPolicy, hf_config
+from rl_core.policy.model import MoEPolicy, hf_config
 from rl_core.rollout.formats import (
     FP8,
     W8A8Block,
@@ -23,6 +22,7 @@ from rl_core.rollout.formats import (
     mxfp4_dequant,
     mxfp4_quant,
 )
+from rl_core.training.scoring import token_logprobs
 
 torch.set_num_threads(1)
 V = 24

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from rl_core.grid import load_grid
+from rl_core.orchestration.grid import load_grid
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).with_name("snakemake")

@@ -13,9 +13,10 @@ import pytest
 import torch
 
 from rl_core.config import ModelConfig
-from rl_core.engine import token_logprobs
-from rl_core.model import MoEPolicy, hf_config, routing_disagreement, save_pretrained
-from rl_core.rollout import EmbeddedRolloutEngine, RolloutBatch, RolloutEngine
+from rl_core.policy.model import MoEPolicy, hf_config, routing_disagreement, save_pretrained
+from rl_core.rollout.base import RolloutBatch, RolloutEngine
+from rl_core.rollout.embedded import EmbeddedRolloutEngine
+from rl_core.training.scoring import token_logprobs
 
 torch.set_num_threads(1)
 V, EOS, PAD = 24, 1, 0

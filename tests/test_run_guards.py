@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from rl_core import config as C
-from rl_core.model import hf_config
+from rl_core.policy.model import hf_config
 from rl_core.train import check_init, run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -65,7 +65,7 @@ def test_run_refuses_a_model_mismatch_before_touching_the_run_directory(tmp_path
 
 
 def test_a_grid_run_with_its_own_init_records_no_cold_start():
-    from rl_core import grid as G
+    from rl_core.orchestration import grid as G
 
     data = {"name": "t", "preset": "smoke", "figures": {"f": {"title": "F", "arms": {
         "own": {"label": "own", "config": {"init": "/ckpt/mine"}}, "cs": {"label": "cs"}}}}}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from rl_core.grid import load_grid
+from rl_core.orchestration.grid import load_grid
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parent.parent

@@ -10,8 +10,8 @@ import torch
 import torch.nn.functional as F
 
 from rl_core.config import ModelConfig
-from rl_core.engine import token_logprobs
-from rl_core.model import Experts, MoEPolicy, hf_config
+from rl_core.policy.model import Experts, MoEPolicy, hf_config
+from rl_core.training.scoring import token_logprobs
 
 
 def looped_experts(self: Experts, x: torch.Tensor, ids: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
@@ -64,8 +64,8 @@ def plain_flash_bf16(q, k, v, allowed, scale):
 
 
 def test_flash_bf16_function_forward_is_the_plain_expression_bitwise_and_its_gradient_agrees():
-    from rl_core.flash_bf16 import FlashBF16
-    from rl_core.model import attention_allowed
+    from rl_core.policy.attention import FlashBF16
+    from rl_core.policy.model import attention_allowed
 
     gen = torch.Generator().manual_seed(0)
     B, H, Hkv, T, D = 3, 4, 2, 9, 8
@@ -139,9 +139,9 @@ def test_w8a8_fast_products_are_the_plain_expression_bitwise(n_in):
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_attention_buckets_agree_with_one_padded_block_forward_and_gradients(monkeypatch, precision):
-    """Rows bucketed by length (rl_core.model.Layout) see the same keys in the same order as in one block
-    padded to the longest row: scores agree to summation order, routing exactly, gradients closely."""
-    from rl_core.model import Layout
+    """Rows bucketed by length (rl_core.policy.model.Layout) see the same keys in the same order as in one
+    block padded to the longest row: scores agree to summation order, routing exactly, gradients closely."""
+    from rl_core.policy.model import Layout
 
     cfg = hf_config(ModelConfig(init_std=0.1), vocab_size=24, eos_token_id=1, pad_token_id=0)
     model = MoEPolicy(cfg, seed=0)
@@ -172,7 +172,7 @@ def test_attention_buckets_agree_with_one_padded_block_forward_and_gradients(mon
 
 @pytest.mark.parametrize("precision", ["fp32", "fp8"])
 def test_generate_under_inference_mode_is_generate_under_no_grad_bitwise(precision):
-    from rl_core.rollout import EmbeddedRolloutEngine
+    from rl_core.rollout.embedded import EmbeddedRolloutEngine
 
     cfg = hf_config(ModelConfig(init_std=0.1), vocab_size=24, eos_token_id=1, pad_token_id=0)
     engine = EmbeddedRolloutEngine.from_model(MoEPolicy(cfg, seed=0), precision)

@@ -11,8 +11,8 @@ from tokenizers import Tokenizer
 from transformers import PreTrainedTokenizerFast
 
 from rl_core.config import ModelConfig, TaskConfig
-from rl_core.model import MoEPolicy, hf_config
-from rl_core.rollout import EmbeddedRolloutEngine
+from rl_core.policy.model import MoEPolicy, hf_config
+from rl_core.rollout.embedded import EmbeddedRolloutEngine
 from rl_core.tasks import (
     CHARS,
     TEACHERS,
@@ -238,7 +238,7 @@ class _OracleEngine:
         self.task, self.answers = task, answers
 
     def generate(self, prompts, max_new_tokens, temperature, generator):
-        from rl_core.rollout import RolloutBatch
+        from rl_core.rollout.base import RolloutBatch
 
         rows = [p + self.task.encode(f"#{self.answers[tuple(p)]}") + [self.task.eos_id] for p in prompts]
         T = max(map(len, rows))

@@ -14,9 +14,9 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 
-from rl_core import tracking as T
 from rl_core.config import flatten
-from rl_core.grid import load_grid
+from rl_core.orchestration import tracking as T
+from rl_core.orchestration.grid import load_grid
 
 REPO = Path(__file__).resolve().parents[1]
 KEYS = ("reward/mean", "kl/train_infer", "entropy")
@@ -117,13 +117,13 @@ def test_remirroring_is_idempotent_and_a_changed_run_replaces_its_child(store):
 
 
 def test_two_processes_mirroring_into_one_sqlite_store_lose_no_rows(store):
-    """Two `python -m rl_core.tracking run` at once into one sqlite file: every row arrives."""
+    """Two `python -m rl_core.orchestration.tracking run` at once into one sqlite file: every row arrives."""
     results, grid, grid_dir, parent = store
     n_rows = 3000  # per run: 3 keys x 3000 + 300 eval + summary = ~9,300 metrics, 10 log_batch calls
     runs = [grid.run("on_policy", "minirl", 0), grid.run("off_policy_n2", "minirl_r3", 0)]
     dirs = [write_run(grid_dir, r, n_rows) for r in runs]
-    procs = [subprocess.Popen([sys.executable, "-m", "rl_core.tracking", "run", "--run-dir", str(d),
-                               "--parent-file", str(grid_dir / "mlflow_parent.json"), "--out",
+    procs = [subprocess.Popen([sys.executable, "-m", "rl_core.orchestration.tracking", "run", "--run-dir",
+                               str(d), "--parent-file", str(grid_dir / "mlflow_parent.json"), "--out",
                                str(d / "mlflow_run.json")], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               text=True) for d in dirs]
     for proc in procs:
@@ -149,8 +149,8 @@ def test_a_mirror_outwaits_a_writer_that_holds_the_store_past_sqlites_timeout(st
     db.execute("BEGIN EXCLUSIVE")
     lines: list[str] = []
     try:
-        proc = subprocess.Popen([sys.executable, "-m", "rl_core.tracking", "run", "--run-dir", str(d),
-                                 "--parent-file", str(grid_dir / "mlflow_parent.json"), "--out",
+        proc = subprocess.Popen([sys.executable, "-m", "rl_core.orchestration.tracking", "run", "--run-dir",
+                                 str(d), "--parent-file", str(grid_dir / "mlflow_parent.json"), "--out",
                                  str(d / "mlflow_run.json")], stderr=subprocess.PIPE, text=True)
         reader = threading.Thread(target=lambda: lines.extend(proc.stderr), daemon=True)
         reader.start()
@@ -206,18 +206,18 @@ def test_retry_backs_off_while_locked_then_succeeds():
 
 
 def test_importing_tracking_leaves_torch_out():
-    code = "import sys, rl_core.tracking; sys.exit('torch' in sys.modules)"
+    code = "import sys, rl_core.orchestration.tracking; sys.exit('torch' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code], cwd=REPO).returncode == 0
 
 
 def test_grid_command_mirrors_the_parent_and_every_run_in_one_process_then_keeps_them(store):
-    """`python -m rl_core.tracking grid` (the workflow's one mirror job): every run gets a child and its
-    mlflow_run.json; a second call, nothing having changed, rewrites no run."""
+    """`python -m rl_core.orchestration.tracking grid` (the workflow's one mirror job): every run gets a child
+    and its mlflow_run.json; a second call, nothing having changed, rewrites no run."""
     results, grid, grid_dir, parent = store
     runs = [grid.run("on_policy", "minirl_r3", 0), grid.run("off_policy_n2", "minirl_r2", 0)]
     dirs = [write_run(grid_dir, r, 12) for r in runs]
-    cmd = [sys.executable, "-m", "rl_core.tracking", "grid", "--grid-dir", str(grid_dir), "--grid", grid.name,
-           *map(str, dirs)]
+    cmd = [sys.executable, "-m", "rl_core.orchestration.tracking", "grid", "--grid-dir", str(grid_dir),
+           "--grid", grid.name, *map(str, dirs)]
     first = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
     again = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
     assert (first["runs"], first["mirrored"], again["mirrored"], again["unchanged"]) == (2, 2, 0, 2)
@@ -258,7 +258,7 @@ def test_the_report_is_logged_into_the_parent_run(store, tmp_path):
     results, grid, grid_dir, parent = store
     for name in ("report.html", "report.md", "stability.csv", "fig_on_policy.png"):
         (tmp_path / name).write_text(name)
-    out = subprocess.run([sys.executable, "-m", "rl_core.tracking", "report", "--parent-file",
+    out = subprocess.run([sys.executable, "-m", "rl_core.orchestration.tracking", "report", "--parent-file",
                           str(grid_dir / "mlflow_parent.json"), "--report-dir", str(tmp_path)],
                          check=True, capture_output=True, text=True).stdout
     assert json.loads(out)["parent_run_id"] == parent["parent_run_id"]

@@ -86,9 +86,9 @@ def test_off_policy_first_minibatch_has_ratio_one_later_ones_are_stale(cold_star
 def test_first_minibatch_pi_old_from_its_update_equals_a_separate_old_pass(cold_start, tmp_path, mode):
     """Mini-batch 1 skips the no-grad logp_old pass (rl_core.step): what its update records must be
     exactly what that pass would have given at theta_old, with the replay the pass would have used."""
-    from rl_core.engine import token_logprobs
     from rl_core.step import collect, update
     from rl_core.train import Arm, RunFiles
+    from rl_core.training.scoring import token_logprobs
 
     cfg = cfg_for(cold_start, "train.n_minibatches=2", f"replay.mode={mode}", "train.lr=1e-2",
                   "rollout.precision=fp8")

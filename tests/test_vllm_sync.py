@@ -8,11 +8,11 @@ import random
 import pytest
 import torch
 
-from rl_core.backends import Environment, rollout_capabilities
 from rl_core.config import ModelConfig
-from rl_core.model import MoEPolicy, hf_config, to_hub_layout
-from rl_core.vllm_engine import VLLMRolloutEngine, WeightSyncError, vllm_layout_sample
-from rl_core.vllm_worker import WeightSync
+from rl_core.orchestration.capabilities import Environment, rollout_capabilities
+from rl_core.policy.model import MoEPolicy, hf_config, to_hub_layout
+from rl_core.rollout.vllm.engine import VLLMRolloutEngine, WeightSyncError, vllm_layout_sample
+from rl_core.rollout.vllm.worker import WeightSync
 
 CFG = hf_config(ModelConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=2, num_key_value_heads=1,
                             head_dim=16, num_experts=4, num_experts_per_tok=2, moe_intermediate_size=8),
@@ -91,7 +91,7 @@ def test_an_in_place_sync_that_fails_its_check_falls_back_to_restarting_from_dis
     eng._work = tmp_path
     started = []
     monkeypatch.setattr(VLLMRolloutEngine, "_start", lambda self, d: started.append(d) or FakeLLM(new))
-    monkeypatch.setattr("rl_core.vllm_engine._stop", lambda live: live.pop("llm", None))
+    monkeypatch.setattr("rl_core.rollout.vllm.engine._stop", lambda live: live.pop("llm", None))
     eng.sync_weights(new)
     assert eng.sync_mode == "restart" and len(started) == 1 and (started[0] / "model.safetensors").is_file()
     assert "restarts from disk at this and every later weight sync" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rl_core.grid import load_grid
+from rl_core.orchestration.grid import load_grid
 
 REPO = Path(__file__).resolve().parents[1]
 DOWNSTREAM = {"grid_file", "report", "index", "all"}  # what any change to the runs of a grid replans

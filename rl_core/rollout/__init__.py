@@ -1,10 +1,9 @@
-"""Rollout engines (the sampler mu_old): the contract, the embedded engine and its number formats.
+"""Rollout engines (the sampler mu_old): the contract, the engines and their number formats.
 
-    embedded.py   RolloutBatch, RolloutEngine (the contract) and EmbeddedRolloutEngine
+    base.py       RolloutBatch, RolloutEngine (the contract)
+    factory.py    the run's rollout engine from its config (make_rollout_engine)
+    embedded.py   EmbeddedRolloutEngine
     formats.py    fp8 (W8A8 block), fp8_w8a16, mxfp4, the fp8 KV cache
-The vLLM backend is rl_core.vllm_engine (an optional extra).
+    vllm/         the vLLM backend (an optional extra): engine.py, worker.py (its worker extension)
+Nothing is imported here: vLLM's worker processes import rl_core.rollout.vllm.worker without the engines.
 """
-
-from rl_core.rollout.embedded import PRECISIONS, EmbeddedRolloutEngine, RolloutBatch, RolloutEngine
-
-__all__ = ["RolloutBatch", "RolloutEngine", "EmbeddedRolloutEngine", "PRECISIONS"]

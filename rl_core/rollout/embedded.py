@@ -1,9 +1,9 @@
-"""Rollout engines: the sampler mu_old. The contract (RolloutBatch, RolloutEngine) and the embedded engine.
+"""The embedded rollout engine: the sampler mu_old, behind the contract of rl_core.rollout.base.
 
 :class:`EmbeddedRolloutEngine` is a second, independent implementation of the Qwen3-MoE forward pass, built
 like an inference server rather than a trainer: fused qkv and gate|up weights, a preallocated KV cache,
 one prefill of the left-padded prompts, then one forward per new token for the whole batch, routing all
-tokens of a step at once and looping over experts only. It shares with rl_core.model only the pure RoPE
+tokens of a step at once and looping over experts only. It shares with rl_core.policy.model only the pure RoPE
 helpers. Its weights are held in a configurable precision, so the gap between the engine that samples and
 the engine that trains arises the way it does in real systems (DESIGN.md, "The two engines"):
 
@@ -28,53 +28,18 @@ This engine runs on the CPU (the GPU rollout path is the vLLM backend).
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from rl_core.model import MoEPolicy, apply_rope, config_value, from_hub_layout, rope_cos_sin
+from rl_core.policy.model import MoEPolicy, apply_rope, config_value, from_hub_layout, rope_cos_sin
+from rl_core.rollout.base import RolloutBatch
 from rl_core.rollout.formats import fp8_kv, held
 
 PRECISIONS = ("fp32", "bf16", "fp8", "fp8_w8a16", "mxfp4")
 KV_CACHES = ("auto", "fp8")
-
-
-@dataclass
-class RolloutBatch:
-    """G responses per prompt, laid out as left-padded prompt (P columns) then right-padded response."""
-
-    input_ids: torch.Tensor       # (B, P+R) long; pad_token_id in the padding
-    attention_mask: torch.Tensor  # (B, P+R) long; 1 on real prompt tokens and generated tokens
-    response_mask: torch.Tensor   # (B, P+R) bool; True on generated tokens including EOS
-    logp_behavior: torch.Tensor   # (B, P+R) fp32; log mu_old of each generated token, 0 elsewhere
-    routing: torch.Tensor         # (B, P+R, L, k) long; experts the engine used, -1 where never processed
-    finish_reason: list[str]      # "stop" (EOS sampled) | "length" (max_new_tokens reached)
-    prompt_len: int               # P
-
-    def __len__(self) -> int:
-        return self.input_ids.shape[0]
-
-    def select(self, rows: torch.Tensor) -> RolloutBatch:
-        """The rows ``rows`` (LongTensor) of the batch, e.g. one mini-batch; tensors are indexed copies."""
-        return RolloutBatch(self.input_ids[rows], self.attention_mask[rows], self.response_mask[rows],
-                            self.logp_behavior[rows], self.routing[rows],
-                            [self.finish_reason[i] for i in rows.tolist()], self.prompt_len)
-
-
-@runtime_checkable
-class RolloutEngine(Protocol):
-    """What the trainer needs from a sampler (embedded here; vLLM implements the same)."""
-
-    capabilities: frozenset[str]  # e.g. {"routed_experts"}: returns RolloutBatch.routing (needed by R3)
-
-    def sync_weights(self, state_dict: dict[str, torch.Tensor]) -> None: ...
-
-    def generate(self, prompts: list[list[int]], max_new_tokens: int, temperature: float,
-                 generator: torch.Generator) -> RolloutBatch: ...
 
 
 # ------------------------------------------------------------------------------------------- weights
@@ -242,7 +207,7 @@ class EmbeddedRolloutEngine:
         end = start + Tq
         cols, rows = torch.arange(end), torch.arange(start, end)
         causal = cols[None, :] <= rows[:, None]
-        # Padded queries keep their own key so no softmax row is empty (see rl_core.model).
+        # Padded queries keep their own key so no softmax row is empty (see rl_core.policy.model).
         allowed = (causal & key_valid[:, None, :end]) | (cols[None, :] == rows[:, None])
         blocked = ~allowed[:, None, None]  # (B, 1, 1, Tq, end), shared by every layer
         cos, sin = self._cos_sin(positions)
@@ -354,4 +319,4 @@ class EmbeddedRolloutEngine:
             prompt_len=P)
 
 
-__all__ = ["RolloutBatch", "RolloutEngine", "EmbeddedRolloutEngine", "PRECISIONS", "KV_CACHES"]
+__all__ = ["EmbeddedRolloutEngine", "PRECISIONS", "KV_CACHES"]

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from rl_core.paths import PACKAGE
+
 EVAL_SEED = 20251201  # one fixed benchmark seed: common random numbers across steps, arms, cold starts
 EVAL_BATCH = 256  # sequences per generate call: bounds the KV cache of the rollout engine
 
@@ -58,9 +60,8 @@ def evaluate(engine, task, problems: list, k: int, temperature: float, max_new_t
 def source_sha256() -> str:
     """sha256 of rl_core's source files: a benchmark made by other code is not reused."""
     h = hashlib.sha256()
-    root = Path(__file__).resolve().parents[1]
-    for f in sorted(root.rglob("*.py")):
-        h.update(f.relative_to(root).as_posix().encode() + b"\0" + f.read_bytes())
+    for f in sorted(PACKAGE.rglob("*.py")):
+        h.update(f.relative_to(PACKAGE).as_posix().encode() + b"\0" + f.read_bytes())
     return h.hexdigest()
 
 

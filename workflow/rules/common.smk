@@ -10,7 +10,7 @@ from pathlib import Path
 import yaml
 from snakemake.exceptions import WorkflowError
 
-from rl_core.grid import TEACHERS, GridError, grid_from_dict, read_yaml, split_workflow_options
+from rl_core.orchestration.grid import TEACHERS, GridError, grid_from_dict, read_yaml, split_workflow_options
 
 _grid_data, OPTIONS = split_workflow_options(config)
 if not _grid_data.get("figures"):
@@ -34,9 +34,9 @@ RESULTS = str(OPTIONS["results"]).rstrip("/")
 GDIR = f"{RESULTS}/{GRID.name}"
 LOGS = f"{GDIR}/logs"
 INDEX_HTML = f"{RESULTS}/index.html"
-# "" means the embedded store sqlite:///<abs RESULTS>/mlflow.db (rl_core.tracking.default_uri).
+# "" means the embedded store sqlite:///<abs RESULTS>/mlflow.db (rl_core.orchestration.tracking.default_uri).
 TRACKING_URI = str(OPTIONS["tracking_uri"] or "")
-# Each arm's metric rows reach MLflow while it runs (rl_core.live, started in tracking.smk);
+# Each arm's metric rows reach MLflow while it runs (rl_core.orchestration.live, started in tracking.smk);
 # --config live_tracking=false turns it off.
 LIVE = "false" if str(OPTIONS["live_tracking"]).strip().lower() in ("false", "0", "no", "off", "") else "true"
 RUNS = {(r.figure, r.arm, str(r.seed)): r for r in GRID.runs}

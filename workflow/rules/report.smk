@@ -40,7 +40,7 @@ rule report:
     shell:
         "{PYTHON} -m analysis.report --grid-dir {params.grid_dir} --grid-file {input.grid} "
         "--out {params.out} 2>&1 | tee -a {log} && "
-        "{PYTHON} -m rl_core.tracking report --parent-file {input.parent} --report-dir {params.out} "
+        "{PYTHON} -m rl_core.orchestration.tracking report --parent-file {input.parent} --report-dir {params.out} "
         "--uri={params.uri:q} >> {log} 2>&1"
 
 

@@ -1,4 +1,4 @@
-# MLflow mirror of the run files (rl_core.tracking): one experiment per grid, a parent run per grid, a
+# MLflow mirror of the run files (rl_core.orchestration.tracking): one experiment per grid, a parent run per grid, a
 # child run per (figure, arm, seed). Files stay the contract: the mirror only reads finished run dirs and
 # writes mlflow_parent.json and, beside each run, mlflow_run.json. One job per grid (not per arm): opening
 # MLflow costs ~2 s, paid once. Re-mirroring is idempotent (a run whose files did not change is kept), so
@@ -25,11 +25,11 @@ rule mlflow:
         uri=TRACKING_URI,
         run_dirs=lambda w, input: " ".join(shlex.quote(os.path.dirname(d)) for d in input.done),
     shell:
-        "{PYTHON} -m rl_core.tracking grid --grid-dir {params.grid_dir} --grid {params.grid} "
+        "{PYTHON} -m rl_core.orchestration.tracking grid --grid-dir {params.grid_dir} --grid {params.grid} "
         "--uri={params.uri:q} {params.run_dirs} >> {log} 2>&1"
 
 
-# Live tracking (rl_core.live): one follower per Snakemake invocation tails the metrics.jsonl of every arm
+# Live tracking (rl_core.orchestration.live): one follower per Snakemake invocation tails the metrics.jsonl of every arm
 # that starts into a live MLflow run (which the mirror above replaces with the finished files). It starts
 # when Snakemake starts executing jobs (not on a dry run, not inside cluster jobs: they run with --no-hooks),
 # runs where Snakemake runs and ends with it; its log is {LOGS}/live.log. --config live_tracking=false: off.
@@ -41,7 +41,7 @@ def start_live_follower():
     os.makedirs(LOGS, exist_ok=True)
     with open(f"{LOGS}/live.log", "a") as log:
         subprocess.Popen(
-            [PYTHON, "-m", "rl_core.live", "--grid-dir", GDIR, "--grid", GRID.name, f"--uri={TRACKING_URI}",
+            [PYTHON, "-m", "rl_core.orchestration.live", "--grid-dir", GDIR, "--grid", GRID.name, f"--uri={TRACKING_URI}",
              "--pid", str(os.getpid())],
             stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True,
         )

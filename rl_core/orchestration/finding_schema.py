@@ -1,8 +1,8 @@
 """The schema of a grid's ``findings:`` items and its validation (see analysis.findings for the verdicts).
 
-Kept apart from analysis.findings so that rl_core.grid can validate a grid's findings while Snakemake
-builds the DAG without importing pandas or numpy: a finding naming an arm, figure, kind or metric that
-does not exist fails before any job starts.
+Kept apart from analysis.findings so that rl_core.orchestration.grid can validate a grid's findings while
+Snakemake builds the DAG without importing pandas or numpy: a finding naming an arm, figure, kind or metric
+that does not exist fails before any job starts.
 """
 
 from __future__ import annotations

@@ -25,10 +25,10 @@ figure's ``horizon`` stretches its train.steps and eval.every (:func:`stretch`):
 specific layer wins, so a preset sizes every run but never erases what the grid compares (an
 ``axes: {train.lr: [...]}`` sweep keeps its three lrs under any preset). A key that the grid, the figure or
 the arm sets over the preset is listed per run (:attr:`RunSpec.over_preset`, shown by
-``python -m rl_core.grid``). Every run is resolved through the typed RunConfig while the grid loads, so a
-misspelt key fails before any job starts, and the message names the file, the figure, the arm and the key.
-The grid's ``findings:`` are validated too (:mod:`analysis.finding_schema`): an unknown arm, figure, kind
-or metric fails while the grid loads.
+``python -m rl_core.orchestration.grid``). Every run is resolved through the typed RunConfig while the grid
+loads, so a misspelt key fails before any job starts, and the message names the file, the figure, the arm and
+the key. The grid's ``findings:`` are validated too (:mod:`rl_core.orchestration.finding_schema`): an unknown
+arm, figure, kind or metric fails while the grid loads.
 
 The base model and the cold starts are shared by every arm of a grid: their config is
 ``defaults <- preset <- grid base``, and an arm may not change the sections that define them
@@ -57,8 +57,6 @@ from typing import Any
 import jsonschema
 import yaml
 
-from analysis.finding_schema import FindingError, validate_findings
-from rl_core.backends import impossible
 from rl_core.cli import one_line
 from rl_core.config import (
     ConfigError,
@@ -72,8 +70,10 @@ from rl_core.config import (
     unflatten,
     yaml_load,
 )
+from rl_core.orchestration.capabilities import impossible
+from rl_core.orchestration.finding_schema import FindingError, validate_findings
+from rl_core.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 SCHEMA_PATH = REPO / "workflow" / "schemas" / "grid.schema.yaml"
 PRESETS_PATH = REPO / "experiments" / "presets.yaml"
 DEFAULT_PRESET = "mini"
@@ -458,9 +458,10 @@ def validate_schema(data: Any, source: str = "<grid>", schema: str | Path | None
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m rl_core.grid GRID.yaml [--preset P] [--seeds 0,1,2] [--estimate [--cores N]]`: validate a
-    grid and list its runs, or estimate its wall time (rl_core.cost, coefficients from `make bench`)."""
-    parser = argparse.ArgumentParser(prog="python -m rl_core.grid", description=main.__doc__)
+    """`python -m rl_core.orchestration.grid GRID.yaml [--preset P] [--seeds 0,1,2] [--estimate [--cores N]]`:
+    validate a grid and list its runs, or estimate its wall time (rl_core.orchestration.cost, coefficients
+    from `make bench`)."""
+    parser = argparse.ArgumentParser(prog="python -m rl_core.orchestration.grid", description=main.__doc__)
     parser.add_argument("grid", help="grid file (experiments/*.yaml)")
     parser.add_argument("--preset", help="scale preset (default: the grid's)")
     parser.add_argument("--seeds", help="comma-separated seeds replacing the grid's `seeds` (e.g. 0,1,2)")
@@ -476,7 +477,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {one_line(e)}", file=sys.stderr)
         return 2
     if args.estimate:
-        from rl_core.cost import format_estimate, grid_estimate
+        from rl_core.orchestration.cost import format_estimate, grid_estimate
 
         print(format_estimate(grid_estimate(grid, args.cores)))
         return 0

@@ -1,10 +1,10 @@
 """The training engine's bf16 attention as one autograd Function: FlashAttention's numerics and backward.
 
-rl_core.model.flash_attention_bf16 says what is rounded where (q, k, v and the unnormalised probabilities
-to bf16; scores, maximum, normaliser and both products accumulate in fp32). Autograd through those ~15
-elementwise ops kept every intermediate and ran ~25 backward ops; here the forward keeps five tensors and
-the backward is FlashAttention's, with the rounding steps passed straight through and the maximum held
-constant (as autograd of the plain expression did):
+rl_core.policy.model.flash_attention_bf16 says what is rounded where (q, k, v and the unnormalised
+probabilities to bf16; scores, maximum, normaliser and both products accumulate in fp32). Autograd through
+those ~15 elementwise ops kept every intermediate and ran ~25 backward ops; here the forward keeps five
+tensors and the backward is FlashAttention's, with the rounding steps passed straight through and the maximum
+held constant (as autograd of the plain expression did):
 
     O = (bf16(P) @ V) / l,  P = exp(S - max S),  l = rowsum(P),  S = scale * Q K^T (masked: -inf)
     dA = dO / l;  dV = bf16(P)^T dA;  dP = bf16(dA V^T) - rowsum(dA * O);  dS = scale * P * dP

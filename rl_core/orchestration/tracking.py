@@ -24,16 +24,18 @@ Store: by default the embedded ``sqlite:///<abs results>/mlflow.db`` with artifa
 Re-mirroring is idempotent: a child is found by its tags (role, figure, arm, seed) in the grid's
 experiment. If one is FINISHED with the same ``digest`` tag (a hash of the run files, set last, so a
 half-mirrored run never matches) it is kept and nothing is written; otherwise the old children are deleted
-(soft delete; ``mlflow gc`` purges them) and the run is mirrored afresh. The live run that rl_core.live
-wrote while the arm ran has no digest, so the finished files always replace it.
+(soft delete; ``mlflow gc`` purges them) and the run is mirrored afresh. The live run that
+rl_core.orchestration.live wrote while the arm ran has no digest, so the finished files always replace it.
 
 Concurrency: sqlite takes one writer at a time; every write is retried with exponential backoff while the
 database is locked (:func:`retry`), so mirror jobs may run in parallel.
 
-    python -m rl_core.tracking grid --grid-dir results/{grid} --grid NAME [--uri URI] RUN_DIR ...
-    python -m rl_core.tracking parent --grid-dir results/{grid} --grid NAME [--uri URI] --out FILE
-    python -m rl_core.tracking run --run-dir DIR --parent-file FILE [--uri URI] --out FILE
-    python -m rl_core.tracking report --parent-file FILE --report-dir DIR [--uri URI]
+    python -m rl_core.orchestration.tracking grid --grid-dir results/{grid} --grid NAME [--uri URI] \
+        RUN_DIR ...
+    python -m rl_core.orchestration.tracking parent --grid-dir results/{grid} --grid NAME [--uri URI] \
+        --out FILE
+    python -m rl_core.orchestration.tracking run --run-dir DIR --parent-file FILE [--uri URI] --out FILE
+    python -m rl_core.orchestration.tracking report --parent-file FILE --report-dir DIR [--uri URI]
 
 ``grid`` (the workflow's one mirror job per grid) does ``parent`` then ``run`` for every RUN_DIR in one
 process, writing {grid-dir}/mlflow_parent.json and RUN_DIR/mlflow_run.json: opening MLflow costs ~2 s
@@ -131,7 +133,7 @@ def ensure_experiment(client: MlflowClient, name: str, location: str | None) -> 
     return exp.experiment_id
 
 
-def _write_json(path: str | Path, data: dict) -> None:
+def write_json(path: str | Path, data: dict) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
@@ -189,14 +191,14 @@ def mirror_parent(grid_dir: str | Path, grid: str, uri: str = "", out: str | Pat
     record = {"grid": grid, "tracking_uri": uri, "experiment_id": exp_id, "experiment_name": grid,
               "parent_run_id": run_id, "ui_path": ui_path(exp_id)}
     if out:
-        _write_json(out, record)
+        write_json(out, record)
     return record
 
 
 # ------------------------------------------------------------------------------------ one run dir
 
 
-def _read(path: Path) -> dict:
+def read_json(path: Path) -> dict:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
@@ -224,7 +226,7 @@ def read_rows(path: Path) -> list[dict]:
 
 def run_meta(run_dir: Path) -> dict:
     """meta.json, with figure/arm/seed inferred from runs/{figure}/{arm}/seed{seed} where missing."""
-    meta = _read(run_dir / "meta.json")
+    meta = read_json(run_dir / "meta.json")
     inferred = {"figure": run_dir.parent.parent.name, "arm": run_dir.parent.name,
                 "seed": int(run_dir.name[4:]) if run_dir.name[4:].isdigit() else run_dir.name}
     return {**inferred, **meta}
@@ -243,7 +245,7 @@ def metric_key(key: str) -> str:
     return _BAD_KEY_CHARS.sub("_", str(key))
 
 
-def _finite(value: Any) -> float | None:
+def finite_number(value: Any) -> float | None:
     number = _number(value)
     return number if number is not None and math.isfinite(number) else None
 
@@ -251,10 +253,10 @@ def _finite(value: Any) -> float | None:
 def run_times(rows: list[dict], summary: dict, fallback_end_s: float) -> tuple[int, int, list[int]]:
     """(start, end, one timestamp per row), in ms since the epoch, of a run's training (see the module
     docstring): end = the last row's ``perf/time`` (else `fallback_end_s`), start = end - wall_s."""
-    times = [_finite(r.get("perf/time")) for r in rows]
+    times = [finite_number(r.get("perf/time")) for r in rows]
     known = [t for t in times if t is not None]
     end_s = known[-1] if known else fallback_end_s
-    wall_s = _finite(summary.get("wall_s"))
+    wall_s = finite_number(summary.get("wall_s"))
     if wall_s is None or wall_s < 0:
         wall_s = end_s - known[0] if known else 0.0
     end_ms = int(round(end_s * 1000))
@@ -303,7 +305,7 @@ def run_tags(meta: dict, summary: dict, parent_id: str) -> dict[str, str]:
     return tags
 
 
-def _chunks(items: list, size: int):
+def chunks(items: list, size: int):
     for i in range(0, len(items), size):
         yield items[i:i + size]
 
@@ -316,7 +318,7 @@ def _find_children(client: MlflowClient, exp_id: str, meta: dict) -> list:
 
 def _create_child(client: MlflowClient, exp_id: str, run_dir: Path, tags: dict,
                   digest: str) -> tuple[str, int]:
-    config, summary = _read(run_dir / "config.json"), _read(run_dir / "summary.json")
+    config, summary = read_json(run_dir / "config.json"), read_json(run_dir / "summary.json")
     rows = read_rows(run_dir / "metrics.jsonl")
     start_ms, end_ms, stamps = run_times(rows, summary, (run_dir / "summary.json").stat().st_mtime)
     name = f"{tags.get('figure')}/{tags.get('arm')}/{tags.get('seed')}"
@@ -324,10 +326,10 @@ def _create_child(client: MlflowClient, exp_id: str, run_dir: Path, tags: dict,
                 start_time=start_ms)
     run_id = run.info.run_id
     params = [Param(k, str(v)) for k, v in flatten(config).items()]
-    for chunk in _chunks(params, MAX_PARAMS_PER_BATCH):
+    for chunk in chunks(params, MAX_PARAMS_PER_BATCH):
         retry(client.log_batch, run_id, params=chunk)
     metrics = metric_entities(rows, summary, stamps, end_ms)
-    for chunk in _chunks(metrics, MAX_METRICS_PER_BATCH):
+    for chunk in chunks(metrics, MAX_METRICS_PER_BATCH):
         retry(client.log_batch, run_id, metrics=chunk)
     for name in ARTIFACTS:
         if (run_dir / name).is_file():
@@ -347,7 +349,7 @@ def mirror_run(run_dir: str | Path, parent_file: str | Path, uri: str = "",
     uri = uri or parent["tracking_uri"]
     client = retry(MlflowClient, tracking_uri=uri)  # opening the store reads it too
     exp_id = parent["experiment_id"]
-    meta, summary = run_meta(run_dir), _read(run_dir / "summary.json")
+    meta, summary = run_meta(run_dir), read_json(run_dir / "summary.json")
     digest = files_digest(run_dir)
     existing = _find_children(client, exp_id, meta)
     keep = [r for r in existing if r.data.tags.get("digest") == digest and r.info.status == "FINISHED"]
@@ -363,7 +365,7 @@ def mirror_run(run_dir: str | Path, parent_file: str | Path, uri: str = "",
     record = {"run_id": run_id, "experiment_id": exp_id, "parent_run_id": parent["parent_run_id"],
               "tracking_uri": uri, "digest": digest, "action": action, "n_metrics": n_metrics}
     if out:
-        _write_json(out, record)
+        write_json(out, record)
     return record
 
 
@@ -375,7 +377,7 @@ def _span(run_dirs: list[str | Path]) -> tuple[int | None, int | None]:
     spans = []
     for d in map(Path, run_dirs):
         if (d / "summary.json").is_file():
-            start, end, _ = run_times(read_rows(d / "metrics.jsonl"), _read(d / "summary.json"),
+            start, end, _ = run_times(read_rows(d / "metrics.jsonl"), read_json(d / "summary.json"),
                                       (d / "summary.json").stat().st_mtime)
             spans.append((start, end))
     return (min(s for s, _ in spans), max(e for _, e in spans)) if spans else (None, None)
@@ -411,7 +413,8 @@ def log_report(parent_file: str | Path, report_dir: str | Path, uri: str = "") -
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m rl_core.tracking", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m rl_core.orchestration.tracking",
+                                     description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     g = sub.add_parser("grid", help="the parent and every given run directory, in one process")
     g.add_argument("--grid-dir", required=True, help="results/{grid}")

@@ -25,7 +25,7 @@ Departures from the textbook / HF implementation, all deliberate:
   :func:`save_pretrained` writes and :func:`load_pretrained` reads (transformers 5 and vLLM load it).
 
 Precision: parameters are fp32. For bf16 training wrap the forward in
-``torch.autocast("cpu"|"cuda", dtype=torch.bfloat16)`` (rl_core.engine does): matmuls run in bf16,
+``torch.autocast("cpu"|"cuda", dtype=torch.bfloat16)`` (rl_core.training.scoring does): matmuls run in bf16,
 attention with FlashAttention's bf16 numerics (:func:`flash_attention_bf16`), RMSNorm and the router
 softmax stay fp32 (they cast explicitly), and ``PolicyOutput.logits`` is always returned as fp32.
 """
@@ -43,8 +43,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from rl_core.config import ModelConfig
-from rl_core.export import write_side_files
-from rl_core.flash_bf16 import FlashBF16
+from rl_core.policy.attention import FlashBF16
+from rl_core.policy.export import write_side_files
 
 EXPERT_PROJS = ("gate_proj", "up_proj", "down_proj")
 #: bf16 expert matmuls run on row counts rounded up to this (see Experts._grouped).
@@ -215,7 +215,7 @@ def flash_attention_bf16(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, allo
     (what torch's CPU flash kernel does for bf16 inputs); the output is bf16. Computed as fp32 matmuls on
     the rounded values outside autocast, because torch's CPU bf16 attention backward is ~10x slower than
     fp32 at these sizes (measured: 183 ms vs 19 ms per update of a mini-batch). Forward and backward are one
-    autograd Function with FlashAttention's backward (:class:`rl_core.flash_bf16.FlashBF16`).
+    autograd Function with FlashAttention's backward (:class:`rl_core.policy.attention.FlashBF16`).
     """
     with torch.autocast(q.device.type, enabled=False):
         return FlashBF16.apply(q, k, v, allowed, scale)
@@ -395,6 +395,8 @@ class PolicyOutput(NamedTuple):
 class MoEPolicy(nn.Module):
     """Qwen3-MoE causal LM. ``MoEPolicy(hf_cfg, seed)`` initialises from a torch.Generator(seed)."""
 
+    capabilities: frozenset[str] = frozenset()  # as a training engine (rl_core.training.base): none beyond it
+
     def __init__(self, hf_cfg: dict, seed: int = 0):
         super().__init__()
         if not hf_cfg.get("norm_topk_prob", False) or hf_cfg.get("mlp_only_layers") or \
@@ -483,7 +485,7 @@ def from_hub_layout(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 
 def save_pretrained(model: MoEPolicy, out_dir: str | Path, tokenizer=None) -> Path:
     """Write config.json, model.safetensors (hub layout) and, if given, tokenizer.json with the side files
-    that AutoTokenizer and generate() need (rl_core.export: tokenizer_config, generation_config).
+    that AutoTokenizer and generate() need (rl_core.policy.export: tokenizer_config, generation_config).
 
     ``tokenizer`` is a ``tokenizers.Tokenizer`` or a path to a tokenizer.json to copy (its folder's own
     side files are copied too, where it has them).

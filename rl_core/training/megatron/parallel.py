@@ -12,7 +12,7 @@ parallelism), TP rank r of t, EP rank e of p, E experts:
 * ``embedding.word_embeddings`` and ``output_layer`` (V, d): vocabulary rows, chunk r (VocabParallelEmbedding,
   ColumnParallelLinear);
 * ``linear_qkv`` (G * (H/G + 2) * D, d): rows chunk r, which is query groups r*G/t .. (r+1)*G/t - 1 whole,
-  because the fused layout is per group (megatron_engine._qkv_fuse); ``linear_proj`` (d, H*D): columns
+  because the fused layout is per group (convert._qkv_fuse); ``linear_proj`` (d, H*D): columns
   chunk r (RowParallelLinear, the same heads);
 * expert j lives on EP rank j // (E/p) as ``local_experts.{j mod E/p}``; its ``linear_fc1`` [gate; up]
   (2F, d) is split per half: rank r holds [gate chunk r; up chunk r] (the gated unit chunks its local
@@ -29,7 +29,7 @@ Gradients (what Megatron's DDP and finalize_model_grads do, written out for plai
   token t times: expert gradients are divided by t.
 * Then dense gradients are SUMMED over the data-parallel ranks and expert gradients over the
   expert-data-parallel ranks (sums: every rank's loss already carries the global normaliser, as under FSDP2
-  in rl_core.distributed).
+  in rl_core.training.distributed).
 * The global norm counts every distinct shard once: each rank adds its squares divided by the number of
   ranks holding the same shard, and the sum is all-reduced over the world.
 """

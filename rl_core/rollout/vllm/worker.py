@@ -1,6 +1,6 @@
 """Weight sync in place for vLLM's GPU workers: a worker extension (vLLM mixes it into its worker class).
 
-    LLM(..., worker_extension_cls="rl_core.vllm_worker.WeightSync")
+    LLM(..., worker_extension_cls="rl_core.rollout.vllm.worker.WeightSync")
     llm.collective_rpc("rl_load_weights", args=([(hub_name, cpu_tensor), ...],))
     llm.collective_rpc("rl_after_load")
     llm.collective_rpc("rl_weight_sample", args=([vllm_name, ...],))
@@ -11,7 +11,7 @@ checkpoint-format (hub) names and tensors, which the model's weight loaders stac
 parameters (qkv_proj, the experts' w13/w2), then ``process_weights_after_loading`` once. Tensors travel
 as CPU tensors through collective_rpc's serialiser (simple, and enough for the models this project trains;
 CUDA IPC handles would avoid the copy for large ones). Written against vLLM's documented worker-extension
-API; not run on a GPU here (the project's machines have none): rl_core.vllm_engine checks a sample of
+API; not run on a GPU here (the project's machines have none): rl_core.rollout.vllm.engine checks a sample of
 tensors after every sync and falls back to restarting vLLM from disk when they differ.
 """
 

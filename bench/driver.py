@@ -1,6 +1,6 @@
 """`make bench`: the platform's performance figures, measured side by side in one run on this machine.
 
-    python -m rl_core.bench [--threads 1] [--out results/bench] [--only rl_step,rollout,...,profile]
+    .venv/bin/python bench/driver.py [--threads 1] [--out results/bench] [--only rl_step,rollout,...,profile]
 
 Every measurement runs in its own child process (a helper under bench/, see each file's docstring) with
 the same fixed torch thread count; peers run in their own virtual environments (TRL in .venv-peers, vLLM
@@ -18,8 +18,8 @@ for a core while other jobs run is left out on both sides; bench.json keeps the 
 4. arm: one arm at the `mini` scale end to end: share of wall time outside RL steps (evals excluded, the
    grid's one MLflow mirror process shared by its runs), peak RSS.
 5. scaling: RL step time against width, batch and response length, each rollout format, the cold start's
-   steps (rl_core.bench_scaling); rl_core.cost fits the grid cost model to them (bench.json `cost_model`,
-   used by `python -m rl_core.grid GRID --estimate`).
+   steps (bench/scaling_report.py); rl_core.orchestration.cost fits the grid cost model to them (bench.json
+   `cost_model`, used by `python -m rl_core.orchestration.grid GRID --estimate`).
 6. profile: where the wall time of two paper arms goes (fig1 MiniRL at N=1, fig4 MiniRL + R2 at N=8; fp8
    rollout, bf16 trainer): process start, imports, setup, rollout, pi_old, updates, evals, checkpoints
    (bench/arm_profile.py, a few global steps projected onto the whole mini arm).
@@ -42,12 +42,17 @@ import sys
 import time
 from pathlib import Path
 
-from rl_core import config as C
-from rl_core import cost
-from rl_core.bench_scaling import arm_check, bench_scaling, format_scaling
-from rl_core.model import config_value
+# This checkout's rl_core, whatever else is installed (as bench/common.py): run as a script, sys.path[0] is
+# bench/.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-ROOT = Path(__file__).resolve().parent.parent
+from scaling_report import SCALING, arm_check, format_scaling  # noqa: E402
+
+from rl_core import config as C  # noqa: E402
+from rl_core.orchestration import cost  # noqa: E402
+from rl_core.paths import REPO  # noqa: E402
+from rl_core.policy.model import config_value  # noqa: E402
+
 MARK = "BENCH_JSON "
 TASK = {"n_train": 512, "n_bench": 128}  # n_bench >= eval.n_problems (128)
 COLDSTART = {"task": TASK, "pipeline": {"pretrain_steps": 30, "sft_steps": 100, "batch_size": 32,
@@ -59,7 +64,7 @@ ROLLOUT = {"prompts": 16, "G": 8, "L": 48, "reps": 5}
 MFU = {"B": 64, "T": 64, "rounds": 3, "peak_n": 1024}
 VLLM_DTYPES = {"ours-fp32": "float32", "ours-bf16": "bfloat16"}  # our rollout precision -> vLLM dtype
 ARM_STEPS = 16  # two global steps at N = 8; the full `mini` arm has the preset's train.steps
-PAPER_GRID = ROOT / "experiments" / "paper.yaml"
+PAPER_GRID = REPO / "experiments" / "paper.yaml"
 
 
 # ------------------------------------------------------------------------------------------ FLOPs
@@ -114,7 +119,7 @@ def run_helper(python: Path, script: str, spec: dict, threads: int, timeout: flo
     # Its own session, killed whole afterwards: a helper's children (vLLM's engine process) must not
     # outlive it and share the cores with the next measurement (one did: the training FLOP/s after the
     # vLLM rollout read 0.4x its value measured alone).
-    proc = subprocess.Popen([str(python), str(ROOT / "bench" / script), json.dumps(spec)], cwd=ROOT, env=env,
+    proc = subprocess.Popen([str(python), str(REPO / "bench" / script), json.dumps(spec)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         stdout, stderr = proc.communicate(timeout=timeout)
@@ -211,6 +216,11 @@ def bench_mfu(ckpt: Path, threads: int) -> dict:
                       threads)
 
 
+def bench_scaling(ckpt: Path, threads: int, task: dict) -> dict:
+    spec = {**SCALING, "ckpt": str(ckpt), "task": task, "threads": threads}
+    return run_helper(Path(sys.executable), "scaling.py", spec, threads, timeout=900)
+
+
 def bench_profile(ckpt: Path, threads: int) -> dict:
     return run_helper(Path(sys.executable), "arm_profile.py",
                       {"init": str(ckpt), "threads": threads, "global_steps": 2}, threads, timeout=1200)
@@ -222,7 +232,7 @@ def mini_steps() -> int:
 
 
 def _mini() -> dict:
-    presets = ROOT / "experiments" / "presets.yaml"
+    presets = REPO / "experiments" / "presets.yaml"
     return (C.yaml_load(presets.read_text()) or {}).get("mini", {}) if presets.exists() else {}
 
 
@@ -235,7 +245,7 @@ def arm_config(ckpt: Path, threads: int) -> dict:
 
 
 def bench_arm(ckpt: Path, threads: int, work: Path) -> dict:
-    from rl_core.grid import load_grid
+    from rl_core.orchestration.grid import load_grid
 
     spec = {"config": arm_config(ckpt, threads), "threads": threads, "workdir": str(work),
             "grid_runs": len(load_grid(PAPER_GRID).runs)}
@@ -366,13 +376,13 @@ def format_table(rows: list[dict]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rl_core.bench", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="bench/driver.py", description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=1, help="torch threads of every measured process")
-    ap.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
+    ap.add_argument("--out", type=Path, default=REPO / "results" / "bench")
     ap.add_argument("--only", default="rl_step,rollout,mfu,arm,scaling,profile",
                     help="comma-separated subset")
-    ap.add_argument("--peers-python", type=Path, default=ROOT / ".venv-peers" / "bin" / "python")
-    ap.add_argument("--vllm-python", type=Path, default=ROOT / ".venv-vllm" / "bin" / "python")
+    ap.add_argument("--peers-python", type=Path, default=REPO / ".venv-peers" / "bin" / "python")
+    ap.add_argument("--vllm-python", type=Path, default=REPO / ".venv-vllm" / "bin" / "python")
     args = ap.parse_args(argv)
     only = set(args.only.split(","))
     args.out.mkdir(parents=True, exist_ok=True)

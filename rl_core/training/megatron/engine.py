@@ -8,23 +8,24 @@ Read in this order (megatron-core 0.16.1):
   moe_grouped_gemm=False, qk_layernorm=True, normalization="RMSNorm")`` (SequentialMLP experts, the
   allgather token dispatcher, no Transformer Engine), ``use_cpu_initialization=True`` and
   ``moe_enable_routing_replay=True``.
-* :func:`hf_to_megatron` / :func:`megatron_to_hf` (rl_core.megatron_convert): the state-dict key mapping.
+* :func:`hf_to_megatron` / :func:`megatron_to_hf` (rl_core.training.megatron.convert): the state-dict key
+  mapping.
 * :func:`megatron_route`: Megatron's router with replay on a bare tensor (the router check).
-* The engine: :class:`MegatronPolicy` puts the GPTModel behind rl_core.model.MoEPolicy's interface, so the
-  run uses the torch engine's scoring (rl_core.engine.token_logprobs: log-probs and entropy over the
-  vocabulary, the same layout and temperature), objectives (rl_core.objectives) and AdamW step
+* The engine: :class:`MegatronPolicy` puts the GPTModel behind rl_core.policy.model.MoEPolicy's interface, so
+  the run uses the torch engine's scoring (rl_core.training.scoring.token_logprobs: log-probs and entropy over
+  the vocabulary, the same layout and temperature), objectives (rl_core.losses.objectives) and AdamW step
   (rl_core.step.update) unchanged; only the forward is Megatron's. R2 and R3 go through Megatron's own
   ``RouterReplay`` (:func:`partial_router_replay`): RECORD in the pi_old pass, REPLAY_FORWARD of the
   recorded (R2) or the rollout engine's (R3) routing in the updates. :func:`load_megatron` loads our HF
   checkpoint into it through the converter, after :func:`init_megatron` (a gloo group of world size 1
   when none exists, Megatron's parallel state and RNG tracker).
-* Parallelism (``train.megatron_tp`` / ``megatron_ep``, launched with torchrun): rl_core.megatron_parallel
-  slices the full checkpoint per rank, gathers full weights back (checkpoints, the rollout sync, evals,
-  the final policy) and reduces gradients; Megatron's logits are gathered over the vocabulary
-  (``parallel_output=False``), so scoring sees (B, T, V) on every rank. The ranks left over are
-  data-parallel with rl_core.distributed's conventions (each scores and updates its share of the rows,
-  normalised by the global counts; shares all-gathered), over Megatron's data-parallel group: TP ranks
-  share their rows, EP ranks split them.
+* Parallelism (``train.megatron_tp`` / ``megatron_ep``, launched with torchrun):
+  rl_core.training.megatron.parallel slices the full checkpoint per rank, gathers full weights back
+  (checkpoints, the rollout sync, evals, the final policy) and reduces gradients; Megatron's logits are
+  gathered over the vocabulary (``parallel_output=False``), so scoring sees (B, T, V) on every rank. The ranks
+  left over are data-parallel with rl_core.training.distributed's conventions (each scores and updates its
+  share of the rows, normalised by the global counts; shares all-gathered), over Megatron's data-parallel
+  group: TP ranks share their rows, EP ranks split them.
 
 Where it departs from Megatron's own training loop, and why:
 
@@ -34,7 +35,7 @@ Where it departs from Megatron's own training loop, and why:
 * Replay rows of -1 (pads, tokens the rollout engine never ran, prompts under ``replay_prompt: false``)
   route naturally, and the natural top-k is recorded under replay as well (e_pi for the diagnostics):
   Megatron's REPLAY_FORWARD replays every row and records nothing, so the class extends it by one method.
-* The optimizer is the torch engine's AdamW (rl_core.adamw: torch's, bitwise) on the GPTModel's
+* The optimizer is the torch engine's AdamW (rl_core.training.adamw: torch's, bitwise) on the GPTModel's
   parameters, not Megatron's DistributedOptimizer: the same step as the torch engine (what the comparison
   needs); AdamW is elementwise, so each rank steps its own slices. Optimizer state is checkpointed as full
   moments in our layout (any TP / EP resumes it).
@@ -43,8 +44,8 @@ Where it departs from Megatron's own training loop, and why:
   guard) and every expert sees each TP rank's copy of a token: expert gradients are divided by TP.
 * Under EP, a rank's rows are padded on the right to the widest among the EP ranks (the allgather
   dispatcher takes equal token counts from each).
-* fp32 only: Megatron's bf16 is its Float16Module with fp32 main gradients, not wired (rl_core.backends
-  refuses ``train.precision=bf16``).
+* fp32 only: Megatron's bf16 is its Float16Module with fp32 main gradients, not wired
+  (rl_core.orchestration.capabilities refuses ``train.precision=bf16``).
 
 Devices. On a CUDA GPU megatron-core runs as shipped. On a CPU 0.16.1 does not (its RNG tracker, RoPE,
 router gating, the global memory buffer and the default causal mask call CUDA; ``router_gating_linear``
@@ -62,7 +63,7 @@ Routing equivalence: Qwen3's router (softmax over all experts, top-k, renormalis
 equals Megatron's ``moe_router_pre_softmax=False`` path (top-k of the logits, softmax over the k chosen),
 because p_i / sum_{j in topk} p_j = exp(l_i) / sum_{j in topk} exp(l_j). Replay in Megatron
 (``moe_enable_routing_replay``, ``RouterReplayAction.REPLAY_FORWARD``) gathers the live logits at the
-forced ids and softmaxes them: the same live, renormalised gates as rl_core.model.route.
+forced ids and softmaxes them: the same live, renormalised gates as rl_core.policy.model.route.
 """
 
 from __future__ import annotations
@@ -73,9 +74,10 @@ import torch
 import torch.nn.functional as F
 
 from rl_core.config import ConfigError
-from rl_core.megatron_convert import hf_to_megatron, megatron_to_hf
-from rl_core.megatron_parallel import Layout, clip_grad_norm, gathered, local_slice, reduce_grads
-from rl_core.model import PolicyOutput, config_value, from_hub_layout, load_pretrained
+from rl_core.policy.model import PolicyOutput, config_value, from_hub_layout, load_pretrained
+from rl_core.training.base import OWN_GRAD_REDUCTION, OWN_OPTIMIZER_STATE
+from rl_core.training.megatron.convert import hf_to_megatron, megatron_to_hf
+from rl_core.training.megatron.parallel import Layout, clip_grad_norm, gathered, local_slice, reduce_grads
 
 
 def transformer_config_kwargs(hf_cfg: dict, params_dtype: torch.dtype = torch.float32) -> dict:
@@ -153,7 +155,7 @@ def partial_router_replay() -> type:
     so importing this module needs no megatron):
 
     * rows of the target indices that hold -1 route naturally (pads, tokens the rollout engine never ran,
-      prompts when ``replay.replay_prompt`` is false), as rl_core.model.route does;
+      prompts when ``replay.replay_prompt`` is false), as rl_core.policy.model.route does;
     * the natural top-k is recorded under replay too (``recorded_topk_idx``: e_pi, the diagnostics need
       it), and the ids actually used are kept in ``used_topk_idx``.
 
@@ -194,16 +196,19 @@ def _left_aligned(mask: torch.Tensor) -> torch.Tensor:
 
 
 class MegatronPolicy(torch.nn.Module):
-    """Megatron-core's GPTModel behind the interface of rl_core.model.MoEPolicy, so the torch engine's
-    scoring (rl_core.engine.token_logprobs), the objectives, AdamW and the run loop use it unchanged.
+    """Megatron-core's GPTModel behind the interface of rl_core.policy.model.MoEPolicy, so the torch engine's
+    scoring (rl_core.training.scoring.token_logprobs), the objectives, AdamW and the run loop use it
+    unchanged.
 
     ``forward(input_ids, attention_mask, replay) -> PolicyOutput`` (logits (B, T, V), routing and
     routing_natural (B, T, L, k), -1 and 0 at pads); routing record / replay through Megatron's RouterReplay
     (``moe_enable_routing_replay``): RECORD when ``replay`` is None, else REPLAY_FORWARD of ``replay``.
     ``parameters()`` are the GPTModel's (the optimizer steps them); ``state_dict()`` /
-    ``load_state_dict()`` speak our layout (rl_core.model), so checkpoints, the rollout engine's weight
+    ``load_state_dict()`` speak our layout (rl_core.policy.model), so checkpoints, the rollout engine's weight
     sync and save_pretrained need no Megatron.
     """
+
+    capabilities = frozenset({OWN_GRAD_REDUCTION, OWN_OPTIMIZER_STATE})  # rl_core.training.base
 
     def __init__(self, hf_cfg: dict, gpt):
         super().__init__()
@@ -220,7 +225,7 @@ class MegatronPolicy(torch.nn.Module):
         sequence parallelism (a performance guard; its local norm spec refuses sequence parallelism without
         Apex or Transformer Engine). Nothing in them differs between modes here (no dropout, aux loss,
         z-loss or jitter); the duplicated tokens this costs are accounted in
-        megatron_parallel.reduce_grads."""
+        rl_core.training.megatron.parallel.reduce_grads."""
         super().train(mode)
         if self.layout.tp > 1:
             for layer in self.gpt.decoder.layers:
@@ -241,8 +246,8 @@ class MegatronPolicy(torch.nn.Module):
 
     def _common_width(self, input_ids: torch.Tensor) -> int:
         """The widest T among the expert-parallel ranks: their data-parallel shares are scored with
-        different widths (rl_core.engine trims pad columns), but Megatron's allgather dispatcher takes
-        equal token counts from every EP rank. A collective when EP > 1."""
+        different widths (rl_core.training.scoring trims pad columns), but Megatron's allgather dispatcher
+        takes equal token counts from every EP rank. A collective when EP > 1."""
         B, T = input_ids.shape
         if self.layout.ep == 1:
             return T
@@ -286,8 +291,8 @@ class MegatronPolicy(torch.nn.Module):
                             unalign(torch.stack(natural, 2), -1))
 
     def state_dict(self, *args, **kwargs) -> dict[str, torch.Tensor]:
-        """The full weights in our layout (rl_core.model's stacked experts), detached; under TP / EP the
-        ranks' slices gathered (a collective: every rank calls it)."""
+        """The full weights in our layout (rl_core.policy.model's stacked experts), detached; under TP / EP
+        the ranks' slices gathered (a collective: every rank calls it)."""
         own = {k: v.detach() for k, v in self.gpt.state_dict().items()
                if torch.is_tensor(v) and not k.endswith("_extra_state")}
         if self.layout.parallel:
@@ -301,7 +306,7 @@ class MegatronPolicy(torch.nn.Module):
 
     def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
         """Gradients made the one-process step's over the ranks, then clipped by the global norm
-        (rl_core.megatron_parallel); one process: torch's clip_grad_norm_."""
+        (rl_core.training.megatron.parallel); one process: torch's clip_grad_norm_."""
         if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
             return torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
         reduce_grads(self.gpt, self.layout)
@@ -335,7 +340,8 @@ class MegatronPolicy(torch.nn.Module):
 def init_megatron(seed: int, tensor_parallel: int = 1, expert_parallel: int = 1) -> None:
     """torch.distributed (a gloo group of world size 1 when none exists: one process) and Megatron's
     parallel state at these sizes (the world left over is data-parallel) and RNG tracker, unless already
-    set up. Under torchrun the caller joins the process group first (rl_core.distributed.from_env)."""
+    set up. Under torchrun the caller joins the process group first
+    (rl_core.training.distributed.from_env)."""
     import torch.distributed as dist
     from megatron.core import parallel_state
     from megatron.core.tensor_parallel.random import model_parallel_cuda_manual_seed
@@ -351,7 +357,7 @@ def init_megatron(seed: int, tensor_parallel: int = 1, expert_parallel: int = 1)
 def load_megatron(path, seed: int = 0, device: torch.device | None = None, tensor_parallel: int = 1,
                   expert_parallel: int = 1) -> MegatronPolicy:
     """The checkpoint at ``path`` (our HF layout) as a :class:`MegatronPolicy` (fp32 parameters), this
-    rank's tensor- and expert-parallel slices of it (rl_core.megatron_parallel).
+    rank's tensor- and expert-parallel slices of it (rl_core.training.megatron.parallel).
 
     On a CUDA GPU Megatron runs as shipped. On a CPU megatron-core 0.16.1 does not run as shipped (its
     RNG tracker, RoPE and router call CUDA); tests/megatron_cpu_shim.py, which only the tests install,

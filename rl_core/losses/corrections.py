@@ -5,7 +5,8 @@ with r = pi_theta/pi_old clipped as in MiniRL and a detached weight w built from
 they differ only in w (:func:`tis_decoupled`, :func:`icepop`, :func:`seq_mis`, :func:`seq_tis`). They keep
 MiniRL's token sum / n (verl's default token-mean differs by the mini-batch's mean length, one scalar per
 step), so a head-to-head comparison isolates the correction. :func:`gspo` replaces the token ratio by a
-length-normalised sequence ratio. Same signature and conventions as rl_core.objectives, which registers them.
+length-normalised sequence ratio. Same signature and conventions as rl_core.losses.objectives, which registers
+them.
 
 Paper index: decoupled PPO, Hilton et al. 2021 (arXiv 2110.00641) as verl's rollout correction runs it;
 IcePop, Ling Team 2025 (Ring-1T, "Every Step Evolves", arXiv 2510.18855); sequence-level masked / truncated
@@ -20,7 +21,7 @@ import math
 import torch
 from torch import Tensor
 
-from rl_core.loss_parts import (
+from rl_core.losses.parts import (
     SEQ_RATIOS,
     LossOutput,
     LossParams,

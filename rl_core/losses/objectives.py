@@ -17,12 +17,12 @@ Positions outside ``mask`` may hold anything (0, huge, inf, nan): they are repla
 ``torch.where`` before any arithmetic, so they add exactly nothing to the loss, the gradient or the stats.
 
 Where things live: this module holds the paper's objectives and the registry; the field's corrections are
-in rl_core.corrections, the shared parts (aggregation, IS weights, LossParams, stats) in rl_core.loss_parts,
-the advantages in rl_core.advantages. All are importable from here.
+in rl_core.losses.corrections, the shared parts (aggregation, IS weights, LossParams, stats) in
+rl_core.losses.parts, the advantages in rl_core.losses.advantages. All are importable from here.
 
 Paper index: MiniRL and variants, Zheng et al. 2025 (arXiv 2512.01374); GRPO, Shao et al. 2024
 (DeepSeekMath, arXiv 2402.03300); CISPO, MiniMax 2025 (MiniMax-M1, arXiv 2506.13585); the corrections'
-papers are indexed in rl_core.corrections.
+papers are indexed in rl_core.losses.corrections.
 """
 
 from __future__ import annotations
@@ -34,9 +34,9 @@ from typing import NamedTuple
 import torch
 from torch import Tensor
 
-from rl_core.advantages import ADVANTAGES, group_mean, group_zscore
-from rl_core.corrections import gspo, icepop, seq_mis, seq_tis, tis_decoupled
-from rl_core.loss_parts import (
+from rl_core.losses.advantages import ADVANTAGES, group_mean, group_zscore
+from rl_core.losses.corrections import gspo, icepop, seq_mis, seq_tis, tis_decoupled
+from rl_core.losses.parts import (
     AGGREGATIONS,
     CISPO_NORMS,
     IS_WEIGHTS,

@@ -78,8 +78,8 @@ class AdamW:
         for g in saved:
             unsupported = {k: g[k] for k, v in _FIXED.items() if k in g and bool(g[k]) != bool(v)}
             if unsupported:
-                raise ValueError(f"optimizer state with {unsupported}: rl_core.adamw.AdamW implements "
-                                 f"{ {k: _FIXED[k] for k in unsupported} } only")
+                raise ValueError(f"optimizer state with {unsupported}: rl_core.training.adamw.AdamW "
+                                 f"implements { {k: _FIXED[k] for k in unsupported} } only")
         params, self.state = self._params(), {}
         for i, s in state_dict["state"].items():
             p = params[int(i)]

@@ -1,6 +1,6 @@
 """The side files that make a checkpoint directory usable as is by `transformers` (and vLLM).
 
-:func:`rl_core.model.save_pretrained` writes config.json, model.safetensors and tokenizer.json, then
+:func:`rl_core.policy.model.save_pretrained` writes config.json, model.safetensors and tokenizer.json, then
 :func:`write_side_files` adds:
 
 * ``tokenizer_config.json``: the tokenizer class and which of tokenizer.json's own tokens are pad, eos and

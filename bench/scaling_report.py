@@ -1,19 +1,18 @@
 """`make bench`'s scaling part: RL step time against width, batch and response length, and the cost model.
 
-bench/scaling.py measures the points (one factor at a time around the first); :func:`rl_core.cost.fit` turns
-them into the coefficients that `python -m rl_core.grid GRID --estimate` uses, written to bench.json under
-``cost_model``. The table here lists every point beside what the fitted model predicts for it, and the
-slopes: the log-log exponent of step time in each factor (1 = linear), and the linear fit's seconds per unit.
+bench/scaling.py measures the points (one factor at a time around the first);
+:func:`rl_core.orchestration.cost.fit` turns them into the coefficients that `python -m
+rl_core.orchestration.grid GRID --estimate` uses, written to bench.json under ``cost_model``. The table here
+lists every point beside what the fitted model predicts for it, and the slopes: the log-log exponent of step
+time in each factor (1 = linear), and the linear fit's seconds per unit.
 """
 
 from __future__ import annotations
 
 import math
-import sys
-from pathlib import Path
 
 from rl_core import config as C
-from rl_core import cost
+from rl_core.orchestration import cost
 
 #: One factor at a time around the first point (width d, prompts B, response length L); G = 8, N = 1.
 SCALING = {"G": 8, "N": 1, "warmup": 1, "steps": 2,
@@ -23,13 +22,6 @@ SCALING = {"G": 8, "N": 1, "warmup": 1, "steps": 2,
            "formats": ["fp32", "bf16", "fp8_w8a16", "fp8", "mxfp4"],
            "coldstart": {"batch_size": 32, "steps": 3}}
 FACTORS = {"d": "width d", "B": "prompts B", "L": "response length L"}
-
-
-def bench_scaling(ckpt: Path, threads: int, task: dict) -> dict:
-    from rl_core.bench import run_helper
-
-    spec = {**SCALING, "ckpt": str(ckpt), "task": task, "threads": threads}
-    return run_helper(Path(sys.executable), "scaling.py", spec, threads, timeout=900)
 
 
 def _cov(xs: list[float], ys: list[float]) -> float:
@@ -89,4 +81,4 @@ def arm_check(c: dict, arm: dict, arm_cfg: dict) -> dict:
     return {"predicted_s": pred["total_s"], "measured_s": arm.get("train_cpu_s", arm["train_wall_s"])}
 
 
-__all__ = ["SCALING", "bench_scaling", "slopes", "predicted", "format_scaling", "arm_check"]
+__all__ = ["SCALING", "slopes", "predicted", "format_scaling", "arm_check"]

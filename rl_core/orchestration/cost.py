@@ -1,10 +1,11 @@
 """What a grid costs before it runs: a cost model of the RL step, fitted by `make bench`, in plain Python.
 
-    python -m rl_core.grid experiments/paper.yaml --estimate [--cores 2] [--seeds 0,1,2] [--preset mini]
+    python -m rl_core.orchestration.grid experiments/paper.yaml --estimate [--cores 2] [--seeds 0,1,2]
+        [--preset mini]
 
-Imports no torch (STYLE habit 9): rl_core.grid calls it while Snakemake builds the DAG. Seconds are CPU
-seconds of one thread on the machine `make bench` ran on, i.e. wall seconds of a job that has a core to
-itself; on a machine shared with other jobs the wall is longer by the load. The model (d0 = the width it
+Imports no torch (STYLE habit 9): rl_core.orchestration.grid calls it while Snakemake builds the DAG. Seconds
+are CPU seconds of one thread on the machine `make bench` ran on, i.e. wall seconds of a job that has a core
+to itself; on a machine shared with other jobs the wall is longer by the load. The model (d0 = the width it
 was measured at, x = d / d0):
 
     rollout, M rows, up to L new tokens, mean length R:  (L r_step + M R r_row) x^a_roll f_roll[format]
@@ -33,7 +34,8 @@ import json
 import math
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from rl_core.paths import REPO
+
 BENCH_JSON = REPO / "results" / "bench" / "bench.json"
 
 #: Committed defaults: `make bench` on this repository's 2-core machine (Intel Xeon with AMX-BF16, 1 thread
@@ -176,7 +178,7 @@ def step_seconds(c: dict, d: int, N: int, B: int, G: int, L: int, rollout: str =
 
 def n_evals(steps: int, every: int, N: int) -> int:
     """Eval rows an arm writes: step 0, each global step crossing a multiple of `every`, the last
-    (rl_core.train._due)."""
+    (rl_core.train.due)."""
     return 1 + sum(1 for s in range(N, steps + 1, N) if s % every < N or s >= steps)
 
 
@@ -204,7 +206,8 @@ def _schedule(jobs: list[float], cores: int, load: list[float] | None = None) ->
 
 
 def grid_estimate(grid, cores: int = 2, c: dict | None = None) -> dict:
-    """grid: an rl_core.grid.Grid. Seconds per stage and the whole grid's wall on `cores` cores."""
+    """grid: an rl_core.orchestration.grid.Grid. Seconds per stage and the whole grid's wall on `cores`
+    cores."""
     c = c or load()
     base = grid.base_config
     d, p = base.model.hidden_size, base.pipeline

@@ -7,7 +7,7 @@ torch FSDP2 (``torch.distributed.fsdp.fully_shard``).
 Device: ``auto`` is cuda when torch sees a GPU, else cpu; ``cuda`` without one is a ConfigError before any
 work. Under torchrun rank r takes ``cuda:LOCAL_RANK``. The policy, the batch and the embedded rollout engine
 live on that device (the embedded engine is the GPU fallback when vLLM is not installed); bf16 is the same
-autocast path on either device (rl_core.engine).
+autocast path on either device (rl_core.training.scoring).
 
 Data parallel (W > 1), how one mini-batch of B prompts x G responses is trained:
 
@@ -41,6 +41,7 @@ import torch
 import torch.distributed as dist
 
 from rl_core.config import ConfigError, RunConfig
+from rl_core.training.base import OWN_GRAD_REDUCTION
 
 
 def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
@@ -185,8 +186,8 @@ def shard(policy: torch.nn.Module, ranks: Ranks) -> torch.nn.Module:
 
     Gradients are SUMMED over ranks, not averaged: each rank's loss already carries the global
     normaliser. ``force_sum_reduction_for_comms`` keeps the collectives plain sums (gloo has no
-    PREMUL_SUM). An engine that reduces its own gradients (``clip_grad_norm``: Megatron's) is left be."""
-    if ranks.world == 1 or hasattr(policy, "clip_grad_norm"):
+    PREMUL_SUM). An engine that reduces its own gradients (OWN_GRAD_REDUCTION: Megatron's) is left be."""
+    if ranks.world == 1 or OWN_GRAD_REDUCTION in policy.capabilities:
         return policy
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import fully_shard
@@ -223,7 +224,7 @@ def unsharded(policy: torch.nn.Module, ranks: Ranks) -> torch.nn.Module:
     """The policy as one plain CPU module (for save_pretrained); a collective under FSDP2."""
     if ranks.world == 1:
         return policy
-    from rl_core.model import MoEPolicy
+    from rl_core.policy.model import MoEPolicy
 
     plain = MoEPolicy(policy.config)
     plain.load_state_dict({k: v.cpu() for k, v in full_state_dict(policy).items()})
@@ -253,8 +254,8 @@ def load_optimizer_state(opt, state: dict) -> None:
 
 def clip_grad_norm(policy: torch.nn.Module, max_norm: float) -> torch.Tensor:
     """The global gradient norm (over every rank's shards), clipped to ``max_norm``; a plain tensor. An
-    engine whose gradients need their own reductions first (Megatron's) brings its own."""
-    if hasattr(policy, "clip_grad_norm"):
+    engine whose gradients need their own reductions first (OWN_GRAD_REDUCTION: Megatron's) brings its own."""
+    if OWN_GRAD_REDUCTION in policy.capabilities:
         return policy.clip_grad_norm(max_norm)
     return _full(torch.nn.utils.clip_grad_norm_(policy.parameters(), max_norm))
 

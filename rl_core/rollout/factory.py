@@ -1,0 +1,26 @@
+"""The run's rollout engine from its config (``rollout.engine``): vLLM, or the embedded engine on the training
+device."""
+
+from __future__ import annotations
+
+import torch
+
+from rl_core.config import RunConfig
+from rl_core.rollout.embedded import EmbeddedRolloutEngine
+from rl_core.training.distributed import OnDevice
+
+
+def make_rollout_engine(cfg: RunConfig, policy, device: torch.device | None = None,
+                        weights: dict | None = None):
+    """vLLM (its own devices), else the embedded engine on the training device (a GPU's fallback), from
+    ``weights`` (default: the policy's)."""
+    if cfg.rollout.engine == "vllm":
+        from rl_core.rollout.vllm.engine import VLLMRolloutEngine  # optional extra
+
+        return VLLMRolloutEngine(cfg.init, cfg.rollout.precision)
+    weights = policy.state_dict() if weights is None else weights
+    make = lambda: EmbeddedRolloutEngine(policy.config, weights, cfg.rollout.precision, cfg.rollout.kv_cache)  # noqa: E731
+    return make() if device is None or device.type == "cpu" else OnDevice(make, device)
+
+
+__all__ = ["make_rollout_engine"]
