@@ -4,8 +4,8 @@ A stress figure of a grid file names one ``stress`` key (``train.lr``, ``train.n
 formats ordered by their train-inference gap) with its levels; every arm runs at every level and seed.
 Which run belongs to which (figure, base arm, level) is read from the grid, not from the run names: the
 figure's arms crossed with its ``axes`` are the base arms (rl_core.orchestration.grid's expansion), each
-base arm crossed with the stress levels gives the names of its runs, and the level of a run is the value of the stress key
-in its own config.json (the expansion's value when the config lacks it). Definitions:
+base arm crossed with the stress levels gives the names of its runs, and the level of a run is the value of
+the stress key in its own config.json (the expansion's value when the config lacks it). Definitions:
 
 * **survival**: a run survives when analysis.stability's collapse rule (``score-drop-or-kl-break``) finds no
   collapse (``collapse_step`` NaN). The survival fraction of an (arm, level) is the share of its seeds that
