@@ -19,7 +19,7 @@ specific layer wins). Options beside it:
 Layout under DIR/{grid}/: models/{base,terse,chain,scratchpad}/ (HF checkpoints), models/eval_*.json,
 runs/{figure}/{arm}/seed{seed}/ (the trainer's files), logs/, grid.yaml, mlflow_parent.json, report/;
 and DIR/index.html over all grids. Files are the contract between rules; MLflow mirrors them.
-Nothing here imports torch (STYLE habit 9): every job runs `python -m ...` in its own process.
+Nothing here imports torch (docs/conventions.md §8): every job runs `python -m ...` in its own process.
 """
 
 import sys

@@ -1,4 +1,4 @@
-"""Runs -> tidy frames -> stability metrics -> plots -> report (no torch; see DESIGN.md "Reports").
+"""Runs -> tidy frames -> stability metrics -> plots -> report (no torch; see docs/architecture.md §7).
 
 Modules, leaves to root: ``load`` (run files -> tidy + runs frames), ``stability`` (collapse rule,
 per-run metrics, IQM + bootstrap per arm), ``findings`` (the paper's conclusions as testable items),

@@ -27,9 +27,9 @@ Verdicts, on per-arm IQM intervals over seeds (analysis.stability):
 
 * better: "agrees" when the better arm's interval lies on the better side of each worse arm's by more
   than `tolerance` (the metric's default: 0.05 for scores, about five standard errors of one mini-preset
-  evaluation, avg@16 on 128 problems; README); "disagrees" when any worse arm's interval lies on
-  the better side by more than that; else "inconclusive: CIs overlap", or "inconclusive: CIs apart by
-  less than the tolerance" when no two of them overlap (with one seed per arm:
+  evaluation, avg@16 on 128 problems; docs/results.md, "The starting regime"); "disagrees" when any
+  worse arm's interval lies on the better side by more than that; else "inconclusive: CIs overlap", or
+  "inconclusive: CIs apart by less than the tolerance" when no two of them overlap (with one seed per arm:
   "inconclusive: one seed per arm (a point, no interval): gap within tolerance"). The margin matters
   most with one seed, whose interval is a point: a 0.01 gap between two single runs is evaluation
   noise, not a finding. On ``collapse_step``, when none of the compared runs collapsed: "inconclusive:

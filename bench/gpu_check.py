@@ -13,12 +13,13 @@ builds a tiny-MoE cold start (pretrain + SFT, on the CPU, ~5 s) and runs these a
 * cuda_bf16_x2:  the same under `torchrun --nproc-per-node 2` (FSDP2) where 2 GPUs are visible;
 * vllm_bf16:     rollout.engine=vllm (the GPU build) with the cuda bf16 trainer, where a Python with vLLM's
                  GPU build is found ($VLLM_PYTHON, this one, or .venv-vllm/bin/python);
-* megatron:      listed as skipped: rl_core has no Megatron training engine yet
-                 (rl_core.orchestration.capabilities).
+* megatron:      listed as not run: the Megatron-core training engine (train.engine=megatron, fp32 only)
+                 lives in its own venv; `make test-megatron` checks it against the torch engine.
 
 Checks (exit 1 when one fails): every arm completed and its summary records the device it was asked for;
 the fp32 trainer's log-probs on the GPU equal the CPU's to 1e-4 nats on a sampled batch; each arm's
-train-inference KL k3 is below 0.05 (bf16 against bf16: about 1e-3 on this model, README).
+train-inference KL k3 is below 0.05 (a bf16 rollout engine's gap is about 1e-3 on a tiny
+model: docs/results.md, "The engines' agreement").
 """
 
 from __future__ import annotations
@@ -167,8 +168,7 @@ def main(argv: list[str] | None = None) -> int:
             arms.append(("vllm_bf16", [vpy], vllm, gpu))
         else:
             say("vllm_bf16: skipped (no Python with vLLM's GPU build: set VLLM_PYTHON)")
-        say("megatron: skipped (rl_core has no Megatron-core training engine yet; see "
-            "rl_core.orchestration.capabilities)")
+        say("megatron: not run here (train.engine=megatron needs megatron-core: make test-megatron)")
         results = []
         for name, cmd, overrides, _ in arms:
             merged = json.loads(json.dumps(steps))

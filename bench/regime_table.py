@@ -13,7 +13,7 @@ rollout.max_new_tokens; per cold start, the workflow's benchmark (``MODELS_DIR/e
 the held-out problems, fp32 engine). The training reward is on prompts the teacher solved in SFT, so it
 runs above the benchmark.
 Prints a markdown table beside the paper's figures; --json writes the numbers. Nothing here is tuned to a
-target: it is how the regime was chosen (README, "Starting regime").
+target: it is how the regime was chosen (docs/results.md, "The starting regime").
 """
 
 from __future__ import annotations
@@ -34,8 +34,9 @@ from rl_core.step import train_infer_kl
 from rl_core.tasks import make_task
 from rl_core.training.scoring import token_logprobs
 
-#: The paper's MiniRL starting point (figure 1; PAPER.md): entropy ~0.30 nats/token, train-inference KL
-#: ~3e-3 (FP8 rollout against the BF16 trainer). Its initial scores and lengths differ per cold start.
+#: The paper's MiniRL starting point (figure 1; docs/objective.md §11): entropy ~0.30 nats/token,
+#: train-inference KL ~3e-3 (FP8 rollout against the BF16 trainer). Its initial scores and lengths differ per
+#: cold start.
 PAPER = {"entropy": 0.30, "kl": 3e-3}
 
 

@@ -202,7 +202,7 @@ class TrainConfig:
 
 @dataclass
 class LossConfig:
-    """The objective (PAPER.md section 3); `objective` picks a registry entry of rl_core.losses.objectives."""
+    """The objective (docs/objective.md §3-§6): `objective` names an entry of rl_core.losses.objectives."""
 
     objective: str = F("minirl", "Objective by name (rl_core.losses.objectives' paper index says which "
                        "source each follows).", choices=(
@@ -235,7 +235,7 @@ class LossConfig:
 
 @dataclass
 class ReplayConfig:
-    """MoE routing replay (PAPER.md section 2)."""
+    """MoE routing replay (docs/objective.md §5)."""
 
     mode: str = F("none", "none; r2: replay the training engine's old routing; r3: replay the rollout "
                   "engine's routing.", choices=("none", "r2", "r3"))
@@ -258,8 +258,8 @@ class PipelineConfig:
 
     pretrain_steps: int = F(900, "Next-token steps of base pretraining.", ge=0)
     sft_steps: int = F(400, "SFT steps of each cold start on its teacher's solutions (400: the `chain` cold "
-                       "start then starts at the paper's score and train-inference KL; README, Starting "
-                       "regime).", ge=0)
+                       "start then starts at the paper's score and train-inference KL; docs/results.md, "
+                       "\"The starting regime\").", ge=0)
     batch_size: int = F(64, "Sequences per pretraining/SFT step.", ge=1)
     lr: float = F(3e-3, "Peak AdamW learning rate of pretraining (warm-up 5%, cosine to 10%).", gt=0)
     sft_lr: float = F(1e-3, "Peak AdamW learning rate of SFT (2e-3 already erodes the base's arithmetic).",

@@ -1,11 +1,11 @@
-"""One global step of the RL core (PAPER.md sections 1-5), as plain functions.
+"""One global step of the RL core (docs/objective.md §7), as plain functions.
 
     collect():  N x B prompts -> rollout engine (mu_old: ids, logp_behavior, routing e_mu_old)
                 -> verifier rewards -> group advantages
                 -> training engine at theta_old (pi_old: logp_old; routing e_pi_old)
     update():   one mini-batch -> forward with the arm's replay (pi_theta) -> objective -> AdamW step
 
-Replay per arm (PAPER.md section 2):
+Replay per arm (docs/objective.md §5):
     none: every forward routes naturally.
     r2:   the logp_old pass routes naturally and records e_pi_old; every update replays e_pi_old.
     r3:   the logp_old pass and every update replay the rollout engine's e_mu_old.
@@ -166,7 +166,7 @@ def train_infer_kl(log_r: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 def diagnostics(batch: Batch, rows: torch.Tensor, logp_new: torch.Tensor, entropy: torch.Tensor,
                 routing_new: torch.Tensor) -> dict:
-    """Per-mini-batch diagnostics of PAPER.md section 5 (no gradient)."""
+    """Per-mini-batch diagnostics of docs/objective.md §8 (no gradient)."""
     ro = batch.rollout
     mask = ro.response_mask[rows]
     logp_b, logp_old = ro.logp_behavior[rows], batch.logp_old[rows]

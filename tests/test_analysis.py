@@ -310,7 +310,7 @@ def test_paper_findings_are_valid_for_the_paper_grid():
 
     grid = load_grid(ROOT / "experiments" / "paper.yaml")  # validates the findings against the arms as run
     findings = grid.data["findings"]
-    assert len(findings) >= 20  # every conclusion of PAPER.md section 4 is stated
+    assert len(findings) >= 20  # every conclusion of docs/objective.md §11 is stated
     validate_findings(findings, {f: {"arms": dict.fromkeys(arms)} for f, arms in grid.figures.items()})
 
 

@@ -1,4 +1,4 @@
-"""Objectives: hand-derived values, stop-gradients, invariances (STYLE.md habits 2 and 3).
+"""Objectives: hand-derived values, stop-gradients, invariances (docs/conventions.md §3 and §4).
 
 Everything runs in float64 so hand values hold to ~1e-12. The shared example (B=2, T=3) is built from
 ratio tables, so every expected number below is arithmetic on those tables:

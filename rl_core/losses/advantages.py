@@ -1,4 +1,4 @@
-"""Advantages from a group's binary rewards (PAPER.md section 3): MiniRL's group mean, GRPO's z-score.
+"""Advantages from a group's binary rewards (docs/objective.md §3.4): MiniRL's group mean, GRPO's z-score.
 
 Rewards are group-contiguous (B*G,): prompt i's G responses are rows i*G .. i*G+G-1.
 """

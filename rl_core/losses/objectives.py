@@ -1,5 +1,5 @@
-"""Policy-gradient objectives (PAPER.md section 3): MiniRL and its ablation variants, GRPO, CISPO, and the
-field's train-inference corrections beside them (decoupled TIS, IcePop, sequence-level MIS/TIS, GSPO).
+"""Policy-gradient objectives (docs/objective.md §3-§6): MiniRL and its ablation variants, GRPO, CISPO, and
+the field's train-inference corrections beside them (decoupled TIS, IcePop, sequence-level MIS/TIS, GSPO).
 
 verl ``core_algos`` style: every term is a pure function of tensors and plain numbers (no config object,
 no ``.item()``, no logging), all with one signature, looked up by name in :data:`OBJECTIVES`; the

@@ -2,8 +2,8 @@
 (the normalisation, one tested function), the IS weights, the loss parameters, the input cleaning that makes
 garbage outside the mask harmless, PPO's clip mask and the uniform stats dict.
 
-Pure functions of tensors and plain numbers (STYLE.md habit 1); see rl_core.losses.objectives for the tensor
-names.
+Pure functions of tensors and plain numbers (docs/conventions.md §2); see rl_core.losses.objectives for the
+tensor names.
 """
 
 from __future__ import annotations

