@@ -32,8 +32,8 @@ measurements behind them: docs/results.md, "The engines' agreement"):
   fp8-quantised) are not refreshed by writing into the checkpoint-format parameters, and on the CPU build
   the dense linears' parameters are empty after repacking. The GPU build (capability "inplace_sync") syncs
   in place, the way vLLM's RLHF examples do: a worker extension (rl_core.rollout.vllm.worker) loads the
-  hub-layout tensors through ``collective_rpc`` and runs ``process_weights_after_loading``; the prefix cache is reset;
-  and between a rollout and the next sync the engine sleeps (``LLM.sleep(level=1)``: KV cache freed,
+  hub-layout tensors through ``collective_rpc`` and runs ``process_weights_after_loading``; the prefix cache
+  is reset; and between a rollout and the next sync the engine sleeps (``LLM.sleep(level=1)``: KV cache freed,
   weights parked in CPU memory) so the trainer on the same GPU has the memory. After EVERY in-place sync a
   sample of tensors (embedding, lm_head, norms and two random layers' qkv, o_proj, router and experts) is
   read back from the engine and must equal the trainer's, cast to the engine's dtype, exactly; where one
