@@ -5,8 +5,8 @@
 
 Imports no torch (docs/conventions.md §8): rl_core.orchestration.grid calls it while Snakemake builds the
 DAG. Seconds are CPU seconds of one thread on the machine `make bench` ran on, i.e. wall seconds of a job
-that has a core to itself; on a machine shared with other jobs the wall is longer by the load. The model (d0 = the width it
-was measured at, x = d / d0):
+that has a core to itself; on a machine shared with other jobs the wall is longer by the load. The model
+(d0 = the width it was measured at, x = d / d0):
 
     rollout, M rows, up to L new tokens, mean length R:  (L r_step + M R r_row) x^a_roll f_roll[format]
     update, one mini-batch of m rows of P + R tokens:   (u_fixed + m (P + R) u_tok) x^a_train f_train[prec]
