@@ -179,6 +179,11 @@ class TrainConfig:
     grad_clip: float = F(1.0, "Max global gradient norm (0 disables).", ge=0)
     seed: int = F(0, "Seed of prompt order, sampling and init.", ge=0)
     threads: int = F(1, "torch intra-op threads of this run.", ge=1)
+    log_samples: int = F(4, "Rollout samples kept in RUN_DIR/samples.jsonl (rl_core.samples): each global "
+                         "step's first this many rollouts (prompt, response, reward; per token the "
+                         "train-inference log-ratio, IS weight and clip mask) and each benchmark's first "
+                         "response to its first this many problems (at most 8). The first rows, not a random "
+                         "draw: the numbers do not change. 0: none.", ge=0)
     compile: bool = F(False, "torch.compile (inductor) the torch engine's decoder layers: fused elementwise "
                       "kernels, faster updates and pi_old passes (make bench: ours vs ours compiled), for a "
                       "one-off compile of each graph per process (tens of CPU seconds; inductor's on-disk "

@@ -25,10 +25,11 @@ from pathlib import Path
 
 import torch
 
+from rl_core import samples
 from rl_core.cli import UsageError
 
 #: Files whose presence means the directory holds results (not just a lock or a config).
-RESULTS = ("metrics.jsonl", "summary.json", "DONE", "ckpt", "policy")
+RESULTS = ("metrics.jsonl", "samples.jsonl", "summary.json", "DONE", "ckpt", "policy")
 STATE, PREV = "state.pt", "state.prev.pt"
 
 
@@ -135,17 +136,26 @@ class RunFiles:
     def __init__(self, out: Path, writes: bool = True):
         self.out, self.writes = out, writes  # writes=False: a rank other than 0 (reads, never writes)
         self.metrics = out / "metrics.jsonl"
+        self.samples = out / "samples.jsonl"
         self.ckpt = out / "ckpt" / "state.pt"
         self.last_eval: dict = {}  # the latest eval row written (the progress line shows its score)
 
     def rows(self) -> int:
         return sum(1 for _ in self.metrics.open("rb")) if self.metrics.exists() else 0
 
-    def truncate(self, n_rows: int) -> None:
+    def truncate(self, n_rows: int, step: int | None = None) -> None:
+        """Keep the first ``n_rows`` metric rows and the samples up to gradient step ``step`` (None: none):
+        what a checkpoint of ``n_rows`` rows at ``step`` had written."""
         if not self.writes:
             return
         lines = self.metrics.read_bytes().splitlines(keepends=True) if self.metrics.exists() else []
         self.metrics.write_bytes(b"".join(lines[:n_rows]))
+        samples.keep_through(self.samples, step)
+
+    def append_samples(self, rows: list[dict]) -> None:
+        if self.writes and rows:
+            with self.samples.open("a") as f:
+                f.write("".join(json.dumps(r, allow_nan=True) + "\n" for r in rows))
 
     def append(self, row: dict) -> None:
         row = {**row, "perf/time": time.time()}  # wall clock, unix s: MLflow's metric timestamps

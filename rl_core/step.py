@@ -50,6 +50,9 @@ class Batch:
     replay: torch.Tensor | None  # (M, T, L, k) what every update forward replays (None: route naturally)
     processed: torch.Tensor  # (M, T) bool: tokens the rollout engine ran through its router
     old_pending: torch.Tensor  # (M,) bool: rows whose pi_old the first update fills in (mini-batch 1)
+    # (M, T) each: the per-token tensors of the update that trained each row (LossOutput.tokens: IS weight,
+    # clip mask, dropped by a correction), filled in by update(); what the rollout samples show
+    tokens: dict[str, torch.Tensor] = dataclasses.field(default_factory=dict)
 
 
 def prompt_indices(n_train: int, seed: int, global_step: int, count: int) -> list[int]:
@@ -140,8 +143,10 @@ def score(cfg: RunConfig, policy, sampled: Sampled, ranks: Ranks = SINGLE) -> Ba
     replay_r2 = routing_used if cfg.replay.replay_prompt else _without_prompt(routing_used, ro.prompt_len)
     replay = {"none": None, "r2": replay_r2, "r3": replay_r3}
     old_pending = torch.arange(len(ro), device=ro.input_ids.device) < cfg.train.batch_prompts * G
+    tokens = {"is_weight": torch.full_like(logp_old, float("nan")),
+              "clipped": torch.zeros_like(processed), "masked": torch.zeros_like(processed)}
     return Batch(ro, sampled.rewards, sampled.advantages, logp_old, routing_old, replay[cfg.replay.mode],
-                 processed, old_pending)
+                 processed, old_pending, tokens)
 
 
 def collect(cfg: RunConfig, policy, engine: RolloutEngine, task, problems: list,
@@ -235,6 +240,9 @@ def update(cfg: RunConfig, policy, opt, batch: Batch, rows: torch.Tensor,
         with torch.no_grad():
             out = objective.loss(logp_new, batch.logp_old[rows], ro.logp_behavior[rows],
                                  batch.advantages[rows], ro.response_mask[rows], params)
+    for name, value in out.tokens.items():  # the rows' per-token weights and masks (rollout samples)
+        if name in batch.tokens:
+            batch.tokens[name][rows] = value.to(batch.tokens[name].dtype)
     finite = bool(torch.isfinite(out.loss)) and bool(torch.isfinite(grad_norm))
     if finite:
         opt.step()

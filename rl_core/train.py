@@ -7,6 +7,8 @@ Run files (the contract with the workflow and the analysis):
     config.json    the resolved RunConfig
     meta.json      grid / figure / arm / label / seed (from the workflow; optional)
     metrics.jsonl  one JSON row per gradient step, plus eval rows (step 0, every eval.every, the last)
+    samples.jsonl  a few rollouts per global step and benchmark responses per eval (rl_core.samples;
+                   train.log_samples of each)
     summary.json   status ("completed" | "diverged"), steps_done, diverged_step, reason, scores, timings
                    (wall_s and rl_wall_s count every process of a resumed run, less the work redone),
                    device (the resolved train.device, e.g. "cuda:0") and world_size (torchrun's ranks)
@@ -47,6 +49,7 @@ from rl_core.policy.model import compile_layers, config_value, load_pretrained, 
 from rl_core.rollout.embedded import EmbeddedRolloutEngine
 from rl_core.rollout.factory import make_rollout_engine
 from rl_core.rundir import RunFiles, hold_lock, load_checkpoint, say, set_aside
+from rl_core.samples import train_samples
 from rl_core.step import Sampled, prompt_indices, sample, score, update
 from rl_core.tasks import EVAL_SEED, eval_fingerprint, evaluate, make_task, reusable
 from rl_core.training import distributed as D
@@ -106,9 +109,11 @@ def run_eval(cfg: C.RunConfig, policy, task, step: int, state_dict: dict | None 
                        cfg.eval.temperature, cfg.rollout.max_new_tokens,
                        torch.Generator(device).manual_seed(EVAL_SEED))
     # perf/eval_s: this eval's wall time (a reused one: the fingerprint check), so an arm's time outside
-    # its RL steps and evals can be told from its own rows (bench/arm.py).
+    # its RL steps and evals can be told from its own rows (bench/arm.py). "samples" is not a metric: the
+    # trainer moves it to samples.jsonl.
+    samples = [{**r, "step": step} for r in res.get("samples", [])[: cfg.train.log_samples]]
     return {"step": step, "eval/score": res["score"], "eval/response_length": res["response_length"],
-            "perf/eval_s": time.perf_counter() - t0}
+            "perf/eval_s": time.perf_counter() - t0, "samples": samples}
 
 
 CKPT_KEYS = ("policy", "opt", "step", "global_step", "rl_wall", "rows", "config_hash")
@@ -138,7 +143,7 @@ def _resume(files: RunFiles, cfg_hash: str, policy, ranks: D.Ranks = D.SINGLE) -
         if state is None and files.rows():
             say(f"{files.out}: no usable checkpoint; restarting from scratch "
                 f"(dropping {files.rows()} metric rows)")
-        files.truncate(0 if state is None else state["rows"])
+        files.truncate(0 if state is None else state["rows"], None if state is None else state["step"])
     state = ranks.broadcast(state)
     if state is not None:
         policy.load_state_dict(state["policy"])
@@ -183,6 +188,7 @@ class Arm:
         self.opt = AdamW(self.policy.parameters(), lr=t.lr, betas=(t.beta1, t.beta2),  # torch's, bitwise
                          weight_decay=t.weight_decay)
         self.step, self.global_step, self.rl_wall = 0, 0, 0.0
+        self.samples: list[dict] = []  # the last global step's or eval's rollout samples (rl_core.samples)
         self.wall_before = state.get("wall_s", 0.0) if state else 0.0  # the processes before a resume
         if state is not None:
             if OWN_OPTIMIZER_STATE in self.policy.capabilities:  # Megatron: full tensors in our layout
@@ -242,6 +248,9 @@ class Arm:
             rows.append(metrics)
             if not finite:
                 break
+        # the first rows (no random draw); after the updates, which filled in their IS weights and masks
+        self.samples = train_samples(batch, self.task, cfg.train.log_samples, self.global_step, self.mb, N) \
+            if self.ranks.main else []
         self.global_step += 1
         weights = D.full_state_dict(self.policy)  # a collective under FSDP2: every rank joins
         if self.engine is not None:
@@ -259,7 +268,9 @@ class Arm:
         weights = D.full_state_dict(self.policy)
         if not self.ranks.main:
             return {}
-        return run_eval(self.cfg, self.policy, self.task, step, weights, self.ranks.device, reuse)
+        row = run_eval(self.cfg, self.policy, self.task, step, weights, self.ranks.device, reuse)
+        self.samples = row.pop("samples")
+        return row
 
     def checkpoint(self, wall_s: float) -> None:
         """Full weights and optimizer state (the single-process format at any world size; rank 0 writes);
@@ -345,6 +356,7 @@ def _train(cfg: C.RunConfig, out: Path, meta: dict | None, t_start: float, ranks
     step0, t_loop = arm.step, time.time()  # the ETA's rate counts this process's steps only (resume)
     if arm.step == 0 and (row := arm.evaluate(0, step0_eval)):
         files.append(row)
+        files.append_samples(arm.samples)
     status, reason, diverged_step = "completed", "", None
     while arm.step < total:
         try:
@@ -354,6 +366,7 @@ def _train(cfg: C.RunConfig, out: Path, meta: dict | None, t_start: float, ranks
             break
         for r in rows:
             files.append(r)
+        files.append_samples(arm.samples)
         if ranks.main:
             _progress(tag, arm.step, total, rows, files.last_eval, time.time() - t_start,
                       (arm.step - step0) / (time.time() - t_loop))
@@ -364,6 +377,7 @@ def _train(cfg: C.RunConfig, out: Path, meta: dict | None, t_start: float, ranks
             os.kill(os.getpid(), signal.SIGKILL)
         if due(arm.step, cfg.eval.every, N, total) and (row := arm.evaluate(arm.step)):
             files.append(row)
+            files.append_samples(arm.samples)
         if due(arm.step, cfg.checkpoint_every, N, total):
             arm.checkpoint(arm.wall_before + time.time() - t_start)
     # The policy the arm produced, as a Hugging Face checkpoint (loadable in transformers, servable).

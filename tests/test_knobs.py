@@ -60,6 +60,9 @@ NOT_NUMBERS = {
                   "init records cold_start '(own init)', rl_core.orchestration.grid)",
     "checkpoint_every": "resume cadence: a resumed run equals an uninterrupted one (tests/test_train.py)",
     "train.threads": "intra-op thread count: speed only",
+    "train.log_samples": "rollout samples kept in samples.jsonl, the batch's first rows (no random draw): "
+                         "every metric row unchanged (test_invariance_keeping_samples_leaves_every_metric_"
+                         "row_unchanged, tests/test_samples.py)",
     "train.compile": "compiled decoder layers: the eager numbers to well within the bf16 trainer's own move, "
                      "routing unchanged (tests/test_compile.py); speed in make bench",
     "train.device": "device placement (cpu or a GPU): the same numbers to float rounding; cuda without a GPU "

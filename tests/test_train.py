@@ -14,6 +14,7 @@ import torch
 from tiny import build_cold_start
 
 from rl_core import config as C
+from rl_core import samples as S
 from rl_core.train import main, run
 
 TINY = {
@@ -139,6 +140,10 @@ def test_resume_after_sigkill_matches_an_uninterrupted_run(cold_start, tmp_path)
     assert strip_perf(resumed) == strip_perf(clean)
     evals = [json.loads(x) for x in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in evals if "eval/score" in r] == [0, 2, 4, 6, 8]
+    # the rollout samples past the checkpoint went with its metric rows: the file equals the clean run's
+    samples = [S.read(tmp_path / d / "samples.jsonl") for d in ("killed", "clean")]
+    assert samples[0] == samples[1] and {r["global_step"] for r in samples[0] if r["kind"] == "train"} == \
+        {1, 2, 3, 4}
 
 
 def test_changed_config_starts_fresh_instead_of_resuming(cold_start, tmp_path):

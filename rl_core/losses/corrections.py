@@ -27,10 +27,10 @@ from rl_core.losses.parts import (
     LossParams,
     _clip_keep,
     _inputs,
+    _output,
     _ppo_clip,
     _seq_geometric,
     _seq_product,
-    _stats,
     aggregate,
 )
 
@@ -44,8 +44,8 @@ def _decoupled(parts: tuple, p: LossParams, weight: Tensor, truncated: Tensor, m
     live = keep & (weight > 0) & (adv != 0)
     surrogate = weight * _ppo_clip(new - old, ratio, adv, live, p.eps_low, p.eps_high)
     loss = aggregate(-surrogate, m, "token_sum_const", p.n_responses)
-    return LossOutput(loss, _stats(loss, m, adv, log_ratio, log_disc, weight, truncated, ~keep, masked,
-                                   p.seq_ratio))
+    return _output(loss, m, adv, log_ratio, log_disc, weight, truncated, ~keep, masked,
+                   p.seq_ratio)
 
 
 def tis_decoupled(logp_new: Tensor, logp_old: Tensor, logp_behavior: Tensor, advantages: Tensor,
@@ -144,8 +144,8 @@ def gspo(logp_new: Tensor, logp_old: Tensor, logp_behavior: Tensor, advantages: 
                   p.gspo_eps_high)                                                   # (B,) s_i A_i, clipped
     loss = aggregate(-s[:, None].expand_as(new), m, "seq_mean", p.n_responses)      # (1/n) sum_i
     none = torch.zeros_like(m)
-    return LossOutput(loss, _stats(loss, m, adv, log_ratio, log_disc, torch.ones_like(log_ratio), none,
-                                   m & ~keep[:, None], none, p.seq_ratio))
+    return _output(loss, m, adv, log_ratio, log_disc, torch.ones_like(log_ratio), none,
+                   m & ~keep[:, None], none, p.seq_ratio)
 
 
 __all__ = ["tis_decoupled", "icepop", "seq_mis", "seq_tis", "gspo"]

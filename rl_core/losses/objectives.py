@@ -47,8 +47,8 @@ from rl_core.losses.parts import (
     _clip_keep,
     _inputs,
     _lookup,
+    _output,
     _ppo_clip,
-    _stats,
     aggregate,
 )
 
@@ -75,8 +75,8 @@ def minirl(logp_new: Tensor, logp_old: Tensor, logp_behavior: Tensor, advantages
     coef = torch.where(keep, weight * adv, 0.0)                      # detached: sg[w] and M
     mode = "seq_mean" if length_norm else "token_sum_const"
     loss = aggregate(-coef * new, m, mode, p.n_responses)
-    return LossOutput(loss, _stats(loss, m, adv, log_ratio, log_disc, weight, truncated, ~keep,
-                                   torch.zeros_like(m), p.seq_ratio))
+    return _output(loss, m, adv, log_ratio, log_disc, weight, truncated, ~keep,
+                   torch.zeros_like(m), p.seq_ratio)
 
 
 def grpo(logp_new: Tensor, logp_old: Tensor, logp_behavior: Tensor, advantages: Tensor, mask: Tensor,
@@ -92,8 +92,8 @@ def grpo(logp_new: Tensor, logp_old: Tensor, logp_behavior: Tensor, advantages: 
     surrogate = _ppo_clip(new - old, ratio, adv, keep & (adv != 0), p.eps_low, p.eps_high)
     loss = aggregate(-surrogate, m, "seq_mean", p.n_responses)
     none = torch.zeros_like(m)
-    return LossOutput(loss, _stats(loss, m, adv, log_ratio, log_disc, torch.ones_like(ratio), none, ~keep,
-                                   none, p.seq_ratio))
+    return _output(loss, m, adv, log_ratio, log_disc, torch.ones_like(ratio), none, ~keep,
+                   none, p.seq_ratio)
 
 
 def cispo(logp_new: Tensor, logp_old: Tensor, logp_behavior: Tensor, advantages: Tensor, mask: Tensor,
@@ -117,8 +117,8 @@ def cispo(logp_new: Tensor, logp_old: Tensor, logp_behavior: Tensor, advantages:
     loss = aggregate(-ratio.clamp(lo, hi) * adv * new, m, mode, constant, p.group_size)
     clipped = (ratio < lo) | (ratio > hi)
     none = torch.zeros_like(m)
-    return LossOutput(loss, _stats(loss, m, adv, log_ratio, log_disc, torch.ones_like(ratio), none, clipped,
-                                   none, p.seq_ratio))
+    return _output(loss, m, adv, log_ratio, log_disc, torch.ones_like(ratio), none, clipped,
+                   none, p.seq_ratio)
 
 
 # -------------------------------------------------------------------------------------- registry

@@ -16,6 +16,9 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor
 
+#: Per-token tensors of LossOutput.tokens, (B, T), meaningful on response tokens: the detached IS weight the
+#: gradient used, and whether the clip mask (or its sequence-level form) or a correction dropped the token.
+TOKEN_KEYS = ("is_weight", "clipped", "masked")
 STAT_KEYS = ("is/weight_mean", "is/weight_max", "is/truncated_frac", "is/masked_frac",
              "ratio/discrepancy_mean", "ratio/staleness_mean", "seq/ratio_log_std", "clip/frac",
              "clip/frac_pos", "clip/frac_neg", "kl/staleness_k1", "kl/staleness_k3", "loss/value")
@@ -178,6 +181,8 @@ class LossOutput(NamedTuple):
     """Scalar to minimise (-J)."""
     stats: dict[str, Tensor]
     """Detached scalar tensors under the names of STAT_KEYS."""
+    tokens: dict[str, Tensor] = {}  # noqa: RUF012 - a NamedTuple default, never mutated
+    """Detached per-token tensors (B, T) under the names of TOKEN_KEYS: what the rollout samples show."""
 
 
 # ------------------------------------------------------------------------------------- shared parts
@@ -253,5 +258,13 @@ def _stats(loss: Tensor, m: Tensor, adv: Tensor, log_ratio: Tensor, log_disc: Te
     }
 
 
-__all__ = ["STAT_KEYS", "AGGREGATIONS", "aggregate", "IS_WEIGHTS", "SEQ_RATIOS", "CISPO_NORMS", "LossParams",
-           "LossOutput"]
+def _output(loss: Tensor, m: Tensor, adv: Tensor, log_ratio: Tensor, log_disc: Tensor, weight: Tensor,
+            truncated: Tensor, clipped: Tensor, masked: Tensor, seq_ratio: str) -> LossOutput:
+    """The LossOutput of every objective: the loss, its :func:`_stats` and the per-token tensors."""
+    stats = _stats(loss, m, adv, log_ratio, log_disc, weight, truncated, clipped, masked, seq_ratio)
+    tokens = {"is_weight": torch.where(m, weight, 0.0).detach(), "clipped": m & clipped, "masked": m & masked}
+    return LossOutput(loss, stats, tokens)
+
+
+__all__ = ["STAT_KEYS", "TOKEN_KEYS", "AGGREGATIONS", "aggregate", "IS_WEIGHTS", "SEQ_RATIOS", "CISPO_NORMS",
+           "LossParams", "LossOutput"]

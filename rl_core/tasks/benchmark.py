@@ -12,9 +12,13 @@ from pathlib import Path
 import torch
 
 from rl_core.paths import PACKAGE
+from rl_core.samples import eval_samples
 
 EVAL_SEED = 20251201  # one fixed benchmark seed: common random numbers across steps, arms, cold starts
 EVAL_BATCH = 256  # sequences per generate call: bounds the KV cache of the rollout engine
+#: Benchmark problems whose first response every evaluation keeps (rl_core.samples; a run keeps at most
+#: train.log_samples of them).
+EVAL_SAMPLES = 8
 
 
 @torch.no_grad()
@@ -22,9 +26,9 @@ def sample_rewards(engine, task, problems: list, k: int, temperature: float, max
                    generator: torch.Generator) -> dict:
     """k samples of each of `problems` (the problems repeated, in generate calls of at most EVAL_BATCH
     sequences): per sample, its problem (``jobs``), ``rewards``, ``lengths`` (generated tokens, <eos>
-    included) and ``truncated`` (hit max_new_tokens)."""
+    included), ``truncated`` (hit max_new_tokens) and ``texts`` (the responses)."""
     jobs = [p for p in problems for _ in range(k)]
-    rewards, lengths, truncated = [], [], []
+    rewards, lengths, truncated, texts = [], [], [], []
     for start in range(0, len(jobs), EVAL_BATCH):
         chunk = jobs[start:start + EVAL_BATCH]
         batch = engine.generate([task.encode_prompt(p) for p in chunk], max_new_tokens=max_new_tokens,
@@ -32,10 +36,11 @@ def sample_rewards(engine, task, problems: list, k: int, temperature: float, max
         mask = batch.response_mask.bool()
         for row, p in enumerate(chunk):
             ids = batch.input_ids[row][mask[row]]
-            rewards.append(task.reward(task.decode(ids), p))
+            texts.append(task.decode(ids))
+            rewards.append(task.reward(texts[-1], p))
             lengths.append(int(mask[row].sum()))
             truncated.append(task.eos_id not in ids.tolist())
-    return {"jobs": jobs, "rewards": rewards, "lengths": lengths, "truncated": truncated}
+    return {"jobs": jobs, "rewards": rewards, "lengths": lengths, "truncated": truncated, "texts": texts}
 
 
 def evaluate(engine, task, problems: list, k: int, temperature: float, max_new_tokens: int,
@@ -43,7 +48,8 @@ def evaluate(engine, task, problems: list, k: int, temperature: float, max_new_t
     """avg@k on `problems` of `task` (any task of rl_core.tasks), from :func:`sample_rewards`.
 
     Returns score (mean reward), response_length (mean generated tokens, <eos> included), truncated
-    (fraction that hit max_new_tokens), n (samples), and score per level as ``score_level{L}``.
+    (fraction that hit max_new_tokens), n (samples), score per level as ``score_level{L}``, and
+    ``samples``: the first response to each of the first EVAL_SAMPLES problems (rl_core.samples).
     """
     s = sample_rewards(engine, task, problems, k, temperature, max_new_tokens, generator)
     jobs, rewards = s["jobs"], s["rewards"]
@@ -53,6 +59,7 @@ def evaluate(engine, task, problems: list, k: int, temperature: float, max_new_t
     for level in sorted({p.level for p in jobs}):
         rs = [r for r, p in zip(rewards, jobs, strict=True) if p.level == level]
         out[f"score_level{level}"] = sum(rs) / len(rs)
+    out["samples"] = eval_samples(jobs, s["texts"], rewards, k, task, EVAL_SAMPLES)
     return out
 
 
