@@ -2,9 +2,10 @@
 
     python -m analysis.index --results results --out results/index.html
 
-Finds each ``report.json`` written by analysis.report (not descending into ``runs/`` trees or hidden
-folders) and lists grid, preset, run counts by status and finding verdict counts, linking each report
-relatively so the results folder can be moved or served as is.
+Finds each ``report.json`` written by analysis.report (not descending into ``runs/`` trees, hidden
+folders or MLflow's artifact store ``mlartifacts/``, which holds a copy of every report logged into its
+grid's parent run, with dead relative links) and lists grid, preset, run counts by status and finding
+verdict counts, linking each report relatively so the results folder can be moved or served as is.
 """
 
 from __future__ import annotations
@@ -18,12 +19,15 @@ from pathlib import Path
 
 from analysis.render import CSS, rel_link
 
+#: Folders never searched: run trees, and MLflow's stores of artifact copies (rl_core.tracking.log_report).
+SKIP = ("runs", "mlartifacts", "mlruns")
+
 
 def find_reports(results: str | Path) -> list[Path]:
-    """Paths of ``report.json`` files under `results`, sorted; skips ``runs`` and hidden folders."""
+    """Paths of ``report.json`` files under `results`, sorted; skips :data:`SKIP` and hidden folders."""
     found = []
     for root, dirs, files in os.walk(results):
-        dirs[:] = sorted(d for d in dirs if d != "runs" and not d.startswith("."))
+        dirs[:] = sorted(d for d in dirs if d not in SKIP and not d.startswith("."))
         if "report.json" in files:
             found.append(Path(root) / "report.json")
     return sorted(found)
