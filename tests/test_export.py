@@ -64,6 +64,7 @@ def test_exported_arm_policy_generates_in_a_batch_with_padding(arm_dir):
     assert enc["attention_mask"].sum(1).tolist() == [5, 7, 3]
     torch.manual_seed(0)
     out = model.generate(**enc, max_new_tokens=8)
+    assert "max_length" not in json.loads((policy / "generation_config.json").read_text())
     assert out.shape[0] == 3 and out.shape[1] <= enc["input_ids"].shape[1] + 8
     assert int(out.max()) < vocab
     texts = tok.batch_decode(out[:, enc["input_ids"].shape[1]:], skip_special_tokens=True)
@@ -74,3 +75,16 @@ def test_exported_arm_policy_generates_in_a_batch_with_padding(arm_dir):
     name = next(k for k in state if k.endswith("embed_tokens.weight"))
     hf = dict(model.named_parameters())
     assert torch.equal(hf[next(k for k in hf if k.endswith("embed_tokens.weight"))], state[name])
+
+
+def test_generate_with_max_new_tokens_says_nothing(arm_dir, caplog, capfd):
+    """A user's generate(max_new_tokens=...) on the exported policy: no warning that max_length is also set
+    (transformers logs it through its logger, at most once per process: a fresh model and caplog)."""
+    tok = transformers.AutoTokenizer.from_pretrained(arm_dir / "policy")
+    model = transformers.AutoModelForCausalLM.from_pretrained(arm_dir / "policy")
+    capfd.readouterr()
+    enc = tok(["Q1+2="], return_tensors="pt")
+    with caplog.at_level("WARNING"):
+        model.generate(**enc, max_new_tokens=4)
+    said = caplog.text + "".join(capfd.readouterr())
+    assert "max_length" not in said and "max_new_tokens" not in said, said

@@ -10,7 +10,9 @@
   IndexError on the first padded row.
 * ``special_tokens_map.json``: the same names, for readers older than tokenizer_config's fields.
 * ``generation_config.json``: eos and pad ids, and the sampling the rollout engine uses (temperature 1, no
-  top-p / top-k truncation), so that ``generate()`` samples the distribution RL trained on.
+  top-p / top-k truncation), so that ``generate()`` samples the distribution RL trained on. No length: a
+  ``max_length`` there makes every ``generate(max_new_tokens=...)`` warn that both are set (the context
+  length is config.json's ``max_position_embeddings``).
 
 A checkpoint that already has these files (a real Hugging Face checkpoint used as ``init``) keeps its own:
 given the folder the tokenizer came from, its files are copied instead of written.
@@ -60,7 +62,7 @@ def generation_config(config: dict, temperature: float = 1.0) -> dict:
     """Untruncated sampling at `temperature` (the rollout engine's), stopping at eos."""
     return {"bos_token_id": config.get("bos_token_id"), "eos_token_id": config.get("eos_token_id"),
             "pad_token_id": config.get("pad_token_id"), "do_sample": True, "temperature": temperature,
-            "top_p": 1.0, "top_k": 0, "max_length": config.get("max_position_embeddings")}
+            "top_p": 1.0, "top_k": 0}
 
 
 def write_side_files(out_dir: str | Path, config: dict, source: str | Path | None = None) -> list[Path]:
