@@ -89,3 +89,22 @@ def test_generate_with_max_new_tokens_says_nothing(arm_dir):
                           text=True)
     assert proc.returncode == 0, proc.stderr
     assert "max_length" not in proc.stderr + proc.stdout, proc.stderr
+
+
+def test_the_mirrored_child_holds_the_policy_as_a_model_mlflow_loads(arm_dir, tmp_path):
+    """rl_core.tracking logs RUN_DIR/policy as an MLflow model (transformers flavour): a user loads it with
+    mlflow.transformers or mlflow.pyfunc from the run, offline, and it generates."""
+    import mlflow
+
+    from rl_core import tracking as T
+
+    T.mirror_grid(tmp_path / "results" / "g", "g", [arm_dir])
+    record = json.loads((arm_dir / "mlflow_run.json").read_text())
+    run = mlflow.MlflowClient(record["tracking_uri"]).get_run(record["run_id"])
+    assert run.data.tags["model"].startswith("models:/"), run.data.tags["model"]
+    assert run.info.status == "FINISHED"
+    mlflow.set_tracking_uri(record["tracking_uri"])
+    pipe = mlflow.transformers.load_model(run.data.tags["model"])
+    assert pipe.tokenizer.pad_token == "<pad>"
+    out = mlflow.pyfunc.load_model(run.data.tags["model"]).predict(["Q1+2="], params={"max_new_tokens": 4})
+    assert len(out) == 1 and isinstance(out[0], str)

@@ -266,3 +266,72 @@ def test_the_report_is_logged_into_the_parent_run(store, tmp_path):
                                                                                    "report")}
     assert logged == {"report/report.html", "report/report.md", "report/stability.csv",
                       "report/fig_on_policy.png"}
+
+
+def _parent(client, exp_id):
+    return client.search_runs([exp_id], "tags.role = 'grid'")[0]
+
+
+def test_the_grid_run_spans_its_children_running_while_they_run_and_after(tmp_path):
+    """The grid (parent) run starts when the grid did (the live follower's start), is RUNNING while an arm
+    trains, and ends FINISHED no earlier than its last child; each child carries its metric file and its
+    rollout samples as tables."""
+    from rl_core.live import GridFollower
+
+    grid = load_grid(REPO / "experiments" / "smoke.yaml")
+    grid_dir = tmp_path / "results" / grid.name
+    follower = GridFollower(grid_dir, grid.name, "", time.time() - 1.0)
+    d = write_run(grid_dir, grid.run("on_policy", "minirl", 0), 6)
+    for name in ("summary.json", "DONE"):  # still training
+        (d / name).unlink()
+    follower.look()
+    record = json.loads((d / "mlflow_live.json").read_text())
+    client = MlflowClient(record["tracking_uri"])
+    parent, child = _parent(client, record["experiment_id"]), client.get_run(record["run_id"])
+    assert (parent.info.status, child.info.status) == ("RUNNING", "RUNNING")
+    assert parent.info.start_time <= child.info.start_time
+
+    (d / "samples.jsonl").write_text(
+        json.dumps({"kind": "train", "step": 1, "global_step": 1, "prompt": "Q:1+2=", "response": "3",
+                    "reward": 1.0, "tokens": ["3", "<eos>"], "log_ratio": [0.5, -2.0],
+                    "is_weight": [1.0, 1.0], "clipped": [0, 1], "masked": [0, 0]}) + "\n"
+        + json.dumps({"kind": "eval", "step": 0, "problem": 0, "prompt": "Q:2+2=", "response": "4",
+                      "reward": 1.0}) + "\n")
+    (d / "summary.json").write_text(json.dumps({"status": "completed", "steps_done": 6, "wall_s": 1.5}))
+    (d / "DONE").write_text("")
+    follower.look()
+    T.mirror_grid(grid_dir, grid.name, [d])
+    follower.close()
+    kid = client.get_run(json.loads((d / "mlflow_run.json").read_text())["run_id"])
+    parent = _parent(client, record["experiment_id"])
+    assert parent.info.status == "FINISHED" and kid.info.status == "FINISHED"
+    assert parent.info.start_time <= kid.info.start_time <= kid.info.end_time <= parent.info.end_time
+    artifacts = {a.path for a in client.list_artifacts(kid.info.run_id)} | \
+        {a.path for a in client.list_artifacts(kid.info.run_id, "samples")}
+    assert {"metrics.jsonl", "samples.jsonl", "samples/train.json", "samples/eval.json"} <= artifacts
+    table = json.loads(Path(client.download_artifacts(kid.info.run_id, "samples/train.json", str(tmp_path)))
+                       .read_text())
+    row = dict(zip(table["columns"], table["data"][0], strict=True))
+    assert (row["response"], row["max_abs_log_ratio"], row["clipped_frac"]) == ("3", 2.0, 0.5)
+
+
+def test_a_grid_run_made_after_its_runs_is_replaced_by_one_that_starts_with_them(tmp_path):
+    """A store rebuilt after the runs trained (a deleted mlflow.db, a follower started later): the grid run
+    the follower made starts after the runs, so the mirror replaces it; the children move to the new one."""
+    grid = load_grid(REPO / "experiments" / "smoke.yaml")
+    grid_dir = tmp_path / "results" / grid.name
+    late = T.mirror_parent(grid_dir, grid.name, running=True)
+    d = write_run(grid_dir, grid.run("on_policy", "minirl", 0), 4)
+    rows = [json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()]
+    (d / "metrics.jsonl").write_text("".join(json.dumps({**r, "perf/time": 1_700_000_000.0 + i}) + "\n"
+                                             for i, r in enumerate(rows)))
+    T.mirror_grid(grid_dir, grid.name, [d])
+    client = MlflowClient(late["tracking_uri"])
+    parent = _parent(client, late["experiment_id"])
+    kid = client.get_run(json.loads((d / "mlflow_run.json").read_text())["run_id"])
+    assert parent.info.run_id != late["parent_run_id"]
+    assert client.get_run(late["parent_run_id"]).info.lifecycle_stage == "deleted"
+    assert kid.data.tags["mlflow.parentRunId"] == parent.info.run_id
+    assert json.loads((grid_dir / "mlflow_parent.json").read_text())["parent_run_id"] == parent.info.run_id
+    assert parent.info.start_time <= kid.info.start_time <= kid.info.end_time <= parent.info.end_time
+    assert parent.info.status == "FINISHED"

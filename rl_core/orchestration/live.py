@@ -14,12 +14,14 @@ the run directories on the shared filesystem, so only one process writes the sto
 
 What it writes: every ``--interval`` seconds it looks for run directories whose config.json a trainer
 (re)wrote since the follower started. At the first, it opens the store (creating the grid's experiment and
-parent run like rl_core.orchestration.tracking.mirror_parent; not before: an invocation that only re-mirrors
-or reports trains no arm, and its mirror job must be the only one to create them); for each, a child run
-of the parent named ``{figure}/{arm}/{seed}`` with the run's params and tags and ``live=1``, status
-RUNNING, its id in RUN_DIR/mlflow_live.json; then the complete rows appended to metrics.jsonl since the
-last look, as rl_core.orchestration.tracking mirrors them (at their step and ``perf/time``). An arm's live run
-ends FINISHED, after a last look, when its trainer writes DONE; the follower ends when the process ``--pid``
+parent run like rl_core.orchestration.tracking.mirror_parent, started when the follower started and
+RUNNING until the follower ends, then FINISHED, or KILLED when an arm did not finish; not before: an
+invocation that only re-mirrors or reports trains no arm, and its mirror job must be the only one to create
+them); for each, a child run of the parent named ``{figure}/{arm}/{seed}`` with the run's params and tags
+and ``live=1``, started when its trainer took the run directory's lock, status RUNNING, its id in
+RUN_DIR/mlflow_live.json; then the complete rows appended to metrics.jsonl since the last look, as
+rl_core.orchestration.tracking mirrors them (at their step and ``perf/time``). An arm's live run ends
+FINISHED, after a last look, when its trainer writes DONE; the follower ends when the process ``--pid``
 is gone (or, with ``--run-dir``, when that arm is done), leaving arms without DONE as KILLED.
 
 The grid mirror stays the source of truth for the final state: ``rl_core.orchestration.tracking.mirror_run``
@@ -75,11 +77,21 @@ def _alive(pid: int) -> bool:
 class Store:
     """The grid's experiment and parent run in the tracking store, opened once."""
 
-    def __init__(self, grid_dir: Path, grid: str, uri: str = ""):
+    def __init__(self, grid_dir: Path, grid: str, uri: str = "", start_s: float | None = None):
         from rl_core.orchestration import tracking as T
 
-        self.parent = T.mirror_parent(grid_dir, grid, uri)  # opens the store under its lock
+        # The grid run starts when the grid did (the follower starts with Snakemake) and runs until
+        # finish(): RUNNING while its arms train, not FINISHED before its first child starts.
+        start_ms = None if start_s is None else int(start_s * 1000)
+        self.grid = grid
+        self.parent = T.mirror_parent(grid_dir, grid, uri, start_ms=start_ms, running=True)  # under its lock
         self.client = T.retry(T.MlflowClient, tracking_uri=self.parent["tracking_uri"])
+
+    def finish(self, status: str) -> None:
+        """End the grid run now (or at its latest child's end, if later)."""
+        from rl_core.orchestration import tracking as T
+
+        T.finish_parent(self.client, self.parent["experiment_id"], self.grid, status)
 
 
 class ArmRun:
@@ -98,7 +110,11 @@ class ArmRun:
         tags = {**T.run_tags(meta, {"status": "running"}, parent["parent_run_id"]), "live": "1",
                 "run_dir": str(run_dir)}
         name = f"{meta.get('figure')}/{meta.get('arm')}/{meta.get('seed')}"
-        run = T.retry(client.create_run, parent["experiment_id"], run_name=name, tags=tags)
+        # The trainer's start: its lock (written as it starts) or, without one, its config.json.
+        started = [t for t in (_mtime(run_dir / ".lock"), self.config_mtime) if t is not None]
+        start_ms = int(min(started) * 1000) if started else None
+        run = T.retry(client.create_run, parent["experiment_id"], run_name=name, tags=tags,
+                      start_time=start_ms)
         self.run_id = run.info.run_id
         params = [Param(k, str(v)) for k, v in flatten(T.read_json(run_dir / "config.json")).items()]
         for chunk in T.chunks(params, T.MAX_PARAMS_PER_BATCH):
@@ -171,7 +187,7 @@ class GridFollower:
         started = self._started()
         if started and self.store is None:
             try:
-                self.store = Store(self.grid_dir, self.grid, self.uri)
+                self.store = Store(self.grid_dir, self.grid, self.uri, self.t0)
             except Exception as e:  # noqa: BLE001 - said, tried again next look
                 _say("cannot open the MLflow store", e)
                 return
@@ -197,11 +213,15 @@ class GridFollower:
                     arm.delete()  # the mirror ran before this last look: its run is the final state
 
     def close(self) -> None:
-        """The last look; arms still without DONE end KILLED (their job was cancelled or failed)."""
+        """The last look; arms still without DONE end KILLED (their job was cancelled or failed), and so
+        does the grid run then (else FINISHED)."""
         self.look()
         for arm in self.arms.values():
             with contextlib.suppress(Exception):
                 arm.finish("KILLED")
+        if self.store is not None:
+            with contextlib.suppress(Exception):
+                self.store.finish("KILLED" if self.arms else "FINISHED")
 
 
 def follow(grid_dir: Path, grid: str, uri: str = "", interval: float = 5.0, pid: int | None = None,

@@ -10,12 +10,19 @@ What lands in MLflow, for browsing and comparing in ``mlflow ui``:
   params = the flat resolved config (``config.json`` through :func:`rl_core.config.flatten`); metrics =
   every numeric field of every ``metrics.jsonl`` row at ``step`` = the row's gradient step, plus the
   summary's numbers as ``summary/<key>``; tags grid, figure, arm, label, seed, preset, status,
-  config_hash, cold_start; artifacts config.json, meta.json, summary.json.
+  config_hash, cold_start; artifacts config.json, meta.json, summary.json, metrics.jsonl, samples.jsonl;
+  the rollout samples as two tables (``samples/train.json``, ``samples/eval.json``: :func:`sample_tables`),
+  and the exported policy (RUN_DIR/policy/) as an MLflow model ``policy`` of the transformers flavour
+  (:func:`log_policy`: ``mlflow.transformers.load_model`` or ``mlflow.pyfunc.load_model`` on
+  ``runs:/<id>/policy``, or the model's own URI, loads it; nothing is downloaded).
 
 Times are training times, not mirroring times (:func:`run_times`): a child ends when its last metric row
 was written (the row's ``perf/time``, unix seconds; else summary.json's modification time) and starts
 ``summary.wall_s`` before that, so its duration in MLflow is the run's wall time; each metric's timestamp is
-its row's ``perf/time`` (rows without one are spread evenly over the run). The parent spans its children.
+its row's ``perf/time`` (rows without one are spread evenly over the run). The parent spans its children:
+it starts when the grid started (the live follower's start, rl_core.live, else its earliest child) and is
+RUNNING while any of its arms trains; a parent found starting after a child it must hold (a store rebuilt
+after the runs) is replaced by one that starts with its earliest child (:func:`mirror_parent`).
 
 Store: by default the embedded ``sqlite:///<abs results>/mlflow.db`` with artifacts in
 ``<results>/mlartifacts/<grid>`` (``mlflow ui --backend-store-uri sqlite:///results/mlflow.db``); a
@@ -70,13 +77,13 @@ from rl_core.cli import UsageError, guard  # noqa: E402
 from rl_core.config import flatten  # noqa: E402
 
 #: Bump when what a mirror writes changes: every run is then mirrored again.
-MIRROR_VERSION = "2"
+MIRROR_VERSION = "3"
 #: Keys of a metrics row that index it rather than measure something (perf/time: its wall clock).
 INDEX_KEYS = ("step", "global_step", "minibatch", "perf/time")
 MAX_METRICS_PER_BATCH = 1000  # MlflowClient.log_batch limits
 MAX_PARAMS_PER_BATCH = 100
-RUN_FILES = ("config.json", "meta.json", "summary.json", "metrics.jsonl")
-ARTIFACTS = ("config.json", "meta.json", "summary.json")
+RUN_FILES = ("config.json", "meta.json", "summary.json", "metrics.jsonl", "samples.jsonl")
+ARTIFACTS = ("config.json", "meta.json", "summary.json", "metrics.jsonl", "samples.jsonl")
 _BAD_KEY_CHARS = re.compile(r"[^A-Za-z0-9_\-. :/]")
 EXPERIMENT_KIND = "custom_model_development"
 #: Files of analysis.report logged into the parent run (artifact folder ``report/``).
@@ -168,10 +175,31 @@ def store_lock(uri: str):
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
+def _find_parent(client: MlflowClient, exp_id: str, grid: str):
+    found = retry(client.search_runs, [exp_id], filter_string=f"tags.role = 'grid' and tags.grid = '{grid}'",
+                  run_view_type=ViewType.ACTIVE_ONLY, max_results=1)
+    return found[0] if found else None
+
+
+def _replace_parent(client: MlflowClient, exp_id: str, old, start_ms: int) -> str:
+    """A new parent run like `old` that starts at `start_ms`; `old`'s children move to it, `old` is deleted.
+    (MLflow cannot move a run's start, and a grid run must start before its children.)"""
+    tags = {k: v for k, v in old.data.tags.items() if not k.startswith("mlflow.")}
+    new = retry(client.create_run, exp_id, run_name=old.info.run_name, tags=tags, start_time=start_ms)
+    kids = retry(client.search_runs, [exp_id], filter_string=f"tags.mlflow.parentRunId = '{old.info.run_id}'",
+                 run_view_type=ViewType.ACTIVE_ONLY, max_results=10000)
+    for kid in kids:
+        retry(client.set_tag, kid.info.run_id, "mlflow.parentRunId", new.info.run_id)
+    retry(client.delete_run, old.info.run_id)
+    return new.info.run_id
+
+
 def mirror_parent(grid_dir: str | Path, grid: str, uri: str = "", out: str | Path | None = None,
-                  start_ms: int | None = None) -> dict:
-    """Find or create the grid's experiment and parent run (started at `start_ms`, default now); write
-    their ids to `out`."""
+                  start_ms: int | None = None, running: bool = False) -> dict:
+    """Find or create the grid's experiment and parent run; write their ids to `out`. A new parent starts
+    at `start_ms` (default now); a found one that starts after `start_ms` is replaced by one that starts
+    then (:func:`_replace_parent`). ``running``: the parent is (again) RUNNING, until :func:`finish_parent`;
+    else a new parent is FINISHED at once (a bare ``parent`` command)."""
     results = Path(grid_dir).resolve().parent
     uri = uri or default_uri(results)
     with store_lock(uri):
@@ -179,20 +207,39 @@ def mirror_parent(grid_dir: str | Path, grid: str, uri: str = "", out: str | Pat
         exp_id = ensure_experiment(client, grid, artifact_location(results, grid, uri))
     # A model-development experiment: the UI opens on its runs, not on the GenAI traces view.
     retry(client.set_experiment_tag, exp_id, "mlflow.experimentKind", EXPERIMENT_KIND)
-    found = retry(client.search_runs, [exp_id], filter_string=f"tags.role = 'grid' and tags.grid = '{grid}'",
-                  run_view_type=ViewType.ACTIVE_ONLY, max_results=1)
-    if found:
-        run_id = found[0].info.run_id
-    else:
+    found = _find_parent(client, exp_id, grid)
+    if found is None:
         tags = {"role": "grid", "grid": grid, "grid_dir": str(Path(grid_dir).resolve())}
-        run = retry(client.create_run, exp_id, run_name=grid, tags=tags, start_time=start_ms)
-        run_id = run.info.run_id
-        retry(client.set_terminated, run_id, "FINISHED")
+        run_id = retry(client.create_run, exp_id, run_name=grid, tags=tags, start_time=start_ms).info.run_id
+        if not running:
+            retry(client.set_terminated, run_id, "FINISHED")
+    else:
+        run_id = found.info.run_id
+        if start_ms is not None and found.info.start_time > start_ms:
+            run_id = _replace_parent(client, exp_id, found, start_ms)
+        if running:
+            retry(client.update_run, run_id, "RUNNING")
     record = {"grid": grid, "tracking_uri": uri, "experiment_id": exp_id, "experiment_name": grid,
               "parent_run_id": run_id, "ui_path": ui_path(exp_id)}
     if out:
         write_json(out, record)
     return record
+
+
+def finish_parent(client: MlflowClient, exp_id: str, grid: str, status: str = "FINISHED",
+                  end_ms: int | None = None) -> str | None:
+    """End the grid's parent run (found by its tags, whoever replaced it) at `end_ms` (default now), never
+    before the end of its latest child; returns its id (None: no parent)."""
+    parent = _find_parent(client, exp_id, grid)
+    if parent is None:
+        return None
+    kids = retry(client.search_runs, [exp_id],
+                 filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'",
+                 run_view_type=ViewType.ACTIVE_ONLY, max_results=10000)
+    ends = [k.info.end_time for k in kids if k.info.end_time]
+    end_ms = max([end_ms if end_ms is not None else int(time.time() * 1000), *ends])
+    retry(client.set_terminated, parent.info.run_id, status, end_time=end_ms)
+    return parent.info.run_id
 
 
 # ------------------------------------------------------------------------------------ one run dir
@@ -316,7 +363,7 @@ def _find_children(client: MlflowClient, exp_id: str, meta: dict) -> list:
                  run_view_type=ViewType.ACTIVE_ONLY, max_results=100)
 
 
-def _create_child(client: MlflowClient, exp_id: str, run_dir: Path, tags: dict,
+def _create_child(client: MlflowClient, uri: str, exp_id: str, run_dir: Path, tags: dict,
                   digest: str) -> tuple[str, int]:
     config, summary = read_json(run_dir / "config.json"), read_json(run_dir / "summary.json")
     rows = read_rows(run_dir / "metrics.jsonl")
@@ -334,9 +381,69 @@ def _create_child(client: MlflowClient, exp_id: str, run_dir: Path, tags: dict,
     for name in ARTIFACTS:
         if (run_dir / name).is_file():
             retry(client.log_artifact, run_id, str(run_dir / name))
+    for name, table in sample_tables(run_dir / "samples.jsonl").items():
+        retry(client.log_table, run_id, table, f"samples/{name}.json")
+    if (run_dir / "policy" / "config.json").is_file():
+        retry(client.set_tag, run_id, "model", log_policy(uri, run_id, run_dir / "policy"))
     retry(client.set_tag, run_id, "digest", digest)  # last: marks the mirror complete
     retry(client.set_terminated, run_id, "FINISHED", end_time=end_ms)
     return run_id, len(metrics)
+
+
+def sample_tables(path: Path) -> dict[str, dict[str, list]]:
+    """samples.jsonl (rl_core.samples) as MLflow tables by kind, one row per sample: step, prompt, response,
+    reward, and for training samples the largest |log pi_old/mu_old| of the response, its clipped and
+    masked fractions and the tokens with their ratios (JSON lists, as in the file)."""
+    from rl_core.samples import read  # plain Python, no torch
+
+    tables: dict[str, dict[str, list]] = {}
+    for row in read(path):
+        kind = row.get("kind", "train")
+        flat = {k: row.get(k) for k in ("step", "prompt", "response", "reward")}
+        if kind == "train":
+            logr, n = row.get("log_ratio") or [], max(len(row.get("tokens") or []), 1)
+            flat.update(global_step=row.get("global_step"), advantage=row.get("advantage"),
+                        max_abs_log_ratio=max(map(abs, logr), default=0.0),
+                        clipped_frac=sum(row.get("clipped") or []) / n,
+                        masked_frac=sum(row.get("masked") or []) / n,
+                        tokens=json.dumps(row.get("tokens")), log_ratio=json.dumps(logr),
+                        is_weight=json.dumps(row.get("is_weight")))
+        table = tables.setdefault(kind, {})
+        for k, v in flat.items():
+            table.setdefault(k, []).append(v)
+    return tables
+
+
+#: What the logged policy needs to load (no inference of requirements: that would import and probe).
+POLICY_REQUIREMENTS = ("torch", "transformers", "safetensors", "tokenizers")
+
+
+def log_policy(uri: str, run_id: str, policy: Path) -> str:
+    """Log the exported Hugging Face checkpoint `policy` into run `run_id` as the MLflow model ``policy``
+    (transformers flavour, task text-generation, from the folder as it is: nothing downloaded, no
+    requirement inference); the run's status and times are the caller's to set afterwards (logging a model
+    goes through MLflow's fluent API, which resumes the run). Returns the model's URI, or why it was not
+    logged (said on stderr; the rest of the mirror goes on)."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        import mlflow
+        import mlflow.transformers
+        import transformers
+        from huggingface_hub import ModelCard  # transformers' own dependency
+
+        components = {"model": transformers.AutoModelForCausalLM.from_pretrained(policy),
+                      "tokenizer": transformers.AutoTokenizer.from_pretrained(policy)}
+        mlflow.set_tracking_uri(uri)
+        with mlflow.start_run(run_id=run_id):
+            # the card given, so MLflow does not look one up on the Hub for a local folder
+            card = ModelCard(f"---\nlicense: other\n---\nThe policy of RL run {policy.parent} (rl_core).")
+            info = mlflow.transformers.log_model(components, name="policy", task="text-generation",
+                                                 pip_requirements=list(POLICY_REQUIREMENTS), model_card=card)
+        return info.model_uri
+    except Exception as e:  # noqa: BLE001 - a model that cannot be logged leaves the run's other records
+        why = f"not logged ({type(e).__name__}: {str(e)[:200]})"
+        print(f"mlflow: {policy}: policy {why}", file=sys.stderr, flush=True)
+        return why
 
 
 def mirror_run(run_dir: str | Path, parent_file: str | Path, uri: str = "",
@@ -360,7 +467,7 @@ def mirror_run(run_dir: str | Path, parent_file: str | Path, uri: str = "",
         run_id, n_metrics, action = keep[0].info.run_id, None, "unchanged"
     else:
         tags = run_tags(meta, summary, parent["parent_run_id"])
-        run_id, n_metrics = _create_child(client, exp_id, run_dir, tags, digest)
+        run_id, n_metrics = _create_child(client, uri, exp_id, run_dir, tags, digest)
         action = "mirrored"
     record = {"run_id": run_id, "experiment_id": exp_id, "parent_run_id": parent["parent_run_id"],
               "tracking_uri": uri, "digest": digest, "action": action, "n_metrics": n_metrics}
@@ -389,12 +496,11 @@ def mirror_grid(grid_dir: str | Path, grid: str, run_dirs: list[str | Path], uri
     t0 = time.perf_counter()
     parent_file = Path(grid_dir) / "mlflow_parent.json"
     start_ms, end_ms = _span(run_dirs)
-    parent = mirror_parent(grid_dir, grid, uri, parent_file, start_ms)
+    parent = mirror_parent(grid_dir, grid, uri, parent_file, start_ms, running=True)
     t1 = time.perf_counter()
     actions = [mirror_run(d, parent_file, uri, Path(d) / "mlflow_run.json")["action"] for d in run_dirs]
-    if end_ms is not None:
-        client = retry(MlflowClient, tracking_uri=parent["tracking_uri"])
-        retry(client.set_terminated, parent["parent_run_id"], "FINISHED", end_time=end_ms)
+    client = retry(MlflowClient, tracking_uri=parent["tracking_uri"])
+    finish_parent(client, parent["experiment_id"], grid, "FINISHED", end_ms)
     return {"runs": len(run_dirs), "mirrored": actions.count("mirrored"),
             "unchanged": actions.count("unchanged"), "parent_s": t1 - t0, "runs_s": time.perf_counter() - t1}
 
