@@ -183,15 +183,26 @@ def test_a_deleted_run_or_mlflow_record_is_rebuilt(done_workspace):
 
 
 def test_a_deleted_mlflow_store_re_mirrors_every_run(done_workspace):
+    """Every grid of the results folder lost its MLflow runs: this grid's mirror re-runs, and so does each
+    other grid's (rule remirror_grid, which also remakes its report), before the index."""
     wd, _ = done_workspace
     db, parent = wd / "results" / "mlflow.db", wd / "results" / "smoke" / "mlflow_parent.json"
+    other = wd / "results" / "other"  # a grid run earlier into the same results folder
+    (other / "runs" / "fig" / "arm" / "seed0").mkdir(parents=True)
+    for name in ("runs/fig/arm/seed0/DONE", "runs/fig/arm/seed0/summary.json", "mlflow_parent.json"):
+        (other / name).write_text("{}")
     db.unlink()
     try:
         out = snakemake(wd, "-n", "--configfile", str(wd / "grid.yaml"), snakefile=wd / "Snakefile")
     finally:
         db.touch()
-        parent.with_name("mlflow_parent.json.stale").rename(parent)
+        for p in (parent, other / "mlflow_parent.json"):
+            if p.with_name("mlflow_parent.json.stale").exists():
+                p.with_name("mlflow_parent.json.stale").rename(p)
+        shutil.rmtree(other)
     assert "mlflow.db is gone" in out
     jobs = planned(out)
-    assert Counter(j["rule"] for j in jobs) == Counter(["mlflow", *DOWNSTREAM - {"grid_file"}])
+    rules = ["mlflow", "remirror_grid", *DOWNSTREAM - {"grid_file"}]
+    assert Counter(j["rule"] for j in jobs) == Counter(rules)
     assert "Missing output files" in next(j for j in jobs if j["rule"] == "mlflow")["reason"]
+    assert next(j for j in jobs if j["rule"] == "remirror_grid")["wildcards"] == {"other": "other"}

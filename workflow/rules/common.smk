@@ -3,8 +3,10 @@
 
 import json
 import os
+import re
 import shlex
 import sys
+from glob import glob
 from pathlib import Path
 
 import yaml
@@ -130,14 +132,20 @@ def write_grid_file(grid_json, path, log_path):
 
 def set_aside_stale_mirror():
     """The mirror's records (mlflow_parent.json, mlflow_run.json) say what the MLflow store holds; when the
-    embedded store was deleted they are false. Snakemake cannot see a file that is not an output, so the
-    grid's parent record is renamed mlflow_parent.json.stale: the mirror job's output is then missing, the
-    job is planned, and it re-mirrors every run into a new store (and the report follows)."""
-    if TRACKING_URI or os.path.exists(MLFLOW_DB) or not os.path.exists(MLFLOW_PARENT):
-        return
-    os.replace(MLFLOW_PARENT, MLFLOW_PARENT + ".stale")
-    print(f"{MLFLOW_DB} is gone: {MLFLOW_PARENT} set aside, the MLflow mirror of grid '{GRID.name}' will re-run",
-          file=sys.stderr)
+    embedded store was deleted they are false, for every grid of RESULTS, not only this one. Snakemake
+    cannot see a file that is not an output, so each grid's parent record is renamed
+    mlflow_parent.json.stale: this grid's mirror job is then planned and re-mirrors its runs into a new
+    store (and the report follows); the other grids' records are remade by rule remirror_grid (tracking.smk),
+    which the index waits for. Returns the other grids to re-mirror: those with a set-aside record and none
+    made since."""
+    if not TRACKING_URI and not os.path.exists(MLFLOW_DB):
+        for parent in sorted(Path(RESULTS).glob("*/mlflow_parent.json")):
+            os.replace(parent, f"{parent}.stale")
+            print(f"{MLFLOW_DB} is gone: {parent} set aside, the MLflow mirror of grid '{parent.parent.name}' "
+                  "will re-run", file=sys.stderr)
+    return sorted(p.parent.name for p in Path(RESULTS).glob("*/mlflow_parent.json.stale")
+                  if str(p.parent) != GDIR and not p.with_name("mlflow_parent.json").exists()
+                  and any(p.parent.glob("runs/*/*/seed*/DONE")))
 
 
-set_aside_stale_mirror()
+OTHER_GRIDS = set_aside_stale_mirror()

@@ -47,6 +47,7 @@ rule report:
 rule index:
     input:
         f"{GDIR}/report/report.md",
+        [f"{RESULTS}/{g}/mlflow_parent.json" for g in OTHER_GRIDS],  # re-mirrored after a lost store
     output:
         INDEX_HTML,
     log:

@@ -8,6 +8,7 @@
 
 localrules:
     mlflow,
+    remirror_grid,
 
 
 rule mlflow:
@@ -27,6 +28,33 @@ rule mlflow:
     shell:
         "{PYTHON} -m rl_core.orchestration.tracking grid --grid-dir {params.grid_dir} --grid {params.grid} "
         "--uri={params.uri:q} {params.run_dirs} >> {log} 2>&1"
+
+
+# After a deleted embedded store, the other grids of the results folder (OTHER_GRIDS, common.smk) lose
+# their MLflow runs too: one job each re-mirrors its finished runs (rewriting mlflow_parent.json and every
+# mlflow_run.json), regenerates its report from its grid.yaml (so the run ids the report names exist) and
+# logs it into the new parent run. The index waits for these jobs (report.smk). Its runs' files are read,
+# never trained: a grid whose arms are not all done keeps what it has (re-run that grid to finish it).
+rule remirror_grid:
+    input:
+        lambda w: sorted(glob(f"{RESULTS}/{w.other}/runs/*/*/seed*/DONE")),
+    output:
+        f"{RESULTS}/{{other}}/mlflow_parent.json",
+    log:
+        f"{RESULTS}/{{other}}/logs/mlflow.log",
+    wildcard_constraints:
+        other="|".join(re.escape(g) for g in OTHER_GRIDS) or "(?!)",
+    params:
+        grid_dir=lambda w, output: os.path.dirname(output[0]),
+        uri=TRACKING_URI,
+        run_dirs=lambda w, input: " ".join(shlex.quote(os.path.dirname(d)) for d in input),
+    shell:
+        "{PYTHON} -m rl_core.orchestration.tracking grid --grid-dir {params.grid_dir} --grid {wildcards.other} "
+        "--uri={params.uri:q} {params.run_dirs} >> {log} 2>&1 && "
+        "{PYTHON} -m analysis.report --grid-dir {params.grid_dir} --grid-file {params.grid_dir}/grid.yaml "
+        "--out {params.grid_dir}/report >> {log} 2>&1 && "
+        "{PYTHON} -m rl_core.orchestration.tracking report --parent-file {output} --report-dir {params.grid_dir}/report "
+        "--uri={params.uri:q} >> {log} 2>&1"
 
 
 # Live tracking (rl_core.orchestration.live): one follower per Snakemake invocation tails the metrics.jsonl of every arm
