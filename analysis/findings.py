@@ -74,6 +74,7 @@ from rl_core.orchestration.finding_schema import (  # noqa: F401  (re-exported: 
     Metric,
     finding_arms,
     resolve,
+    shown,
     validate_findings,
 )
 
@@ -166,7 +167,8 @@ def _better(item: dict, per_run: pd.DataFrame, n_boot: int) -> tuple[str, str, s
     undecided = _undecided(cis, overlap=overlaps > 0)
     verdict = "disagrees" if losses else ("agrees" if wins == len(refs) - 1 else undecided)
     leader = max(refs, key=lambda r: sign * cis[r].point)
-    observed = f"{'highest' if metric.higher_is_better else 'lowest'} {item['metric']}: {_name(leader, item)}"
+    side = "highest" if metric.higher_is_better else "lowest"
+    observed = f"{side} {shown(item['metric'])}: {_name(leader, item)}"
     return observed, numbers, verdict
 
 
@@ -188,7 +190,7 @@ def _spread(item: dict, per_run: pd.DataFrame, n_boot: int) -> tuple[str, str, s
     else:
         verdict = "disagrees" if within else ("agrees" if disjoint else _undecided(cis))
     unit = " (relative)" if relative else ""
-    observed = f"spread of {item['metric']} {spread:.3g}{unit} vs tolerance {tol:g}"
+    observed = f"spread of {shown(item['metric'])} {spread:.3g}{unit} vs tolerance {tol:g}"
     return observed, numbers, verdict
 
 
@@ -250,10 +252,10 @@ def describe_test(item: dict) -> str:
     names = [_name(r, item) for r in finding_arms(item)]
     if item["kind"] == "better":
         op = ">" if METRICS[item["metric"]].higher_is_better else "<"
-        return f"{item['metric']}: {names[0]} {op} {', '.join(names[1:])}"
+        return f"{shown(item['metric'])}: {names[0]} {op} {', '.join(names[1:])}"
     if item["kind"] in ("similar", "different"):
         op = " ~ " if item["kind"] == "similar" else " != "
-        return f"{item['metric']}: {op.join(names)}"
+        return f"{shown(item['metric'])}: {op.join(names)}"
     if item["kind"] == "more_stable":
         return f"critical stress: {names[0]} > {names[1]}"
     return f"{names[0]} {item['kind']}" + (f" (within {item['by_frac']:.0%})" if "by_frac" in item else "")

@@ -178,7 +178,7 @@ def run_table_html(per_run: pd.DataFrame, out_dir: Path) -> str:
                  _cell(fmt(r.final_score, ".3f"), "num"), _cell(collapse, cls),
                  _cell(fmt(getattr(r, "max_kl_k3", None), ".2e"), "num"),
                  _cell(fmt(getattr(r, "mean_kl_k3", None), ".2e"), "num"),
-                 _cell(fmt(r.mean_kl, ".2e"), "num"),
+                 _cell(fmt(r.mean_kl_k1, ".2e"), "num"),
                  _cell(f"{fmt(r.entropy_max_rel, '.2f')} / {fmt(r.entropy_min_rel, '.2f')}", "num"),
                  _cell(fmt(r.final_length, ".1f"), "num"), _cell(getattr(r, "reason", "") or ""),
                  _cell(f'<a href="{href}">config.json</a>', raw=True),

@@ -2,8 +2,9 @@
 
 Per run (:func:`run_stability`): ``peak_score`` (and ``peak_step``) and ``final_score`` (the last finite
 eval score; a run that diverged keeps the last score it had, and counts as collapsed), the collapse step by
-the named rule below, ``max_kl`` / ``mean_kl`` of the train-inference KL over all logged steps (the
-rule's ``kl_metric``, k1) and ``max_kl_k3`` / ``mean_kl_k3`` (the k3 estimator, what reports show),
+the named rule below, ``max_kl_k1`` / ``mean_kl_k1`` of the train-inference KL over all logged steps (the k1
+estimator, the default rule's ``kl_metric``) and ``max_kl_k3`` / ``mean_kl_k3`` (the k3 estimator, what
+reports show and what findings' ``max_kl`` / ``mean_kl`` compare),
 ``entropy_max_rel`` / ``entropy_min_rel`` (max and min entropy over the initial entropy, the median of
 the first ``kl_baseline_steps`` values: > 1 explodes, < 1 crashes), ``final_reward`` (mean of the last
 FINAL_REWARD_WINDOW logged rewards) and ``final_length`` (the last eval response length).
@@ -52,11 +53,13 @@ LENGTH = "eval/response_length"
 LOSS = "loss/value"
 #: Per-run columns aggregated per arm (point = IQM, with _lo/_hi interval columns).
 FINAL_REWARD_WINDOW = 5  # last logged training steps averaged into final_reward (the reward is noisy)
-ARM_METRICS = ("peak_score", "final_score", "survival_step", "max_kl", "mean_kl", "max_kl_k3", "mean_kl_k3",
-               "final_reward", "final_length", "entropy_max_rel", "entropy_min_rel")
+ARM_METRICS = ("peak_score", "final_score", "survival_step", "max_kl_k1", "mean_kl_k1", "max_kl_k3",
+               "mean_kl_k3", "final_reward", "final_length", "entropy_max_rel", "entropy_min_rel")
 #: The low-variance, never-negative KL estimator (mean of r - 1 - log r): what reports show; the rule's
 #: kl_metric (k1, unbiased but noisy, negative at times) stays the collapse rule's input.
 KL_K3 = "kl/train_infer_k3"
+#: The unbiased, noisy estimator (mean of -log r; a mean can be negative): shown only with its name.
+KL_K1 = "kl/train_infer_k1"
 
 
 @dataclass(frozen=True)
@@ -242,8 +245,8 @@ def run_stability(frame: pd.DataFrame, diverged_step: float | None = None, steps
                                                            diverged_step, rule, nonfinite)
     last = steps_done if steps_done else (frame.index.max() if len(frame) else np.nan)
     out["survival_step"] = out["collapse_step"] if np.isfinite(out["collapse_step"]) else float(last)
-    out["max_kl"] = float(kl.max()) if len(kl) else np.nan
-    out["mean_kl"] = float(kl.mean()) if len(kl) else np.nan
+    _, k1 = _series(frame, KL_K1)  # every KL column names its estimator
+    out["max_kl_k1"], out["mean_kl_k1"] = (float(k1.max()), float(k1.mean())) if len(k1) else (np.nan, np.nan)
     out["kl_early"] = float(np.median(kl[: rule.kl_baseline_steps])) if len(kl) else np.nan
     _, k3 = _series(frame, KL_K3)
     out["max_kl_k3"], out["mean_kl_k3"] = (float(k3.max()), float(k3.mean())) if len(k3) else (np.nan, np.nan)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -210,7 +211,7 @@ def test_better_verdicts_clear_win_reversed_and_overlapping():
     assert verdict({**better, "better": "c", "worse": "b"}, table) == "inconclusive: CIs overlap"
     assert verdict({**better, "better": "a", "worse": ["b", "c"]}, table) == "agrees"
     assert verdict({**better, "better": "a", "worse": "zzz"}, table) == "inconclusive: missing arms/runs"
-    kl = per_run_table({"r3": [1e-3, 1.1e-3, 0.9e-3], "plain": [2e-3, 2.1e-3, 1.9e-3]}, "mean_kl")
+    kl = per_run_table({"r3": [1e-3, 1.1e-3, 0.9e-3], "plain": [2e-3, 2.1e-3, 1.9e-3]}, "mean_kl_k3")
     assert verdict({"kind": "better", "metric": "mean_kl", "better": "r3", "worse": "plain"}, kl) == "agrees"
     near = per_run_table({"a": [0.50, 0.51, 0.49], "b": [0.46, 0.47, 0.45]})  # apart, by less than 0.05
     assert verdict({**better, "better": "a", "worse": "b"}, near) == \
@@ -439,3 +440,19 @@ def test_analysis_does_not_import_torch():
     code = "import sys, analysis.report, analysis.index; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_a_kl_finding_compares_k3_and_names_its_estimator():
+    """k3 (never negative) is the KL every table shows; findings' mean_kl is k3 and says so, and k1 (whose
+    means can be negative) is compared only under its own name."""
+    from analysis.findings import evaluate_findings
+
+    per_run = per_run_table({"r3": [1e-3, 1.1e-3, 0.9e-3], "plain": [2e-3, 2.1e-3, 1.9e-3]}, "mean_kl_k3")
+    per_run["mean_kl_k1"] = [-2e-3, 1e-3, -1e-3, 3e-3, -4e-3, 2e-3]
+    items = [{"id": m, "claim": "c", "figure": "fig", "kind": "better", "metric": m, "better": "r3",
+              "worse": "plain"} for m in ("mean_kl", "mean_kl_k1")]
+    rows = evaluate_findings(items, per_run, n_boot=200).set_index("id")
+    assert rows.loc["mean_kl", "test"] == "mean_kl (k3): r3 < plain"
+    assert not re.search(r"[[ ]-\d", rows.loc["mean_kl", "numbers"])  # no negative bound
+    assert rows.loc["mean_kl", "verdict"] == "agrees"
+    assert rows.loc["mean_kl_k1", "test"].startswith("mean_kl_k1: ")

@@ -29,13 +29,26 @@ METRICS = {
     "peak_score": Metric("peak_score", True, 0.05, False, ".3f"),
     "final_score": Metric("final_score", True, 0.05, False, ".3f"),
     "collapse_step": Metric("survival_step", True, 0.2, True, ".0f"),
-    "max_kl": Metric("max_kl", False, 0.5, True, ".2e"),
-    "mean_kl": Metric("mean_kl", False, 0.5, True, ".2e"),
+    # the train-inference KL: k3 (never negative), what every table and figure shows; k1 by its name
+    "max_kl": Metric("max_kl_k3", False, 0.5, True, ".2e"),
+    "mean_kl": Metric("mean_kl_k3", False, 0.5, True, ".2e"),
+    "max_kl_k1": Metric("max_kl_k1", False, 0.5, True, ".2e"),
+    "mean_kl_k1": Metric("mean_kl_k1", False, 0.5, True, ".2e"),
     "final_reward": Metric("final_reward", True, 0.05, False, ".3f"),
     "final_length": Metric("final_length", True, 0.15, True, ".1f"),
     "entropy_max_rel": Metric("entropy_max_rel", False, 0.25, True, ".2f"),
     "entropy_min_rel": Metric("entropy_min_rel", True, 0.25, True, ".2f"),
 }
+
+
+def shown(metric: str) -> str:
+    """A metric as findings name it: a KL with its estimator, e.g. ``mean_kl (k3)``."""
+    column = METRICS[metric].column
+    if "_kl_" in column and not metric.endswith(column[-3:]):
+        return f"{metric} ({column.rsplit('_', 1)[1]})"
+    return metric
+
+
 KINDS = {  # kind -> (required keys, optional keys)
     "better": ({"metric", "better", "worse"}, {"tolerance", "relative"}),
     "similar": ({"metric", "arms"}, {"tolerance", "relative"}),
