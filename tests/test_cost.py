@@ -111,7 +111,8 @@ def test_jobs_side_by_side_take_busy_times_longer():
 def test_estimate_command_line_and_seeds(capsys):
     assert main(["experiments/smoke.yaml", "--estimate", "--cores", "2"]) == 0
     one = capsys.readouterr().out
-    assert "h:mm wall on 2 unloaded cores" in one and "cold start: pretrain" in one
+    assert "m:ss wall on 2 unloaded cores" in one and "cold start: pretrain" in one
+    assert "about 0:00 " not in one  # the smoke grid takes about a minute: its estimate shows seconds
     assert main(["experiments/smoke.yaml", "--estimate", "--seeds", "0,1,2"]) == 0
     three = capsys.readouterr().out
     runs = lambda text: int(text.split("RL: ")[1].split(" runs")[0])  # noqa: E731

@@ -1,5 +1,10 @@
-"""The per-step progress line of an arm: elapsed time, ETA and the latest eval score, as plain text."""
+"""The per-step progress line of an arm: elapsed time, ETA and the latest eval score, as plain text; the
+grid's progress line (rl_core.progress): runs done and running, CPU spent and left, an ETA that learns."""
 
+import json
+import os
+
+from rl_core.progress import clock, line, status
 from rl_core.train import _clock, _progress
 
 ROW = {"reward/mean": 0.25, "response/length_mean": 12.0, "kl/train_infer_k3": 3e-4, "clip/frac": 0.01,
@@ -21,3 +26,38 @@ def test_progress_line_has_elapsed_eta_and_latest_eval(capsys):
 def test_progress_line_before_any_eval(capsys):
     _progress("a", 1, 4, [ROW], {}, elapsed=1.0, steps_per_s=0.0)
     assert "eta ? | eval - |" in capsys.readouterr().out
+
+
+def _touch(path, t, text=""):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    os.utime(path, (t, t))
+
+
+def test_grid_progress_learns_from_the_runs_that_finished(tmp_path):
+    """Three runs estimated at 10 s each on 2 cores: A finished in 20 s (measured 2x the estimate), B has run
+    5 s and is half done, C waits. Left: C 20 s + B max(20 x 0.5, 20 - 5) = 15 s = 35 s; ETA max(35 / 2,
+    the longest run left: 20) = 20 s; spent: 20 + 5 = 25 s."""
+    now = 1_000_000.0
+    t0 = now - 60
+    a, b, c = (tmp_path / n for n in "abc")
+    _touch(a / "config.json", now - 30)
+    _touch(a / "summary.json", now - 9, json.dumps({"wall_s": 20.0}))
+    _touch(a / "DONE", now - 9)
+    _touch(b / ".lock", now - 5)
+    _touch(b / "config.json", now - 4)
+    _touch(b / "metrics.jsonl", now - 1, json.dumps({"step": 5}) + "\n" + '{"step": 6')  # a torn last row
+    plan = {"grid": "g", "cores": 2, "runs": [{"dir": str(d), "est_s": 10.0, "steps": 10} for d in (a, b, c)]}
+    s = status(plan, t0, now)
+    assert (s["done"], s["running"], s["spent_s"], s["left_s"], s["eta_s"]) == (1, 1, 25.0, 35.0, 20.0)
+    assert line(plan, s) == ("[g] 1/3 runs done, 1 running | CPU 0:25 spent, ~0:35 left (measured 2.00x the "
+                             "estimate) | ETA 0:20")
+
+
+def test_grid_progress_before_any_run_uses_the_estimate_and_the_cold_start(tmp_path):
+    plan = {"grid": "g", "cores": 1, "coldstart_s": 30.0, "coldstart_files": [str(tmp_path / "eval.json")],
+            "runs": [{"dir": str(tmp_path / "r"), "est_s": 40.0, "steps": 8}]}
+    s = status(plan, 0.0, 100.0)
+    assert (s["left_s"], s["eta_s"], s["measured"]) == (70.0, 70.0, False)
+    assert "(the estimate) | ETA 1:10" in line(plan, s)
+    assert clock(69.6) == "1:10" and clock(3725) == "1:02:05"

@@ -158,7 +158,9 @@ def test_a_new_seed_plans_one_run_per_arm(done_workspace):
 def test_profiles():
     local = yaml.safe_load((REPO / "workflow" / "profiles" / "default" / "config.yaml").read_text())
     assert local["cores"] == 2 and local["keep-going"] and local["rerun-incomplete"]
-    assert local["printshellcmds"] and local["show-failed-logs"]
+    assert local["show-failed-logs"]
+    # quiet: the arms' and the grid's progress lines, not 2,000-character commands (those go to commands.log)
+    assert not local["printshellcmds"] and set(local["quiet"]) == {"rules", "progress"}
     slurm_text = (REPO / "workflow" / "profiles" / "slurm" / "config.yaml").read_text()
     slurm = yaml.safe_load(slurm_text)
     assert slurm["executor"] == "slurm" and "slurm_partition" in slurm["default-resources"]

@@ -234,9 +234,11 @@ def grid_estimate(grid, cores: int = 2, c: dict | None = None) -> dict:
     }
 
 
-def _hm(s: float) -> str:
-    m = round(s / 60)
-    return f"{m // 60}:{m % 60:02d}"
+def _clock(s: float) -> str:
+    """h:mm:ss, or m:ss below an hour (a minute-long grid is not "0:00")."""
+    from rl_core.progress import clock
+
+    return f"{clock(s)} {'h:mm:ss' if s >= 3599.5 else 'm:ss'}"
 
 
 def format_estimate(e: dict) -> str:
@@ -260,7 +262,7 @@ def format_estimate(e: dict) -> str:
         lines.append(f"{compiled} run(s) with train.compile: estimated as eager (not modelled: faster "
                      f"updates, tens of CPU seconds of compiling per process; docs/results.md, 'make bench')")
     busy = f", jobs {e['busy']:.2f}x slower side by side" if e["busy"] != 1.0 else ""
-    lines.append(f"{e['grid']} (preset {e['preset']}): about {_hm(e['wall_s'])} h:mm wall on {e['cores']} "
+    lines.append(f"{e['grid']} (preset {e['preset']}): about {_clock(e['wall_s'])} wall on {e['cores']} "
                  f"unloaded cores [coefficients: {e['source']}{busy}]")
     return "\n".join(lines)
 

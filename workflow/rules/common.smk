@@ -42,6 +42,13 @@ TRACKING_URI = str(OPTIONS["tracking_uri"] or "")
 # --config live_tracking=false turns it off.
 LIVE = "false" if str(OPTIONS["live_tracking"]).strip().lower() in ("false", "0", "no", "off", "") else "true"
 RUNS = {(r.figure, r.arm, str(r.seed)): r for r in GRID.runs}
+# Every shell job first appends its full command, with the time, to {LOGS}/commands.log: the terminal stays
+# quiet (workflow/profiles/default) and the commands stay on record. (Braces doubled twice: once for this
+# f-string, once for Snakemake's formatting of the command.)
+shell.prefix(
+    f'set -euo pipefail; mkdir -p {shlex.quote(LOGS)} && printf "%s %s\\n" "$(date -u +%FT%TZ)" '
+    f'"${{{{BASH_EXECUTION_STRING##*: rl-job; }}}}" >> {shlex.quote(LOGS)}/commands.log || true; : rl-job; '
+)
 # The embedded MLflow store (shared by the grids of RESULTS) when no tracking_uri is given.
 MLFLOW_DB = f"{RESULTS}/mlflow.db"
 MLFLOW_PARENT = f"{GDIR}/mlflow_parent.json"

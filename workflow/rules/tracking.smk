@@ -75,5 +75,27 @@ def start_live_follower():
         )
 
 
+# The grid's progress line (rl_core.progress) on Snakemake's terminal, from a plan of the runs' estimates
+# (rl_core.cost, as `python -m rl_core.grid --estimate` prints them); it ends with Snakemake.
+def start_progress():
+    import subprocess
+
+    from rl_core.cost import grid_estimate
+
+    e = grid_estimate(GRID, workflow.cores)
+    plan = {"grid": GRID.name, "cores": workflow.cores,
+            "coldstart_s": e["pretrain_s"] + e["sft_wall_s"] + e["coldstart_eval_s"] * len(EVALUATED),
+            "coldstart_files": [f"{GDIR}/models/eval_{m}.json" for m in EVALUATED],
+            "runs": [{"dir": os.path.abspath(run_file(r)), "est_s": a["total_s"], "steps": r.config.train.steps}
+                     for r, a in e["arms"]]}
+    os.makedirs(LOGS, exist_ok=True)
+    with open(f"{LOGS}/plan.json", "w") as f:
+        json.dump(plan, f, indent=1)
+    subprocess.Popen([PYTHON, "-m", "rl_core.progress", "--plan", f"{LOGS}/plan.json", "--interval", "10",
+                      "--pid", str(os.getpid())],
+                     stdin=subprocess.DEVNULL, start_new_session=True)
+
+
 onstart:
     start_live_follower()
+    start_progress()
