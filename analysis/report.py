@@ -29,7 +29,7 @@ from pathlib import Path
 import pandas as pd
 from matplotlib.lines import Line2D
 
-from analysis import render, render_margins
+from analysis import render, render_margins, samples
 from analysis.dose import dose_figure, dose_frame
 from analysis.early_warning import early_warning
 from analysis.findings import FindingError, evaluate_findings, validate_findings
@@ -231,6 +231,7 @@ def _html_page(ctx: dict) -> str:
         parts.append(render.arm_table_html(fig["arms"], arms, sel, out_dir))
         if len(sel):
             parts.append(render.run_table_html(sel, out_dir))
+            parts.append(samples.arm_samples_html(sel))
     warned = _warnings(ctx["per_run"])
     if warned:
         items = [f"<li><code>{html.escape(run)}</code>: {html.escape(text)}</li>" for run, text in warned]
@@ -238,7 +239,7 @@ def _html_page(ctx: dict) -> str:
     parts += ['<h2 id="findings">Findings: the paper\'s conclusions on this grid</h2>',
               render.findings_table_html(ctx["findings"])]
     return ("<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
-            f"<title>Report {html.escape(ctx['grid'])}</title><style>{render.CSS}</style></head>"
+            f"<title>Report {html.escape(ctx['grid'])}</title><style>{render.CSS}{samples.CSS}</style></head>"
             f"<body>{''.join(parts)}</body></html>")
 
 
