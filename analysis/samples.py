@@ -2,7 +2,7 @@
 after its collapse step, the tokens whose train-inference ratio was extreme highlighted.
 
 Per arm, its first run (lowest seed): with a collapse step (analysis.stability's rule), the training
-samples of the last global step before it and of the first at or after it; without one, of the first
+samples of the global step it falls in and of the one before; without one, of the first
 and the last global step. Each response is drawn token by token: a token with |log pi_old/mu_old| >=
 :data:`EXTREME` (a ratio beyond 2x either way) is marked (its colour says the sign), a token the clip mask
 dropped is struck through, a token a correction zeroed is greyed; hovering shows its log-ratio and weight.
@@ -36,18 +36,21 @@ def read_samples(run_dir: str | Path) -> list[dict]:
 
 
 def before_after(rows: list[dict], collapse_step: float | None) -> list[tuple[str, list[dict]]]:
-    """[(title, samples)]: the training samples of the global step just before the collapse step and of
-    the first at or after it; without a collapse, of the first and the last global step."""
+    """[(title, samples)]: the training samples of the global step of the collapse step and of the one
+    before it; without a collapse, of the first and the last global step."""
     train = [r for r in rows if r.get("kind") == "train"]
     steps = sorted({r["step"] for r in train})
     if not steps:
         return []
     of = lambda s: [r for r in train if r["step"] == s]  # noqa: E731
     if collapse_step is not None and math.isfinite(collapse_step):
-        before = [s for s in steps if s < collapse_step]
-        after = [s for s in steps if s >= collapse_step]
-        out = [(f"before the collapse (step {before[-1]})", of(before[-1]))] if before else []
-        return out + ([(f"after the collapse (step {after[0]})", of(after[0]))] if after else [])
+        # samples are kept once per global step (its first rows: its first update's step), so the collapse
+        # step's own global step is the last kept step at or before it
+        upto = [s for s in steps if s <= collapse_step] or steps[:1]
+        at, before = upto[-1], upto[-2] if len(upto) > 1 else None
+        out = [(f"before the collapse (step {before})", of(before))] if before is not None else []
+        return out + [(f"at the collapse (step {at}, the global step of collapse step {collapse_step:g})",
+                       of(at))]
     return [(f"first step ({steps[0]})", of(steps[0]))] + \
         ([(f"last step ({steps[-1]})", of(steps[-1]))] if steps[-1] != steps[0] else [])
 

@@ -16,8 +16,8 @@ def _row(step, response="7", logr=0.0):
 
 def test_before_and_after_the_collapse_step():
     rows = [_row(s) for s in (1, 3, 5, 7)] + [{"kind": "eval", "step": 4, "prompt": "p", "response": "r"}]
-    assert [t for t, _ in before_after(rows, 5.0)] == ["before the collapse (step 3)",
-                                                        "after the collapse (step 5)"]
+    assert [t for t, _ in before_after(rows, 6.0)] == [
+        "before the collapse (step 3)", "at the collapse (step 5, the global step of collapse step 6)"]
     assert [t for t, _ in before_after(rows, None)] == ["first step (1)", "last step (7)"]
     assert before_after([], 3.0) == []
 
@@ -39,5 +39,5 @@ def test_an_arm_block_per_arm_from_its_run_dir(tmp_path):
                              "run_dir": str(tmp_path)}])
     page = arm_samples_html(per_run)
     assert page.count("<details>") == 1 and "minirl_no_is (seed 0)" in page
-    assert "before the collapse (step 1)" in page and "after the collapse (step 2)" in page
+    assert "before the collapse (step 1)" in page and "at the collapse (step 2, " in page
     assert 'class="tok-hi"' in page
