@@ -95,7 +95,7 @@ def test_parent_child_params_tags_metrics_artifacts(store):
     assert "phase" not in child.data.metrics  # non-numeric fields are not metrics
     assert child.data.metrics["summary/steps_done"] == 57
     artifacts = {a.path for a in client.list_artifacts(rec["run_id"])}
-    assert artifacts == {"config.json", "meta.json", "summary.json"}
+    assert artifacts == {"config.json", "meta.json", "summary.json", "metrics.jsonl"}
 
 
 def test_remirroring_is_idempotent_and_a_changed_run_replaces_its_child(store):
