@@ -56,7 +56,7 @@ replicate: $(STAMP)
 	    $(REPLICA)/$(GRID_NAME)/report/margins.csv --out $(REPLICA)/$(GRID_NAME)/report/compare_margins.md; fi
 
 smoke: $(STAMP)
-	@$(BIN)/python -m rl_core.grid experiments/smoke.yaml --estimate --cores $(CORES) | tail -n 1
+	@$(BIN)/python -m rl_core.orchestration.grid experiments/smoke.yaml --estimate --cores $(CORES) | tail -n 1
 	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) \
 	  --configfile experiments/smoke.yaml
 

@@ -19,7 +19,8 @@ from pathlib import Path
 
 from analysis.render import CSS, rel_link
 
-#: Folders never searched: run trees, and MLflow's stores of artifact copies (rl_core.tracking.log_report).
+#: Folders never searched: run trees, and MLflow's stores of artifact copies
+#: (rl_core.orchestration.tracking.log_report).
 SKIP = ("runs", "mlartifacts", "mlruns")
 
 

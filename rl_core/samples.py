@@ -13,7 +13,7 @@ One JSON object per line, two kinds:
 
 A resumed run drops the rows past its checkpoint's step (:func:`keep_through`), as metrics.jsonl drops
 its rows past the checkpoint, so a resumed run's file equals an uninterrupted one's. The MLflow mirror
-logs both kinds as tables (rl_core.tracking); the report shows them per arm (analysis.samples).
+logs both kinds as tables (rl_core.orchestration.tracking); the report shows them per arm (analysis.samples).
 """
 
 from __future__ import annotations

@@ -92,11 +92,11 @@ def test_generate_with_max_new_tokens_says_nothing(arm_dir):
 
 
 def test_the_mirrored_child_holds_the_policy_as_a_model_mlflow_loads(arm_dir, tmp_path):
-    """rl_core.tracking logs RUN_DIR/policy as an MLflow model (transformers flavour): a user loads it with
-    mlflow.transformers or mlflow.pyfunc from the run, offline, and it generates."""
+    """rl_core.orchestration.tracking logs RUN_DIR/policy as an MLflow model (transformers flavour): a user
+    loads it with mlflow.transformers or mlflow.pyfunc from the run, offline, and it generates."""
     import mlflow
 
-    from rl_core import tracking as T
+    from rl_core.orchestration import tracking as T
 
     T.mirror_grid(tmp_path / "results" / "g", "g", [arm_dir])
     record = json.loads((arm_dir / "mlflow_run.json").read_text())

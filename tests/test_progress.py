@@ -1,10 +1,11 @@
 """The per-step progress line of an arm: elapsed time, ETA and the latest eval score, as plain text; the
-grid's progress line (rl_core.progress): runs done and running, CPU spent and left, an ETA that learns."""
+grid's progress line (rl_core.orchestration.progress): runs done and running, CPU spent and left, an ETA
+that learns."""
 
 import json
 import os
 
-from rl_core.progress import clock, line, status
+from rl_core.orchestration.progress import clock, line, status
 from rl_core.train import _clock, _progress
 
 ROW = {"reward/mean": 0.25, "response/length_mean": 12.0, "kl/train_infer_k3": 3e-4, "clip/frac": 0.01,

@@ -9,7 +9,7 @@ from test_train import TINY, cfg_for, strip_perf
 from tiny import build_cold_start
 
 from rl_core import samples as S
-from rl_core.objectives import OBJECTIVES, LossParams
+from rl_core.losses.objectives import OBJECTIVES, LossParams
 from rl_core.train import run
 
 

@@ -276,7 +276,7 @@ def test_the_grid_run_spans_its_children_running_while_they_run_and_after(tmp_pa
     """The grid (parent) run starts when the grid did (the live follower's start), is RUNNING while an arm
     trains, and ends FINISHED no earlier than its last child; each child carries its metric file and its
     rollout samples as tables."""
-    from rl_core.live import GridFollower
+    from rl_core.orchestration.live import GridFollower
 
     grid = load_grid(REPO / "experiments" / "smoke.yaml")
     grid_dir = tmp_path / "results" / grid.name

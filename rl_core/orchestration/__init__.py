@@ -6,4 +6,5 @@
     tracking.py         the MLflow mirror of the run files (python -m rl_core.orchestration.tracking)
     live.py             live tracking of running arms (python -m rl_core.orchestration.live)
     capabilities.py     what each backend can do here, checked at config validation
+    progress.py         the grid's progress line (python -m rl_core.orchestration.progress)
 """

@@ -236,7 +236,7 @@ def grid_estimate(grid, cores: int = 2, c: dict | None = None) -> dict:
 
 def _clock(s: float) -> str:
     """h:mm:ss, or m:ss below an hour (a minute-long grid is not "0:00")."""
-    from rl_core.progress import clock
+    from rl_core.orchestration.progress import clock
 
     return f"{clock(s)} {'h:mm:ss' if s >= 3599.5 else 'm:ss'}"
 

@@ -20,7 +20,8 @@ Times are training times, not mirroring times (:func:`run_times`): a child ends 
 was written (the row's ``perf/time``, unix seconds; else summary.json's modification time) and starts
 ``summary.wall_s`` before that, so its duration in MLflow is the run's wall time; each metric's timestamp is
 its row's ``perf/time`` (rows without one are spread evenly over the run). The parent spans its children:
-it starts when the grid started (the live follower's start, rl_core.live, else its earliest child) and is
+it starts when the grid started (the live follower's start, rl_core.orchestration.live, else its earliest
+child) and is
 RUNNING while any of its arms trains; a parent found starting after a child it must hold (a store rebuilt
 after the runs) is replaced by one that starts with its earliest child (:func:`mirror_parent`).
 

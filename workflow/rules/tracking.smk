@@ -75,12 +75,12 @@ def start_live_follower():
         )
 
 
-# The grid's progress line (rl_core.progress) on Snakemake's terminal, from a plan of the runs' estimates
-# (rl_core.cost, as `python -m rl_core.grid --estimate` prints them); it ends with Snakemake.
+# The grid's progress line (rl_core.orchestration.progress) on Snakemake's terminal, from a plan of the runs' estimates
+# (rl_core.orchestration.cost, as `python -m rl_core.orchestration.grid --estimate` prints them); it ends with Snakemake.
 def start_progress():
     import subprocess
 
-    from rl_core.cost import grid_estimate
+    from rl_core.orchestration.cost import grid_estimate
 
     e = grid_estimate(GRID, workflow.cores)
     plan = {"grid": GRID.name, "cores": workflow.cores,
@@ -91,7 +91,7 @@ def start_progress():
     os.makedirs(LOGS, exist_ok=True)
     with open(f"{LOGS}/plan.json", "w") as f:
         json.dump(plan, f, indent=1)
-    subprocess.Popen([PYTHON, "-m", "rl_core.progress", "--plan", f"{LOGS}/plan.json", "--interval", "10",
+    subprocess.Popen([PYTHON, "-m", "rl_core.orchestration.progress", "--plan", f"{LOGS}/plan.json", "--interval", "10",
                       "--pid", str(os.getpid())],
                      stdin=subprocess.DEVNULL, start_new_session=True)
 

@@ -1,10 +1,11 @@
 """The grid's progress line: runs done and running, CPU time spent and left, and an ETA that learns.
 
-    python -m rl_core.progress --plan results/{grid}/logs/plan.json [--pid PID] [--interval 20]
+    python -m rl_core.orchestration.progress --plan results/{grid}/logs/plan.json [--pid PID] [--interval 20]
 
 The workflow writes the plan when Snakemake starts executing (``onstart``, workflow/rules/tracking.smk):
-every run it trains, its run directory and its estimate from the cost model (rl_core.cost.arm_seconds, the
-numbers of ``python -m rl_core.grid --estimate``), the cold start's estimate and the cores. This follower
+every run it trains, its run directory and its estimate from the cost model
+(rl_core.orchestration.cost.arm_seconds, the numbers of ``python -m rl_core.orchestration.grid --estimate``),
+the cold start's estimate and the cores. This follower
 then prints one line on Snakemake's terminal whenever it changes (at most every ``--interval`` seconds)
 and ends with Snakemake (``--pid``):
 
@@ -134,7 +135,8 @@ def follow(plan: dict, pid: int | None, interval: float, out=sys.stdout) -> None
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m rl_core.progress", description=__doc__.split("\n")[0])
+    ap = argparse.ArgumentParser(prog="python -m rl_core.orchestration.progress",
+                                 description=__doc__.split("\n")[0])
     ap.add_argument("--plan", required=True, type=Path, help="the plan the workflow wrote (logs/plan.json)")
     ap.add_argument("--pid", type=int, help="follow until this process is gone (default: forever)")
     ap.add_argument("--interval", type=float, default=20.0, help="seconds between looks")
