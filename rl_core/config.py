@@ -195,6 +195,15 @@ class TrainConfig:
                     "cuda when torch sees a GPU, else cpu (the resolved device is recorded in summary.json "
                     "and every metric row); cuda without a GPU is refused before any work. Under torchrun "
                     "each rank takes cuda:LOCAL_RANK.", choices=("auto", "cpu", "cuda"))
+    world_size: int = F(1, "Processes (ranks) that train this arm: 1 = one process; W > 1 = W data-parallel "
+                        "ranks under torchrun (FSDP2 for the torch engine; tensor / expert / data parallel "
+                        "for megatron), which the workflow launches (`python -m torch.distributed.run "
+                        "--nproc-per-node W --standalone`; on SLURM one task with W x train.threads CPUs "
+                        "and, for a GPU arm, W GPUs on one node). The trainer refuses a WORLD_SIZE that "
+                        "differs. A "
+                        "launch setting, not a result: a checkpoint resumes at another world size (the "
+                        "resume identity leaves it out), and every metric row and summary.json record the "
+                        "world size they ran at.", ge=1)
     megatron_tp: int = F(1, "train.engine=megatron only: tensor-parallel size (attention heads, query "
                          "groups, vocabulary and each expert's FFN split over this many torchrun ranks); "
                          "must divide model.num_key_value_heads, model.moe_intermediate_size and the "
@@ -376,6 +385,17 @@ def _megatron_checks(cfg: RunConfig) -> None:
     if t.compile and t.engine != "torch":
         raise ConfigError(f"train.compile: true compiles the torch engine's layers (this run trains with "
                           f"{t.engine!r}, which has its own kernels); allowed here: false")
+    if t.world_size > 1 and t.compile:
+        raise ConfigError(f"train.compile: true runs in one process (train.world_size={t.world_size}: "
+                          f"FSDP-sharded compiled layers are not tested here); allowed: false")
+    if t.world_size % (t.megatron_tp * t.megatron_ep):
+        raise ConfigError(f"train.world_size: {t.world_size} is not a multiple of train.megatron_tp x "
+                          f"train.megatron_ep = {t.megatron_tp} x {t.megatron_ep}")
+    dp = t.world_size // t.megatron_tp
+    if t.batch_prompts % dp:
+        raise ConfigError(f"train.batch_prompts: {t.batch_prompts} does not split over the {dp} "
+                          f"data-parallel ranks (train.world_size={t.world_size} / train.megatron_tp="
+                          f"{t.megatron_tp}); use a multiple of {dp}")
     for key, value, divides in (("megatron_tp", t.megatron_tp, ("num_attention_heads", "num_key_value_heads",
                                                                   "moe_intermediate_size")),
                                 ("megatron_ep", t.megatron_ep, ("num_experts",))):
@@ -510,6 +530,24 @@ def config_hash(cfg: RunConfig) -> str:
     return hashlib.sha256(to_json(cfg).encode()).hexdigest()[:12]
 
 
+#: Fields that say how a run is launched, not what it computes to within rounding: a run directory and its
+#: checkpoints are the same run whatever they are (rl_core.rundir.set_aside, the checkpoint's resume hash).
+LAUNCH_KEYS = ("train.world_size",)
+
+
+def resume_identity(config: RunConfig | dict) -> dict:
+    """The config as a nested dict without :data:`LAUNCH_KEYS`: what a resumed run must share with the run
+    it resumes (a checkpoint written at one world size resumes at another)."""
+    flat = flatten(config if isinstance(config, dict) else to_dict(config))
+    return unflatten({k: v for k, v in flat.items() if k not in LAUNCH_KEYS})
+
+
+def resume_hash(cfg: RunConfig) -> str:
+    """:func:`config_hash` of :func:`resume_identity`: the checkpoint's config hash."""
+    text = json.dumps(resume_identity(cfg), indent=2, sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
 def describe(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, Any, str]]:
     """(key, default, doc) for every leaf field: the config reference, generated."""
     rows = []
@@ -525,7 +563,7 @@ def describe(cls: type = RunConfig, prefix: str = "") -> list[tuple[str, Any, st
 __all__ = ["ConfigError", "RunConfig", "ModelConfig", "TaskConfig", "RolloutConfig", "TrainConfig",
            "LossConfig", "ReplayConfig", "EvalConfig", "resolve", "load", "from_dict", "to_dict",
            "to_json", "from_json", "flatten", "from_flat", "parse_overrides", "deep_merge",
-           "config_hash", "describe"]
+           "config_hash", "resume_identity", "resume_hash", "LAUNCH_KEYS", "describe"]
 
 
 # ------------------------------------------------------------------------------------- command line

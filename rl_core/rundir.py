@@ -71,7 +71,9 @@ def set_aside(out: Path, config: dict) -> Path | None:
         old = json.loads((out / "config.json").read_text())
     except (OSError, ValueError):
         old = None
-    if old == json.loads(json.dumps(config)):
+    from rl_core.config import resume_identity  # the launch (train.world_size) may differ: it resumes
+
+    if isinstance(old, dict) and resume_identity(old) == resume_identity(json.loads(json.dumps(config))):
         return None
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     dest = out.with_name(f"{out.name}.replaced-{stamp}")

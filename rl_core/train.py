@@ -11,7 +11,8 @@ Run files (the contract with the workflow and the analysis):
                    train.log_samples of each)
     summary.json   status ("completed" | "diverged"), steps_done, diverged_step, reason, scores, timings
                    (wall_s and rl_wall_s count every process of a resumed run, less the work redone),
-                   device (the resolved train.device, e.g. "cuda:0") and world_size (torchrun's ranks)
+                   device (the resolved train.device, e.g. "cuda:0"), world_size (this process's ranks:
+                   train.world_size) and world_sizes (those every step ran at, over resumes)
     ckpt/state.pt  policy + optimizer + counters + number of metric rows, every checkpoint_every steps
     policy/        the final policy as a Hugging Face checkpoint (transformers / vLLM load it as is)
     DONE           written last
@@ -180,7 +181,7 @@ class Arm:
             raise C.ConfigError(str(e)) from None
         self.policy, ranks = TRAIN_ENGINES[cfg.train.engine](cfg, ranks)
         self.ranks = ranks
-        state = _resume(files, C.config_hash(cfg), self.policy, ranks)
+        state = _resume(files, C.resume_hash(cfg), self.policy, ranks)
         # The rollout engine lives on rank 0, built from the full (resumed) weights before sharding.
         weights = D.full_state_dict(self.policy)  # every rank joins (Megatron under TP / EP gathers)
         self.engine = make_rollout_engine(cfg, self.policy, ranks.device, weights) if ranks.main else None
@@ -282,7 +283,7 @@ class Arm:
         self.files.save_ckpt({"policy": D.full_state_dict(self.policy), "opt": opt,
                               "step": self.step, "global_step": self.global_step, "rl_wall": self.rl_wall,
                               "wall_s": wall_s, "rows": self.files.rows(),
-                              "config_hash": C.config_hash(self.cfg)})
+                              "config_hash": C.resume_hash(self.cfg)})
 
 
 def due(step: int, every: int, n: int, last: int) -> bool:
@@ -394,7 +395,8 @@ def _train(cfg: C.RunConfig, out: Path, meta: dict | None, t_start: float, ranks
 
 
 def summarise(files: RunFiles, status, reason, steps_done, diverged_step, wall_s, rl_wall_s) -> dict:
-    evals = [r for r in map(json.loads, files.metrics.read_text().splitlines()) if "eval/score" in r]
+    rows = list(map(json.loads, files.metrics.read_text().splitlines()))
+    evals = [r for r in rows if "eval/score" in r]
     scores = [r["eval/score"] for r in evals if not math.isnan(r["eval/score"])]
     return {
         "status": status, "reason": reason, "steps_done": steps_done, "diverged_step": diverged_step,
@@ -402,6 +404,8 @@ def summarise(files: RunFiles, status, reason, steps_done, diverged_step, wall_s
         "initial_eval_score": scores[0] if scores else None,
         "final_eval_score": scores[-1] if scores else None,
         "peak_eval_score": max(scores) if scores else None,
+        # the world sizes the steps ran at (a run resumed at another train.world_size lists both)
+        "world_sizes": sorted({r["perf/world_size"] for r in rows if "perf/world_size" in r}),
     }
 
 

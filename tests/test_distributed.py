@@ -179,6 +179,7 @@ def _train(out, cfg: dict, world: int, kill_at: int = 0):
     launch = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(world),
               "--master-port", str(_free_port())] if world > 1 else [sys.executable]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "RLCORE_KILL_AT_STEP": str(kill_at)}
+    cfg = {**cfg, "train": {**cfg["train"], "world_size": world}}  # the trainer checks it against WORLD_SIZE
     cmd = [*launch, "-m", "rl_core.train", "--out", str(out), "--config-json", json.dumps(cfg)]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
 

@@ -347,7 +347,7 @@ def test_a_short_arm_runs_end_to_end(megatron, tmp_path):
     for name, engine, ep in (("torch", "torch", 1), ("megatron", "megatron", 1), ("ep2", "megatron", 2)):
         cfg = C.resolve(TINY, {"init": init}, overrides=[f"train.engine={engine}", "train.steps=2",
                                                          "train.n_minibatches=2", "replay.mode=r2",
-                                                         f"train.megatron_ep={ep}"])
+                                                         f"train.megatron_ep={ep}", f"train.world_size={ep}"])
         if ep == 1:
             run(cfg, tmp_path / name)
         else:

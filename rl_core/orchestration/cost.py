@@ -26,6 +26,13 @@ first onto whichever core frees first (Snakemake's order differs; the report's r
 left out). Jobs that share the machine run slower than the bench's one process (caches and memory bandwidth
 are shared): with more than one core, every job after pretraining takes ``busy`` times its modelled time,
 ``busy`` measured on a whole grid (:data:`DEFAULTS`; `make bench` does not measure it).
+
+An arm of W ranks (``train.world_size``, rl_core.training.distributed) takes W cores for its whole wall time
+(the workflow's rule asks for W x train.threads): rank 0 samples and evaluates alone while the others
+wait, and the updates and pi_old passes are split W ways. So its wall is rollout + evals + (N updates +
+(N - 1) pi_old passes) / W (the gradient all-reduce, sharding and the process start of the extra ranks
+are not modelled: a lower bound), and the schedule places it on the W cores that free first, all W busy
+until it ends (its core-seconds are W x its wall).
 """
 
 from __future__ import annotations
@@ -170,10 +177,11 @@ def rollout_seconds(c: dict, d: int, rows: int, L: int, fmt: str = "fp32") -> fl
 
 
 def step_seconds(c: dict, d: int, N: int, B: int, G: int, L: int, rollout: str = "fp32",
-                 train: str = "fp32") -> float:
-    """One global step: rollout of N x B x G, N updates, N - 1 pi_old passes (see the module docstring)."""
-    update = update_part(c, B * G, c["prompt_tokens"] + c["resp_frac"] * L) * _width(c, d, "a_train") \
-        * c["f_train"].get(train, 1.0)
+                 train: str = "fp32", world: int = 1) -> float:
+    """One global step: rollout of N x B x G, N updates, N - 1 pi_old passes (see the module docstring),
+    the updates and passes split over ``world`` ranks."""
+    update = update_part(c, B * G // world, c["prompt_tokens"] + c["resp_frac"] * L) \
+        * _width(c, d, "a_train") * c["f_train"].get(train, 1.0)
     return rollout_seconds(c, d, N * B * G, L, rollout) + update * (N + (N - 1) * c["old_frac"])
 
 
@@ -188,21 +196,29 @@ def arm_seconds(c: dict, cfg, busy: float = 1.0) -> dict:
     t, r, d = cfg.train, cfg.rollout, cfg.model.hidden_size
     N, L = t.n_minibatches, r.max_new_tokens
     global_steps = t.steps // N
-    rl = global_steps * step_seconds(c, d, N, t.batch_prompts, r.group_size, L, r.precision, t.precision)
+    rl = global_steps * step_seconds(c, d, N, t.batch_prompts, r.group_size, L, r.precision, t.precision,
+                                     t.world_size)
     evals = n_evals(t.steps, cfg.eval.every, N)
     # An arm from a grid's cold start (no `init` of its own) takes the cold start's benchmark as its step 0.
     ev = (evals - (0 if cfg.init else 1)) * rollout_seconds(c, d, cfg.eval.n_problems * cfg.eval.k, L)
     rl, ev = rl * busy, ev * busy
+    total = rl + ev + c["arm_fixed_s"] * busy
     return {"global_steps": global_steps, "grad_steps": t.steps, "evals": evals, "rl_s": rl, "eval_s": ev,
-            "total_s": rl + ev + c["arm_fixed_s"] * busy}
+            "total_s": total, "world_size": t.world_size, "core_s": total * t.world_size}
 
 
-def _schedule(jobs: list[float], cores: int, load: list[float] | None = None) -> list[float]:
+def _schedule(jobs: list[float], cores: int, load: list[float] | None = None,
+              widths: list[int] | None = None) -> list[float]:
     """Each worker's busy time after `jobs` are list-scheduled longest first onto `cores` workers (busy for
-    `load` already)."""
+    `load` already); a job of width w (default 1) takes the w workers that free first, all of them from
+    the latest of their free times to its end. A job wider than the cores is given them all."""
     load = list(load or [0.0] * max(1, cores))
-    for j in sorted(jobs, reverse=True):
-        load[load.index(min(load))] += j
+    widths = widths or [1] * len(jobs)
+    for j, w in sorted(zip(jobs, widths, strict=True), key=lambda jw: jw[0], reverse=True):
+        take = sorted(range(len(load)), key=load.__getitem__)[:min(w, len(load))]
+        end = max(load[i] for i in take) + j
+        for i in take:
+            load[i] = end
     return load
 
 
@@ -225,11 +241,12 @@ def grid_estimate(grid, cores: int = 2, c: dict | None = None) -> dict:
     after_sft = _schedule([sft] * len(teachers), cores)
     sft_wall = min(after_sft) if teachers else 0.0
     tail_jobs = [a["total_s"] for _, a in arms] + [cs_eval] * (len(teachers) + 1)
-    rl_wall = max(_schedule(tail_jobs, cores, after_sft)) - sft_wall
+    widths = [a["world_size"] for _, a in arms] + [1] * (len(teachers) + 1)
+    rl_wall = max(_schedule(tail_jobs, cores, after_sft, widths)) - sft_wall
     return {
         "grid": grid.name, "preset": grid.preset, "runs": len(arms), "seeds": len(grid.seeds), "cores": cores,
         "teachers": teachers, "pretrain_s": pretrain, "sft_s": sft, "sft_wall_s": sft_wall,
-        "coldstart_eval_s": cs_eval, "arms": arms, "rl_cpu_s": sum(a["total_s"] for _, a in arms),
+        "coldstart_eval_s": cs_eval, "arms": arms, "rl_cpu_s": sum(a["core_s"] for _, a in arms),
         "rl_wall_s": rl_wall, "wall_s": pretrain + sft_wall + rl_wall, "source": c["source"], "busy": busy,
     }
 
@@ -249,7 +266,7 @@ def format_estimate(e: dict) -> str:
         f["runs"] += 1
         f["steps"] += a["grad_steps"]
         f["evals"] += a["evals"]
-        f["s"] += a["total_s"]
+        f["s"] += a["core_s"]
     lines.append(f"{'figure':24s} {'runs':>4s} {'grad steps':>10s} {'evals':>5s} {'CPU min':>8s}")
     for name, f in by_fig.items():
         lines.append(f"{name:24s} {f['runs']:4d} {f['steps']:10d} {f['evals']:5d} {f['s'] / 60:8.1f}")
@@ -258,6 +275,9 @@ def format_estimate(e: dict) -> str:
                  f"{len(e['teachers']) + 1} evals {e['coldstart_eval_s']:.1f} s each")
     lines.append(f"RL: {e['runs']} runs ({e['seeds']} seed(s)), {e['rl_cpu_s'] / 60:.0f} CPU min -> "
                  f"{e['rl_wall_s'] / 60:.0f} min on {e['cores']} cores")
+    if wide := [a["world_size"] for _, a in e["arms"] if a["world_size"] > 1]:
+        lines.append(f"{len(wide)} run(s) of several ranks (train.world_size up to {max(wide)}): each takes "
+                     f"that many cores for its wall; CPU min count every rank (communication not modelled)")
     if compiled := sum(r.config.train.compile for r, _ in e["arms"]):
         lines.append(f"{compiled} run(s) with train.compile: estimated as eager (not modelled: faster "
                      f"updates, tens of CPU seconds of compiling per process; docs/results.md, 'make bench')")

@@ -168,6 +168,12 @@ def from_env(cfg: RunConfig) -> Ranks:
     Checks the device and the split first, then joins the process group (nccl on GPUs, gloo on CPUs)."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank, local = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if world != cfg.train.world_size:
+        how = (f"start it with `python -m torch.distributed.run --nproc-per-node {cfg.train.world_size} "
+               f"--standalone -m rl_core.train ...` (the workflow does)" if cfg.train.world_size > 1 else
+               "start it as one process, or set train.world_size to the number of ranks")
+        raise ConfigError(f"train.world_size: {cfg.train.world_size}, but this process is one of {world} "
+                          f"ranks (WORLD_SIZE={world}); {how}")
     device = resolve_device(cfg.train.device, local)
     check_world(cfg, world)
     if world > 1 and not dist.is_initialized():

@@ -112,9 +112,26 @@ def step0_eval(run):
 
 def run_gpus(run):
     """GPUs one arm job asks for (a resource for cluster profiles): the GPU backends need one, and so does
-    a trainer asked for cuda; train.device=auto trains on whatever the job got."""
+    a trainer asked for cuda, one per rank (train.world_size); train.device=auto trains on whatever the job
+    got."""
     c = run.config
-    return int(c.rollout.engine == "vllm" or c.train.engine == "megatron" or c.train.device == "cuda")
+    return int(c.rollout.engine == "vllm" or c.train.engine == "megatron" or c.train.device == "cuda") \
+        * c.train.world_size
+
+
+def run_threads(run):
+    """Cores one arm job takes: train.threads per rank, train.world_size ranks (Snakemake's local
+    scheduler counts them against --cores; the SLURM executor asks for them as --cpus-per-task)."""
+    return run.config.train.threads * run.config.train.world_size
+
+
+def run_launcher(run):
+    """How an arm's trainer is started: one process, or train.world_size ranks under torchrun on this node
+    (--standalone: a private rendezvous on a free local port, so arms side by side do not collide)."""
+    w = run.config.train.world_size
+    if w == 1:
+        return PYTHON
+    return f"{PYTHON} -m torch.distributed.run --nproc-per-node {w} --standalone"
 
 
 def run_partition(run):

@@ -31,14 +31,24 @@ rule rl_run:
         config=lambda w: run_of(w).config_json(init=init_dir(run_of(w))),
         meta=lambda w: compact(run_of(w).meta),
         step0=lambda w: "" if run_of(w).config.init else f"--step0-eval {step0_eval(run_of(w))}",
-    threads: lambda w: run_of(w).config.train.threads
+        launch=lambda w: run_launcher(run_of(w)),
+        rank_threads=lambda w: run_of(w).config.train.threads,
+    # train.world_size ranks x train.threads each (common.smk): all on one node, in one SLURM task (torchrun
+    # is the per-node launcher that starts the ranks), with one GPU per rank for a GPU arm.
+    threads: lambda w: run_threads(run_of(w))
     resources:
         gpu=lambda w: run_gpus(run_of(w)),
         slurm_partition=lambda w: run_partition(run_of(w)),
+        # SLURM (snakemake-executor-plugin-slurm 2.8.0): --nodes=1 and one task (--ntasks=1 for a CPU arm;
+        # tasks_per_gpu=0 keeps the plugin from adding --ntasks-per-gpu, i.e. W tasks, for a GPU arm), with
+        # --cpus-per-task from threads and --gpus from gpu.
+        nodes=1,
+        tasks=1,
+        tasks_per_gpu=0,
     shell:
         # tee: progress on the terminal and in the log (appended: a resumed run keeps its history).
-        "OMP_NUM_THREADS={threads} MKL_NUM_THREADS={threads} "
-        "{PYTHON} -m rl_core.train --out {params.run_dir} --config-json {params.config:q} "
+        "OMP_NUM_THREADS={params.rank_threads} MKL_NUM_THREADS={params.rank_threads} "
+        "{params.launch} -m rl_core.train --out {params.run_dir} --config-json {params.config:q} "
         "--meta-json {params.meta:q} {params.step0} 2>&1 | tee -a {log}"
 
 
