@@ -66,7 +66,7 @@ def _load_megatron(cfg: C.RunConfig, ranks: D.Ranks) -> tuple[TrainingEngine, D.
     from rl_core.training.megatron.engine import load_megatron
 
     t = cfg.train
-    policy = load_megatron(cfg.init, t.seed, ranks.device, t.megatron_tp, t.megatron_ep)
+    policy = load_megatron(cfg.init, t.seed, ranks.device, t.megatron_tp, t.megatron_ep, t.precision)
     data = (parallel_state.get_data_parallel_rank(), parallel_state.get_data_parallel_world_size())
     group = parallel_state.get_data_parallel_group()
     return policy, D.Ranks(ranks.rank, ranks.world, ranks.device, data, group)

@@ -506,3 +506,132 @@ def test_two_ranks_at_tp_or_ep_2_equal_the_one_process_engine(megatron, tp, ep, 
         assert d_lp < 1e-5
         assert d_w < 1e-4 and loose < 1e-3
         assert d_m < 1e-4
+
+
+# ------------------------------------------------------------------------------------------- bf16
+
+def _bf16_engines(cfg, precision: str):
+    """The seed-0 policy of test_distributed's tiny config at ``precision``: our torch engine, Megatron's."""
+    from test_distributed import EOS, PAD, VOCAB
+
+    from rl_core.training.megatron.engine import MegatronPolicy, build_gpt_model
+
+    ours = MoEPolicy(hf_config(cfg.model, VOCAB, EOS, PAD), seed=0)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    theirs = MegatronPolicy(ours.config, build_gpt_model(ours.config, dtype), precision)
+    theirs.load_state_dict(ours.state_dict())
+    return ours, theirs
+
+
+def _first_update(cfg, policy, sampled) -> dict:
+    """score() (logp_old) and the first update at lr 0 (loss, gradient norm, gradients in our layout)."""
+    from rl_core.losses.objectives import OBJECTIVES, LossParams
+    from rl_core.step import score, update
+
+    mb = cfg.train.batch_prompts * cfg.rollout.group_size
+    params = LossParams.from_config(cfg.loss, float(mb), group_size=cfg.rollout.group_size)
+    from rl_core.training.adamw import AdamW
+
+    opt = AdamW(policy.parameters(), lr=0.0)
+    batch = score(cfg, policy, sampled)
+    metrics, finite = update(cfg, policy, opt, batch, torch.arange(mb), OBJECTIVES["minirl"], params)
+    assert finite
+    return {"logp": batch.logp_old.detach().clone(), "mask": sampled.rollout.response_mask.bool(),
+            "loss": metrics["loss/value"], "grad_norm": metrics["grad/norm"]}
+
+
+def test_megatron_bf16_is_as_far_from_fp32_as_its_residual_stream_says(megatron, capsys):
+    """Megatron's bf16 (Float16Module: bf16 parameters and compute, the residual stream bf16, fp32 masters
+    in rl_core's AdamW) and the torch engine's bf16 (autocast: bf16 matmul inputs, an fp32 residual stream)
+    against fp32 on the same checkpoint and rollout batch: log-probs (logp_old of every response token),
+    the first update's loss and gradient norm. Printed as a parity table.
+
+    The claim is a band on the ratio of the distances, r = mean|logp_megatron_bf16 - logp_fp32| /
+    mean|logp_torch_bf16 - logp_fp32|, over the batch's response tokens. Derivation. Both bf16 paths round
+    the same things onto the same bf16 grid (unit roundoff u = 2^-9): every weight (round to nearest of
+    the same fp32 value) and every matmul input; Megatron's also rounds the residual stream after each of
+    its 2L = 4 adds, the RMSNorm outputs and every linear's output. Rounding errors of independent sources
+    add in quadrature, so Megatron's distance is the torch path's plus more: r >= 1 in expectation; the
+    lower bound 0.75 leaves a quarter for the spread of a mean over the batch's 48 response tokens, whose
+    errors are correlated within a response. Upper bound: a residual rounding perturbs the whole stream
+    by u |h|, where a matmul-input rounding perturbs only its branch, whose output is a fraction of |h|.
+    With 2L + 1 = 5 residual-stream roundings (the embedding output, each add) against the torch path's
+    ~2 activation roundings per branch (2L = 4 branches: 8), the ratio of the error variances is about
+    (8 + 5 c) / 8 for c = |h|^2 / |branch out|^2 (an estimate, not measured: c ~ 10 for two layers),
+    r ~ sqrt(1 + 50 / 8) ~ 2.7; the bound 4 adds half again for that estimate. Measured: r = 2.05 on the
+    default and on the avx2 kernels (Intel Xeon with AMX).
+    The fp32 engines agree to fp32 rounding (test_logprobs_equal_the_torch_engines)."""
+    from test_distributed import case_config, sampled_batch
+
+    from rl_core import config as C
+
+    base = case_config("minirl/none")
+    sampled = sampled_batch(base)
+    out = {}
+    for precision in ("fp32", "bf16"):
+        cfg = C.resolve(C.to_dict(base), {"train": {"precision": precision}})
+        for name, policy in zip(("torch", "megatron"), _bf16_engines(cfg, precision), strict=True):
+            out[f"{name} {precision}"] = _first_update(cfg, policy, sampled)
+    ref, mask = out["torch fp32"], out["torch fp32"]["mask"]
+    rows = []
+    for name, r in out.items():
+        d = (r["logp"] - ref["logp"]).abs()[mask]
+        rows.append((name, float(d.max()), float(d.mean()), r["grad_norm"], r["loss"]))
+    with capsys.disabled():
+        print(f"\nparity against torch fp32 on {int(mask.sum())} response tokens (tests/test_megatron.py)")
+        print(f"{'engine':16s} {'max|dlogp|':>11s} {'mean|dlogp|':>12s} {'grad norm':>11s} {'loss':>12s}")
+        for name, mx, mean, gn, loss in rows:
+            print(f"{name:16s} {mx:11.3e} {mean:12.3e} {gn:11.5f} {loss:12.5e}")
+    dist = {name: mean for name, _, mean, _, _ in rows}
+    assert dist["megatron fp32"] < 1e-5 < dist["torch bf16"]  # the two fp32 engines agree; bf16 moved
+    ratio = dist["megatron bf16"] / dist["torch bf16"]
+    with capsys.disabled():
+        print(f"ratio of distances r = megatron bf16 / torch bf16 = {ratio:.2f} (band [0.75, 4])")
+    assert 0.75 <= ratio <= 4.0
+    gn = {name: g for name, _, _, g, _ in rows}
+    # The gradient norm: bf16 moves it by a few u relative (measured 5e-4 torch, 4e-4 Megatron); 2e-2 is
+    # 10 u (u = 2^-9) of margin on a norm that sums ~5e4 squared components each rounded once.
+    assert abs(gn["megatron bf16"] / gn["torch fp32"] - 1) < 2e-2
+
+
+def test_megatron_bf16_keeps_fp32_masters_and_the_optimizer_layout(megatron):
+    """bf16: the GPTModel's parameters are bf16, what AdamW steps (parameters()) are fp32 masters in GPTModel
+    order; after one step the state dict is the masters' (fp32, our layout), the optimizer state has the
+    fp32 engine's keys and shapes, and a fresh bf16 engine loaded from both resumes to the same masters and
+    moments bitwise."""
+    from test_distributed import case_config, global_step, sampled_batch
+
+    from rl_core import config as C
+    from rl_core.training import distributed as D
+    from rl_core.training.adamw import AdamW
+
+    cfg = C.resolve(C.to_dict(case_config("minirl/none")), {"train": {"precision": "bf16"}})
+    _, theirs = _bf16_engines(cfg, "bf16")
+    assert {p.dtype for p in theirs.gpt.parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in theirs.parameters()} == {torch.float32}
+    assert [p.shape for p in theirs.parameters()] == [p.shape for p in theirs.gpt.parameters()]
+    sampled = sampled_batch(cfg)
+    weights, _ = global_step(cfg, sampled, D.SINGLE, theirs)
+    assert {v.dtype for v in weights.values()} == {torch.float32}
+    t = cfg.train
+    opt = AdamW(theirs.parameters(), lr=t.lr, betas=(t.beta1, t.beta2))
+    from rl_core.losses.objectives import OBJECTIVES, LossParams
+    from rl_core.step import score, update
+
+    mb = t.batch_prompts * cfg.rollout.group_size
+    params = LossParams.from_config(cfg.loss, float(mb), group_size=cfg.rollout.group_size)
+    update(cfg, theirs, opt, score(cfg, theirs, sampled), torch.arange(mb), OBJECTIVES["minirl"], params)
+    state, moments = theirs.state_dict(), theirs.optimizer_state(opt)
+    _, fp32 = _bf16_engines(C.resolve(C.to_dict(cfg), {"train": {"precision": "fp32"}}), "fp32")
+    opt32 = AdamW(fp32.parameters(), lr=t.lr)
+    fp32.load_optimizer_state(opt32, moments)
+    layout = fp32.optimizer_state(opt32)
+    assert set(layout) == set(moments) and all(
+        layout[k][n].shape == moments[k][n].shape for k in ("exp_avg", "exp_avg_sq") for n in moments[k])
+    _, fresh = _bf16_engines(cfg, "bf16")
+    fresh.load_state_dict(state)
+    opt2 = AdamW(fresh.parameters(), lr=t.lr)
+    fresh.load_optimizer_state(opt2, moments)
+    assert all(torch.equal(a, b) for a, b in zip(fresh.parameters(), theirs.parameters(), strict=True))
+    again = fresh.optimizer_state(opt2)
+    assert all(torch.equal(again[k][n], moments[k][n]) for k in ("exp_avg", "exp_avg_sq") for n in moments[k])

