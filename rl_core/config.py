@@ -156,6 +156,15 @@ class RolloutConfig:
     kv_cache: str = F("auto", "KV cache format: auto = the compute precision (vLLM's kv_cache_dtype=auto); "
                       "fp8 = e4m3 with a per-tensor scale of 1.0 (vLLM's kv_cache_dtype=fp8 without "
                       "calibrated scales).", choices=("auto", "fp8"))
+    weight_sync: str = F("memory", "How the trainer's weights reach the rollout engine: memory (the engine "
+                         "quantises them itself) or checkpoint (fp8 only: the sync writes a block-FP8 "
+                         "checkpoint in the format of Qwen's FP8 releases, e4m3 weights with a "
+                         "weight_scale_inv per 128x128 block and quantization_config {quant_method: fp8, "
+                         "weight_block_size: [128, 128], activation_scheme: dynamic}, and the engine loads "
+                         "it: the embedded engine bitwise as from memory, vLLM's GPU build with its "
+                         "block-FP8 "
+                         "kernels; every quantised width must be a multiple of 128).",
+                         choices=("memory", "checkpoint"))
     temperature: float = F(1.0, "Sampling temperature (both engines score with the same temperature).", gt=0)
     max_new_tokens: int = F(80, "Response length limit.", ge=1)
     group_size: int = F(8, "G: responses sampled per prompt.", ge=2)
@@ -352,6 +361,11 @@ def _cross_checks(cfg: RunConfig) -> None:
                           f"model.num_experts={m.num_experts}")
     _megatron_checks(cfg)
     _task_checks(cfg)
+    if cfg.rollout.weight_sync == "checkpoint" and cfg.rollout.precision != "fp8":
+        raise ConfigError(f"rollout.weight_sync: 'checkpoint' writes the block-FP8 checkpoint of "
+                          f"rollout.precision=fp8 (this run samples in {cfg.rollout.precision!r}, which has "
+                          f"no "
+                          f"checkpoint format here); allowed here: 'memory'")
     if cfg.task.max_operands < cfg.task.min_operands:
         raise ConfigError(f"task.max_operands: {cfg.task.max_operands} < task.min_operands")
     if not cfg.task.ops or set(cfg.task.ops) - set("+-*"):
@@ -385,6 +399,15 @@ def _megatron_checks(cfg: RunConfig) -> None:
     if t.compile and t.engine != "torch":
         raise ConfigError(f"train.compile: true compiles the torch engine's layers (this run trains with "
                           f"{t.engine!r}, which has its own kernels); allowed here: false")
+    for key, value, divides in (("megatron_tp", t.megatron_tp, ("num_attention_heads", "num_key_value_heads",
+                                                                  "moe_intermediate_size")),
+                                ("megatron_ep", t.megatron_ep, ("num_experts",))):
+        for name in divides:
+            n = getattr(m, name)
+            if n % value:
+                allowed = [d for d in range(1, n + 1) if all(getattr(m, x) % d == 0 for x in divides)]
+                raise ConfigError(f"train.{key}: {value} does not divide model.{name}={n}; "
+                                  f"allowed: {allowed}")
     if t.world_size > 1 and t.compile:
         raise ConfigError(f"train.compile: true runs in one process (train.world_size={t.world_size}: "
                           f"FSDP-sharded compiled layers are not tested here); allowed: false")
@@ -396,15 +419,6 @@ def _megatron_checks(cfg: RunConfig) -> None:
         raise ConfigError(f"train.batch_prompts: {t.batch_prompts} does not split over the {dp} "
                           f"data-parallel ranks (train.world_size={t.world_size} / train.megatron_tp="
                           f"{t.megatron_tp}); use a multiple of {dp}")
-    for key, value, divides in (("megatron_tp", t.megatron_tp, ("num_attention_heads", "num_key_value_heads",
-                                                                  "moe_intermediate_size")),
-                                ("megatron_ep", t.megatron_ep, ("num_experts",))):
-        for name in divides:
-            n = getattr(m, name)
-            if n % value:
-                allowed = [d for d in range(1, n + 1) if all(getattr(m, x) % d == 0 for x in divides)]
-                raise ConfigError(f"train.{key}: {value} does not divide model.{name}={n}; "
-                                  f"allowed: {allowed}")
 
 
 def _task_checks(cfg: RunConfig) -> None:

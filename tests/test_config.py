@@ -75,8 +75,12 @@ def test_megatron_parallel_sizes_apply_only_to_megatron_and_must_split_the_model
                                             r"allowed: \[1, 2, 4, 8\]"):
         C.resolve({"model": {"num_experts": 8}, "train": {**mega, "megatron_ep": 3}})
     cfg = C.resolve({"model": {"num_attention_heads": 8, "num_key_value_heads": 2, "num_experts": 8},
-                     "train": {**mega, "megatron_tp": 2, "megatron_ep": 4}})
+                     "train": {**mega, "megatron_tp": 2, "megatron_ep": 4, "world_size": 8}})
     assert (cfg.train.megatron_tp, cfg.train.megatron_ep) == (2, 4)
+    with pytest.raises(C.ConfigError, match=r"train.world_size: 1 is not a multiple of train.megatron_tp x "
+                                            r"train.megatron_ep = 2 x 4"):
+        C.resolve({"model": {"num_attention_heads": 8, "num_key_value_heads": 2, "num_experts": 8},
+                   "train": {**mega, "megatron_tp": 2, "megatron_ep": 4}})
 
 
 @pytest.mark.parametrize(("low", "high"), [("icepop_low", "icepop_high"), ("seq_mis_low", "seq_mis_high")])

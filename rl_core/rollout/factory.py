@@ -17,9 +17,17 @@ def make_rollout_engine(cfg: RunConfig, policy, device: torch.device | None = No
     if cfg.rollout.engine == "vllm":
         from rl_core.rollout.vllm.engine import VLLMRolloutEngine  # optional extra
 
-        return VLLMRolloutEngine(cfg.init, cfg.rollout.precision)
+        return VLLMRolloutEngine(cfg.init, cfg.rollout.precision,
+                                 fp8_checkpoint=cfg.rollout.weight_sync == "checkpoint")
     weights = policy.state_dict() if weights is None else weights
-    make = lambda: EmbeddedRolloutEngine(policy.config, weights, cfg.rollout.precision, cfg.rollout.kv_cache)  # noqa: E731
+    r = cfg.rollout
+    if r.weight_sync == "checkpoint":  # through the block-FP8 checkpoint (rl_core.rollout.fp8_checkpoint)
+        from rl_core.rollout.fp8_checkpoint import CheckpointSynced
+
+        make = lambda: CheckpointSynced(  # noqa: E731
+            lambda c, sd: EmbeddedRolloutEngine(c, sd, r.precision, r.kv_cache), policy.config, weights)
+    else:
+        make = lambda: EmbeddedRolloutEngine(policy.config, weights, r.precision, r.kv_cache)  # noqa: E731
     return make() if device is None or device.type == "cpu" else OnDevice(make, device)
 
 

@@ -159,15 +159,19 @@ class Dense:
 class W8A8Block:
     """e4m3 weight (..., out, in) with 128 x 128 block scales; inputs quantised per token and 128-group."""
 
-    def __init__(self, w: torch.Tensor, block: int = BLOCK):
-        self.q, self.scale = fp8_block_quant(w, block)
+    def __init__(self, w: torch.Tensor | None, block: int = BLOCK,
+                 quantised: tuple[torch.Tensor, torch.Tensor] | None = None):
+        """From a weight ``w`` (quantised here), or from ``quantised`` = (e4m3 values, block scales) as
+        stored in a block-FP8 checkpoint (rl_core.rollout.fp8_checkpoint; ``w`` None)."""
+        self.q, self.scale = fp8_block_quant(w, block) if quantised is None else quantised
         self.block = block
-        self.n_in = w.shape[-1]
+        self.n_in = self.q.shape[-1]
+        n_out = self.q.shape[-2]
         qb = self.q.to(torch.bfloat16)                                    # e4m3 values, exact in bf16
         # Per input block b: the weight's values and its per-output-row scales (..., out).
         self.parts = []
         for b in range(0, self.n_in, block):
-            row_scale = self.scale[..., b // block].repeat_interleave(block, dim=-1)[..., :w.shape[-2]]
+            row_scale = self.scale[..., b // block].repeat_interleave(block, dim=-1)[..., :n_out]
             part = qb[..., b:b + block]
             self.parts.append((slice(b, b + block), part, part.transpose(-1, -2), row_scale))
 

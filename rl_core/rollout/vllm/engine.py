@@ -17,8 +17,12 @@ measurements behind them: docs/results.md, "The engines' agreement"):
   temperature. We ask for ``logprobs_mode="processed_logprobs"``, the log-softmax after temperature, i.e. of
   the distribution sampled from; with ``logprobs=0`` vLLM returns exactly the sampled token's value.
   tests/test_vllm_engine.py checks it against the fp32 training engine's ``token_logprobs``.
-* **Precision.** fp32 / bf16 set vLLM's ``dtype``; fp8 is ``quantization="fp8"`` (online e4m3 weights) on
-  bf16 compute, GPU build only: the CPU build has no fp8 kernels (see rl_core.orchestration.capabilities).
+* **Precision.** fp32 / bf16 set vLLM's ``dtype``; fp8 (GPU build only: the CPU build has no fp8 kernels,
+  see rl_core.orchestration.capabilities) is served from a block-FP8 checkpoint
+  (rl_core.rollout.fp8_checkpoint: e4m3 weights with a ``weight_scale_inv`` per 128 x 128 block and
+  ``quantization_config`` in config.json, which vLLM reads: no ``quantization`` argument), our ``fp8``
+  format, never vLLM's online per-tensor ``quantization="fp8"``: ``fp8_checkpoint=True`` is required, the
+  init checkpoint is written in that format before the first start, and every sync restarts from a new one.
 * **Routed experts** (R3) are requested with ``enable_return_routed_experts`` where
   rl_core.orchestration.capabilities says the build can return them (GPU build with Triton); vLLM then
   returns, per request, the top-k expert ids of every token it ran through the model (prompt tokens and every
@@ -95,13 +99,21 @@ class VLLMRolloutEngine:
 
     def __init__(self, checkpoint_dir: str | Path, precision: str = "bf16", *,
                  routed_experts: bool | None = None, engine_kwargs: dict | None = None,
-                 sync: str | None = None):
+                 sync: str | None = None, fp8_checkpoint: bool = False):
         env = capabilities.probe()
         caps = capabilities.rollout_capabilities("vllm", env)
         name = capabilities.describe_backend("vllm", env)
         if precision not in DTYPES:
             raise ValueError(f"precision: {precision!r} is not one of {sorted(DTYPES)}")
-        if precision not in caps:
+        self.fp8_checkpoint = precision == "fp8"
+        if self.fp8_checkpoint and not fp8_checkpoint:
+            raise capabilities.CapabilityError(
+                f"rollout.precision='fp8' on backend '{name}' needs rollout.weight_sync='checkpoint' (vLLM "
+                f"serves the block format only from a block-FP8 checkpoint)")
+        if self.fp8_checkpoint and "fp8_checkpoint" not in caps:
+            raise capabilities.CapabilityError(f"rollout.precision='fp8' needs capability 'fp8_checkpoint', "
+                                               f"which backend '{name}' lacks (no fp8 kernels)")
+        if not self.fp8_checkpoint and precision not in caps:
             raise capabilities.CapabilityError(f"rollout.precision='{precision}' needs capability "
                                                f"'{precision}', which backend '{name}' lacks")
         self.hf_cfg = json.loads((Path(checkpoint_dir) / "config.json").read_text())
@@ -113,14 +125,21 @@ class VLLMRolloutEngine:
         self.eos_token_id, self.pad_token_id = self.hf_cfg["eos_token_id"], self.hf_cfg["pad_token_id"]
         self.n_layers, self.top_k = self.hf_cfg["num_hidden_layers"], self.hf_cfg["num_experts_per_tok"]
         self.engine_kwargs = dict(engine_kwargs or {})
-        in_place = "inplace_sync" in caps and precision != "fp8"  # fp8: quantised after loading
+        if self.fp8_checkpoint and (why := capabilities.block_fp8_refusal(self.hf_cfg)) is not None:
+            raise capabilities.CapabilityError(f"{checkpoint_dir}: {why}")
+        in_place = "inplace_sync" in caps and precision != "fp8"  # fp8: restarted on each new checkpoint
         self.sync_mode = sync or ("in_place" if in_place else "restart")
         if self.sync_mode not in ("in_place", "restart"):
             raise ValueError(f"sync: {sync!r} is not 'in_place' or 'restart'")
         self.asleep = False
         self._work = Path(tempfile.mkdtemp(prefix="vllm-weights-"))
         self._version = 0
-        self._live: dict = {"llm": self._start(Path(checkpoint_dir))}
+        first = Path(checkpoint_dir)
+        if self.fp8_checkpoint:
+            from safetensors.torch import load_file
+
+            first = self._write(load_file(str(first / "model.safetensors")))
+        self._live: dict = {"llm": self._start(first)}
         # Stop vLLM's engine process as soon as this object goes (e.g. when the trainer returns), not at
         # interpreter exit, where vLLM's own clean-up logs into closed streams.
         self._finalizer = weakref.finalize(self, _release, self._live, self._work)
@@ -144,7 +163,7 @@ class VLLMRolloutEngine:
 
         kwargs = dict(
             model=str(model_dir), skip_tokenizer_init=True, dtype=DTYPES[self.precision],
-            quantization="fp8" if self.precision == "fp8" else None,
+            quantization=None,  # fp8: the checkpoint's quantization_config says it
             max_model_len=self.hf_cfg["max_position_embeddings"], logprobs_mode="processed_logprobs",
             generation_config="vllm", enable_return_routed_experts=self.routed, seed=0)
         if current_platform.is_cpu():
@@ -179,10 +198,19 @@ class VLLMRolloutEngine:
                 return
             except Exception as e:  # noqa: BLE001 - restarting from disk is always right
                 self._fall_back(f"in-place weight sync failed ({type(e).__name__}: {e})")
-        new_dir = write_checkpoint(self.hf_cfg, state_dict, self._work / f"weights-{self._version:06d}")
+        new_dir = self._write(state_dict)
         _stop(self._live)
         self._live["llm"] = self._start(new_dir)
         shutil.rmtree(self._work / f"weights-{self._version - 1:06d}", ignore_errors=True)
+
+    def _write(self, state_dict: dict[str, torch.Tensor]) -> Path:
+        """This version's checkpoint: plain, or block-FP8 (rl_core.rollout.fp8_checkpoint) at fp8."""
+        out = self._work / f"weights-{self._version:06d}"
+        if self.fp8_checkpoint:
+            from rl_core.rollout.fp8_checkpoint import write_fp8_checkpoint
+
+            return write_fp8_checkpoint(self.hf_cfg, state_dict, out)
+        return write_checkpoint(self.hf_cfg, state_dict, out)
 
     def _sync_in_place(self, state_dict: dict[str, torch.Tensor]) -> None:
         hub = to_hub_layout(from_hub_layout(dict(state_dict)))
