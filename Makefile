@@ -92,8 +92,11 @@ test-slurm: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python bench/driver.py
 
-# The training engine on an NVIDIA GPU: cuda bf16 arm, torchrun x2 (2 GPUs), vLLM's GPU build (VLLM_PYTHON or
-# .venv-vllm), timings and the train-inference KL; then the `gpu` tests. Without a GPU: one "skipped" line.
+# Every GPU figure in one script (bench/gpu_check.py, under ten minutes): cuda bf16 arm, torchrun over the GPUs
+# present, the embedded fp8 engine from memory and from the block-FP8 checkpoint, vLLM fp32/bf16/fp8-block
+# (VLLM_PYTHON or .venv-vllm), Megatron bf16, each with the train-inference KL, or "skipped:" and why; then
+# the `gpu` tests. Without a GPU: one "skipped" line (`python bench/gpu_check.py --rehearse`: its logic on
+# the CPU).
 gpu-check: $(STAMP)
 	$(BIN)/python bench/gpu_check.py --out results/bench/gpu_check.json
 	if $(BIN)/python -c "import torch, sys; sys.exit(not torch.cuda.is_available())"; then \

@@ -67,3 +67,24 @@ def test_fp32_scores_on_the_gpu_equal_the_cpu_and_the_gpu_sampler_agrees(cold_st
     assert ro.input_ids.is_cuda
     scored = token_logprobs(gpu_policy, ro.input_ids, ro.attention_mask).logp
     assert float((scored - ro.logp_behavior)[ro.response_mask].abs().max()) < 1e-4
+
+
+def test_the_gpu_check_rehearses_every_row_on_the_cpu(tmp_path):
+    """`python bench/gpu_check.py --rehearse`: the whole script's logic on this CPU (tiny shapes, cpu, 2 gloo
+    ranks): the api probe, every row run or "skipped:" with why, the table, the JSON; the two embedded fp8
+    rows (memory and block-FP8 checkpoint sync) agree exactly. About 45 s on a 2-core machine."""
+    import json
+
+    out = tmp_path / "gpu_check.json"
+    cmd = [sys.executable, str(REPO / "bench" / "gpu_check.py"), "--rehearse", "--out", str(out)]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, timeout=600)
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rows = {r["arm"]: r for r in report["arms"]}
+    assert set(rows) == {"cpu_fp32", "cuda_bf16", "torchrun_x2", "embedded_fp8", "embedded_fp8_ckpt",
+                         "vllm_fp32", "vllm_bf16", "vllm_fp8_block", "megatron_bf16"}
+    assert rows["torchrun_x2"]["world_size"] == 2 and rows["torchrun_x2"]["status"] == "completed"
+    assert rows["embedded_fp8"]["kl_k3"] == rows["embedded_fp8_ckpt"]["kl_k3"]
+    assert all(("skipped" in r) or r["status"] == "completed" for r in rows.values())
+    assert "gpu-check: vllm_fp8_block: skipped: " in p.stdout and "gpu-check: row " in p.stdout
+    assert all(report["apis"].values()), report["apis"]  # the pinned torch has every API the GPU path calls

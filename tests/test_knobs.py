@@ -64,7 +64,7 @@ NOT_NUMBERS = {
                          "every metric row unchanged (test_invariance_keeping_samples_leaves_every_metric_"
                          "row_unchanged, tests/test_samples.py)",
     "train.world_size": "ranks of one arm: the one-process numbers to fp32 rounding "
-                        "(tests/test_distributed.py); launched by the workflow (tests/test_workflow_ranks.py)",
+                        "(tests/test_distributed.py); the workflow's launch: tests/test_workflow_ranks.py",
     "rollout.weight_sync": "checkpoint: the block-FP8 file, bitwise the memory sync in the embedded engine "
                            "(tests/test_fp8_checkpoint.py); what vLLM needs for fp8",
     "train.compile": "compiled decoder layers: the eager numbers to well within the bf16 trainer's own move, "
