@@ -123,12 +123,15 @@ def test_megatron_parallel_sizes_must_divide_the_world_and_leave_the_batch_split
     """TP x EP must divide WORLD_SIZE; the mini-batch splits over the data-parallel ranks, world / TP."""
     mega = {"model": {"num_attention_heads": 4, "num_key_value_heads": 2}, "train": {"engine": "megatron"}}
     allowed = r"allowed \(tp, ep\): \[\(1, 1\), \(1, 2\), \(2, 1\)\]"
+    with pytest.raises(C.ConfigError, match=r"train.world_size: 2 is not a multiple of train.megatron_tp x "
+                                            r"train.megatron_ep = 2 x 2"):  # the config, before any work
+        C.resolve(mega, {"train": {"megatron_tp": 2, "megatron_ep": 2, "world_size": 2}})
     with pytest.raises(C.ConfigError, match=r"train.megatron_tp x train.megatron_ep: 2 x 2 does not divide "
-                                            r"the 2 ranks .*" + allowed):
-        D.check_world(C.resolve(mega, {"train": {"megatron_tp": 2, "megatron_ep": 2}}), 2)
+                                            r"the 2 ranks .*" + allowed):  # and the ranks torchrun started
+        D.check_world(C.resolve(mega, {"train": {"megatron_tp": 2, "megatron_ep": 2, "world_size": 4}}), 2)
     with pytest.raises(C.ConfigError, match="train.batch_prompts: 3 does not split over the 2 data-parallel"):
-        D.check_world(C.resolve(mega, {"train": {"megatron_ep": 2, "batch_prompts": 3}}), 2)
-    D.check_world(C.resolve(mega, {"train": {"megatron_tp": 2, "batch_prompts": 3}}), 2)  # TP: the same rows
+        D.check_world(C.resolve(mega, {"train": {"megatron_ep": 2, "batch_prompts": 3, "world_size": 2}}), 2)
+    D.check_world(C.resolve(mega, {"train": {"megatron_tp": 2, "batch_prompts": 3, "world_size": 2}}), 2)
 
 
 def test_share_and_gather_are_inverse_in_one_process():
