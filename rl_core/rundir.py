@@ -2,6 +2,8 @@
 
 * :func:`hold_lock`: ``RUN_DIR/.lock`` is held (``fcntl.flock``) for the whole run; a second trainer on
   the same directory refuses at once, naming the directory and the holder's pid.
+* :func:`unshare`: a run directory that shared another run's files through links (the workflow's
+  rl_shared) and is now trained itself loses its links first, so nothing is written into the other run.
 * :func:`set_aside`: a run directory that holds the results of another config (finished or not) is moved
   to ``RUN_DIR.replaced-<UTC time>/`` with a message, never wiped. (analysis.load only reads ``seed<n>``
   directories, so the set-aside copy stays out of the report.)
@@ -60,6 +62,24 @@ def hold_lock(out: Path) -> Iterator[None]:
         yield
     finally:
         os.close(fd)  # releases the lock
+
+
+def unshare(out: Path) -> list[str]:
+    """A run directory that shared another run's files (workflow/scripts/share_run.py links them) and is now
+    trained itself: remove its links (the files stay in the run they point to) and the share's DONE, so
+    that the trainer writes its own files, never through a link into the other run. Returns the names
+    removed."""
+    links = [p for p in sorted(out.iterdir()) if p.is_symlink()] if out.is_dir() else []
+    if not links:
+        return []
+    target = os.path.dirname(os.path.normpath(os.path.join(out, os.readlink(links[0]))))
+    for p in links:
+        p.unlink()
+    (out / "DONE").unlink(missing_ok=True)
+    names = ", ".join(p.name for p in links)
+    say(f"{out}: shared the run {target} through links; removed the links ({names}; the files stay in "
+        f"{target}) and training this run in its own files")
+    return [p.name for p in links]
 
 
 def set_aside(out: Path, config: dict) -> Path | None:

@@ -49,7 +49,7 @@ from rl_core.orchestration.capabilities import check_capabilities
 from rl_core.policy.model import compile_layers, config_value, load_pretrained, save_pretrained
 from rl_core.rollout.embedded import EmbeddedRolloutEngine
 from rl_core.rollout.factory import make_rollout_engine
-from rl_core.rundir import RunFiles, hold_lock, load_checkpoint, say, set_aside
+from rl_core.rundir import RunFiles, hold_lock, load_checkpoint, say, set_aside, unshare
 from rl_core.samples import train_samples
 from rl_core.step import Sampled, prompt_indices, sample, score, update
 from rl_core.tasks import EVAL_SEED, eval_fingerprint, evaluate, make_task, reusable
@@ -338,6 +338,7 @@ def run(cfg: C.RunConfig, out: Path, meta: dict | None = None, step0_eval: Path 
     torch.manual_seed(cfg.train.seed)
     with hold_lock(out) if ranks.main else contextlib.nullcontext():
         if ranks.main:
+            unshare(out)  # links to another run's files (rl_shared): never written through
             set_aside(out, C.to_dict(cfg))
         ranks.barrier()  # the other ranks read the checkpoint only once rank 0 has settled the directory
         return _train(cfg, out, meta, t_start, ranks, step0_eval)
@@ -418,6 +419,12 @@ def _main(argv: list[str] | None = None) -> int:
                     "eval): the step-0 eval row when made from the same weights, settings and code")
     args = ap.parse_args(argv)
     cfg = config_from_args(args)
+    named = [o.partition("=")[0].strip() for o in args.overrides]
+    if "cold_start" in named or (args.config and "cold_start:" in Path(args.config).read_text()):
+        init = cfg.init or "unset"
+        raise C.ConfigError(f"cold_start={cfg.cold_start!r}: the trainer starts from init ({init})"
+                            f" and never reads cold_start (it names the cold start the workflow passes as "
+                            f"init); drop cold_start and give init=DIR of the checkpoint to start from")
     summary = run(cfg, args.out, json_arg("--meta-json", args.meta_json), args.step0_eval)
     if summary:  # rank 0 (the others return {})
         print(json.dumps(summary))

@@ -191,6 +191,8 @@ def test_a_truncated_init_checkpoint_is_named_before_any_work(cold, tmp_path, ca
     (["init=/x"], "init: '/x' is not a Hugging Face checkpoint"),
     (["loss.objective=ppo"], "loss.objective: 'ppo' is not one of"),
     (["train.lr"], "override 'train.lr': expected KEY=VALUE"),
+    # was recorded in config.json but not used: the trainer starts from init
+    (["cold_start=terse", "init=/x"], "cold_start='terse': the trainer starts from init (/x)"),
 ])
 def test_bad_arguments_are_one_line_exit_2(tmp_path, capsys, args, named):
     from rl_core.train import main
@@ -198,3 +200,50 @@ def test_bad_arguments_are_one_line_exit_2(tmp_path, capsys, args, named):
     assert main(["--out", str(tmp_path / "r"), *args]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and named in err, err
+
+
+# ----------------------------------------------------------------- runs shared through links (rl_shared)
+
+
+def share(source, run_dir):
+    """workflow/scripts/share_run.py as the rl_shared rule runs it."""
+    subprocess.run([sys.executable, str(REPO / "workflow" / "scripts" / "share_run.py"), str(source),
+                    str(run_dir), json.dumps({"arm": "b"}), "runs/f/a/seed0"], check=True,
+                   capture_output=True)
+
+
+def test_an_arm_that_shared_a_run_and_is_trained_itself_never_writes_through_the_links(cold, tmp_path,
+                                                                                          capsys):
+    """Editing an arm that shared another's run (or the one it shared) trains it: the links are replaced by
+    the trainer's own files before it writes, so the other run keeps its rows, unmixed (issue #27: both
+    held one interleaved metrics.jsonl and a shared policy/)."""
+    a, b = tmp_path / "runs" / "f" / "a" / "seed0", tmp_path / "runs" / "g" / "b" / "seed0"
+    run(tiny_cfg(cold), a)
+    share(a, b)
+    assert (b / "metrics.jsonl").is_symlink() and (b / "policy").is_symlink() and (b / "DONE").exists()
+    before = {n: (a / n).read_bytes() for n in ("metrics.jsonl", "summary.json", "config.json")}
+    capsys.readouterr()
+    run(tiny_cfg(cold, "train.lr=3e-3"), b)
+    err = capsys.readouterr().err
+    assert f"{b}: shared the run {a} through links; removed the links" in err
+    assert not any(p.is_symlink() for p in b.iterdir()) and (b / "policy").is_dir()
+    assert {n: (a / n).read_bytes() for n in before} == before  # the source run is untouched
+    steps = [r["step"] for r in steps_and_values(b) if "minibatch" in r]
+    assert steps == list(range(1, 7))  # its own rows only, once each
+    assert json.loads((b / "config.json").read_text())["train"]["lr"] == 3e-3
+
+
+def test_sharing_into_a_directory_that_holds_its_own_run_moves_that_run_aside(tmp_path):
+    """An arm edited to equal another: its own trained files are set aside (not deleted, not mixed with
+    links; before: metrics.jsonl and summary.json deleted, and `File exists: .../policy`)."""
+    a, b = tmp_path / "a" / "seed0", tmp_path / "b" / "seed0"
+    for d, rows in ((a, "a"), (b, "b")):
+        (d / "policy").mkdir(parents=True)
+        (d / "policy" / "model.safetensors").write_text(rows)
+        for name in ("metrics.jsonl", "summary.json", "config.json", "DONE"):
+            (d / name).write_text(rows)
+    share(a, b)
+    (aside,) = (tmp_path / "b").glob("seed0.replaced-*")
+    assert (aside / "metrics.jsonl").read_text() == "b" and (aside / "policy" / "model.safetensors").exists()
+    assert (b / "metrics.jsonl").is_symlink() and (b / "metrics.jsonl").read_text() == "a"
+    assert (b / "policy").is_symlink() and json.loads((b / "meta.json").read_text())["trained_by"]
