@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from rl_core.losses.knobs import KNOBS, READS, readers
+
 
 class YamlLoader(yaml.SafeLoader):
     """SafeLoader with YAML 1.2 floats: PyYAML (YAML 1.1) reads `1e-3` as a string, researchers write it."""
@@ -228,9 +230,8 @@ class LossConfig:
     """The objective (docs/objective.md §3-§6): `objective` names an entry of rl_core.losses.objectives."""
 
     objective: str = F("minirl", "Objective by name (rl_core.losses.objectives' paper index says which "
-                       "source each follows).", choices=(
-        "minirl", "minirl_length_norm", "minirl_no_is", "minirl_no_clip", "grpo", "cispo",
-        "tis_decoupled", "icepop", "seq_mis", "seq_tis", "gspo"))
+                       "source each follows; rl_core.losses.knobs which loss.* knobs each reads: setting "
+                       "another objective's knob is refused).", choices=tuple(READS))
     is_cap: float = F(5.0, "C: truncation of the detached token IS weight (and of seq_tis's sequence "
                       "weight).", gt=0)
     is_cap_on: str = F("full", "What the cap truncates: the full ratio pi_theta/mu_old or only the "
@@ -374,6 +375,7 @@ def _cross_checks(cfg: RunConfig) -> None:
         if getattr(cfg.loss, low) >= getattr(cfg.loss, high):
             raise ConfigError(f"loss.{low}: {getattr(cfg.loss, low)} is not below "
                               f"loss.{high}={getattr(cfg.loss, high)} (the band would be empty)")
+    _knob_checks(cfg.loss)
     if cfg.train.steps % cfg.train.n_minibatches:
         raise ConfigError(f"train.steps: {cfg.train.steps} is not a multiple of "
                           f"train.n_minibatches={cfg.train.n_minibatches}")
@@ -421,9 +423,32 @@ def _megatron_checks(cfg: RunConfig) -> None:
                           f"{t.megatron_tp}); use a multiple of {dp}")
 
 
+def _knob_checks(loss: LossConfig) -> None:
+    """A loss.* knob set away from its default under an objective that does not read it is refused
+    (rl_core.losses.knobs.READS says who reads what)."""
+    defaults = LossConfig()
+    for knob in KNOBS:
+        if knob not in READS[loss.objective] and getattr(loss, knob) != getattr(defaults, knob):
+            raise ConfigError(
+                f"loss.{knob}: {getattr(loss, knob)!r} is set, but loss.objective={loss.objective!r} does "
+                f"not read it (it reads {['loss.' + k for k in READS[loss.objective]] or 'none of them'}); "
+                f"loss.{knob} is read by {readers(knob)}: drop it (or leave it at its default "
+                f"{getattr(defaults, knob)!r}) or pick one of those objectives")
+
+
+#: The task fields only ``task.kind: file`` reads (TaskConfig's docs: "the fields from train_file on").
+FILE_TASK_FIELDS = ("train_file", "bench_file", "prompt_key", "answer_key", "prompt_template",
+                    "chat_template", "max_prompt_tokens")
+
+
 def _task_checks(cfg: RunConfig) -> None:
     t = cfg.task
     if t.kind != "file":
+        defaults = TaskConfig()
+        if set_ := [k for k in FILE_TASK_FIELDS if getattr(t, k) != getattr(defaults, k)]:
+            raise ConfigError(f"task.{set_[0]}: set ({', '.join('task.' + k for k in set_)}) but only "
+                              f"task.kind=file reads it, and task.kind is {t.kind!r}; set task.kind: file "
+                              f"(or drop the field)")
         return
     for key in ("train_file", "bench_file"):
         path = getattr(t, key)

@@ -215,3 +215,29 @@ def test_a_grid_on_its_own_checkpoint_and_dataset_plans_no_cold_start(tmp_path):
     stats = out.stdout.split("Job stats:")[1].strip().split("\n\n")[0].splitlines()[2:]  # job / count
     jobs = dict(line.split() for line in stats if not line.startswith("total"))
     assert jobs == {"grid_file": "1", "rl_run": "2", "mlflow": "1", "report": "1", "index": "1", "all": "1"}
+
+
+@pytest.mark.parametrize(("line", "named"), [
+    ('{"prompt": "What is 1 + 1?"}', "line 2: no column 'answer'"),
+    ('{"prompt": "What is 1 + 1?", "answer": null}', "line 2: the answer ('answer') is missing (None)"),
+    ('{"prompt": "What is 1 + 1?", "answer": ""}', "line 2: the answer ('answer') is empty ('')"),
+    ('{"prompt": "What is 1 + 1?", "answer": "  "}', "line 2: the answer ('answer') is empty"),
+    ('["What is 1 + 1?", "2"]', "line 2: a row is a JSON object"),
+    ('{"prompt": "What is 1 + 1?", "answer": "2"', "line 2: not valid JSON"),
+])
+def test_a_bad_jsonl_row_is_refused_naming_file_and_line(tied, tmp_path, line, named):
+    """A missing or null answer became the reference "nan" (and \\boxed{nan} scored 1.0), an empty one was
+    accepted, a row that is a list was a 73-line TypeError."""
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "What is 2 + 1?", "answer": "3"}\n' + line + "\n")
+    with pytest.raises(ValueError) as e:
+        make_task(file_cfg(tied, **{"task.train_file": str(bad)}).task, str(tied))
+    assert f"task: {bad} {named}" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_file_task_fields_under_the_arithmetic_task_are_refused():
+    """task.kind left `arithmetic` with file-task fields trained arithmetic through the char tokenizer."""
+    for key, value in (("train_file", "a.jsonl"), ("prompt_template", "{prompt}!"), ("chat_template", False)):
+        with pytest.raises(C.ConfigError, match=rf"^task\.{key}: set .* only task\.kind=file reads it, and "
+                                                r"task\.kind is 'arithmetic'"):
+            C.resolve({"task": {key: value}})

@@ -123,7 +123,7 @@ def test_resolution_order_defaults_preset_base_figure_arm_seed(tmp_path):
     data = tiny(base={"loss": {"is_cap": 3.0}, "train": {"lr": 0.1}})
     data["seeds"] = [7]
     data["base"] = {"loss": {"is_cap": 2.0, "eps_low": 0.1}, "train": {"lr": 0.5, "steps": 96}}
-    data["figures"]["f"]["arms"]["a"]["config"] = {"loss": {"is_cap": 4.0}, "train": {"seed": 123}}
+    data["figures"]["f"]["arms"]["a"]["config"] = {"loss": {"is_cap": 4.0}}
     run = G.load_grid(write_grid(tmp_path, data)).runs[0]
     cfg = run.config
     assert cfg.loss.eps_low == 0.1      # grid base over defaults
@@ -134,6 +134,23 @@ def test_resolution_order_defaults_preset_base_figure_arm_seed(tmp_path):
     assert cfg.train.seed == 7          # the seeds axis owns train.seed
     assert cfg.loss.eps_high == 0.27    # untouched default
     assert run.over_preset == ("train.steps=96",)
+
+
+@pytest.mark.parametrize("where", ["base", "figure", "arm", "axis"])
+def test_a_train_seed_in_the_grid_is_refused_the_seeds_come_from_seeds(tmp_path, where):
+    """An arm's `train: {seed: 5}` was overwritten by the grid seed without a word."""
+    data = tiny()
+    if where == "base":
+        data["base"] = {"train": {"seed": 5}}
+    elif where == "figure":
+        data["figures"]["f"]["base"] = {"train": {"seed": 5}}
+    elif where == "arm":
+        data["figures"]["f"]["arms"]["a"]["config"] = {"train": {"seed": 5}}
+    else:
+        data["figures"]["f"]["axes"] = {"train.seed": [5, 6]}
+    with pytest.raises(G.GridError, match=r"train\.seed is set \(5\), but in a grid every arm runs once per "
+                                          r"seed of `seeds:`.*seeds: \[5\]"):
+        G.load_grid(write_grid(tmp_path, data))
 
 
 def test_an_lr_axis_under_the_mini_preset_keeps_three_lrs(tmp_path):

@@ -17,6 +17,8 @@ from test_train import TINY as TRAIN_TINY
 from tiny import build_cold_start
 
 from rl_core import config as C
+from rl_core.losses.knobs import KNOBS, READS, readers
+from rl_core.losses.objectives import OBJECTIVES
 from rl_core.step import collect, update
 from rl_core.train import Arm, RunFiles, run
 
@@ -28,11 +30,16 @@ BASELINE = {
     "train": {"batch_prompts": 4, "steps": 4, "n_minibatches": 2, "lr": 1e-2, "precision": "fp32"},
     "loss": {"is_cap": 1.0, "eps_low": 0.1, "eps_high": 0.1},
 }
-ICEPOP = {"loss": {"objective": "icepop"}}
-SEQ_MIS = {"loss": {"objective": "seq_mis"}}
-SEQ_MIS_WIDE = {"loss": {"objective": "seq_mis", "seq_mis_low": 0.5, "seq_mis_high": 2.0}}  # drops by product
+# An objective that does not read a baseline knob gets it back at its default (setting another objective's
+# knob is refused: rl_core.losses.knobs): none of these reads is_cap, and gspo reads no eps_low/eps_high.
+# loss.objective's other value (tis_decoupled) reads the baseline's is_cap and eps_* too. SEQ_MIS_WIDE drops
+# responses by the product ratio.
+NO_CAP = {"is_cap": 5.0}
+ICEPOP = {"loss": {"objective": "icepop", **NO_CAP}}
+SEQ_MIS = {"loss": {"objective": "seq_mis", **NO_CAP}}
+SEQ_MIS_WIDE = {"loss": {"objective": "seq_mis", **NO_CAP, "seq_mis_low": 0.5, "seq_mis_high": 2.0}}
 # at lr 1e-2 no response with A > 0 in mini-batch 2 has a GSPO ratio above 1 (eps_high never acts)
-GSPO = {"loss": {"objective": "gspo"}, "train": {"lr": 1e-3}}
+GSPO = {"loss": {"objective": "gspo", **NO_CAP, "eps_low": 0.2, "eps_high": 0.27}, "train": {"lr": 1e-3}}
 # field -> (another valid value, context both runs share)
 ALT = {
     "task.min_operands": (3, {}), "task.max_operands": (4, {}), "task.max_operand": (4, {}),
@@ -43,14 +50,14 @@ ALT = {
     "train.precision": ("bf16", {}), "train.batch_prompts": (3, {}), "train.n_minibatches": (1, {}),
     "train.steps": (2, {}), "train.lr": (3e-3, {}), "train.beta1": (0.5, {}), "train.beta2": (0.9, {}),
     "train.weight_decay": (0.5, {}), "train.grad_clip": (0.01, {}), "train.seed": (1, {}),
-    "loss.objective": ("grpo", {}), "loss.is_cap": (5.0, {}), "loss.is_cap_on": ("discrepancy", {}),
+    "loss.objective": ("tis_decoupled", {}), "loss.is_cap": (5.0, {}), "loss.is_cap_on": ("discrepancy", {}),
     "loss.eps_low": (0.5, {}),
     # the corrections' knobs, each under the objective that reads it
     "loss.icepop_low": (0.999, ICEPOP), "loss.icepop_high": (1.001, ICEPOP),
     "loss.seq_ratio": ("product", SEQ_MIS_WIDE),
     "loss.seq_mis_low": (0.9999, SEQ_MIS), "loss.seq_mis_high": (1.0001, SEQ_MIS),
     "loss.gspo_eps_low": (0.2, GSPO),
-    "loss.cispo_norm": ("token_mean", {"loss": {"objective": "cispo"}}),
+    "loss.cispo_norm": ("token_mean", {"loss": {"objective": "cispo", **NO_CAP}}),
     "replay.mode": ("r2", {}), "replay.replay_prompt": (False, {"replay": {"mode": "r3"}}),
     "eval.every": (2, {}), "eval.k": (1, {}), "eval.n_problems": (8, {}), "eval.temperature": (0.5, {}),
 }
@@ -166,3 +173,25 @@ def test_a_model_field_the_checkpoint_does_not_have_is_refused(cold_start, tmp_p
     with pytest.raises(C.ConfigError, match="model.hidden_size"):
         run(C.resolve(TINY, BASELINE, {"model": {"hidden_size": 64}, "init": cold_start}), tmp_path / "run")
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.parametrize(("knob", "value", "objective"), [
+    ("is_cap", 2.0, "icepop"), ("is_cap", 2.0, "seq_mis"), ("is_cap", 2.0, "gspo"), ("is_cap", 2.0, "cispo"),
+    ("eps_low", 0.1, "gspo"), ("eps_high", 0.1, "gspo"),
+    ("is_cap_on", "discrepancy", "seq_tis"), ("is_cap_on", "discrepancy", "tis_decoupled"),
+    ("icepop_low", 0.4, "minirl"), ("icepop_high", 6.0, "minirl"), ("seq_mis_low", 0.9, "minirl"),
+    ("seq_mis_high", 1.1, "minirl"), ("gspo_eps_low", 0.1, "minirl"), ("cispo_norm", "token_mean", "grpo"),
+])
+def test_a_knob_set_under_an_objective_that_does_not_read_it_is_refused(knob, value, objective):
+    with pytest.raises(C.ConfigError) as e:
+        C.resolve({"loss": {"objective": objective, knob: value}})
+    msg = str(e.value)
+    assert msg.startswith(f"loss.{knob}:") and f"loss.objective={objective!r} does not read it" in msg
+    assert f"read by {readers(knob)}" in msg and readers(knob)
+    C.resolve({"loss": {"objective": readers(knob)[0], knob: value}})  # where it is read, it is accepted
+
+
+def test_the_knob_table_covers_the_registry_and_every_knob_the_losses_read():
+    choices = C.LossConfig.__dataclass_fields__["objective"].metadata["choices"]
+    assert set(READS) == set(OBJECTIVES) == set(choices)
+    assert set(KNOBS) <= set(C.LossConfig.__dataclass_fields__)

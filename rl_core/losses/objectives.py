@@ -36,6 +36,7 @@ from torch import Tensor
 
 from rl_core.losses.advantages import ADVANTAGES, group_mean, group_zscore
 from rl_core.losses.corrections import gspo, icepop, seq_mis, seq_tis, tis_decoupled
+from rl_core.losses.knobs import READS
 from rl_core.losses.parts import (
     AGGREGATIONS,
     CISPO_NORMS,
@@ -147,6 +148,10 @@ OBJECTIVES: dict[str, Objective] = {
     "seq_tis": Objective(seq_tis, "group_mean"),
     "gspo": Objective(gspo, "group_zscore"),
 }
+
+
+if set(OBJECTIVES) != set(READS):  # the knob table the config validates with covers this registry exactly
+    raise ImportError(f"rl_core.losses.knobs.READS {sorted(READS)} != OBJECTIVES {sorted(OBJECTIVES)}")
 
 
 def get_objective(name: str) -> Objective:

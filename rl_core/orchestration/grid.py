@@ -295,6 +295,12 @@ def _figure_runs(source: str, grid: str, preset: str, fig_key: str, fig: dict, b
     for arm_key, arm in arms.items():
         at = f"{where}, arm '{arm_key}'"
         layers = (base, fig_base, arm.get("config") or {})
+        for layer, named in zip(layers, ("base", f"{where}, base", at), strict=True):
+            if "seed" in ((layer or {}).get("train") or {}):
+                seed = layer["train"]["seed"]
+                raise GridError(f"{source}: {named}: train.seed is set ({seed!r}), but in a grid every arm "
+                                f"runs once per seed of `seeds:` (the seed goes to train.seed); remove it "
+                                f"and list the seeds, e.g. `seeds: [{seed}]`")
         cfg = stretch(_resolve(source, at, scale, *layers), fig.get("horizon", 1))
         _check_shared(source, at, cfg, base_config)
         if problems := impossible(cfg):

@@ -21,6 +21,7 @@ benchmark's ``score_level0`` equals its score).
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import dataclass
 from functools import lru_cache
@@ -59,13 +60,37 @@ def _get(row: dict, key: str):
     return value
 
 
-def read_rows(path: str | Path, n: int) -> list[dict]:
-    """The first `n` rows of a JSONL (.jsonl, .json) or Parquet (.parquet) file, as dicts."""
+def _read_jsonl(path: Path, n: int) -> list[tuple[str, dict]]:
+    """The first `n` rows of a JSONL file, each with where it is ("line N"); a line that is not a JSON object
+    (a list, a number, torn JSON) is refused, naming the file and the line."""
+    out = []
+    with path.open(encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, 1):
+            if len(out) >= n:
+                break
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"task: {path} line {lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise ValueError(f"task: {path} line {lineno}: a row is a JSON object "
+                                 f"({{\"prompt\": ..., \"answer\": ...}}), got a {type(row).__name__}")
+            out.append((f"line {lineno}", row))
+    return out
+
+
+def read_rows(path: str | Path, n: int) -> list[tuple[str, dict]]:
+    """The first `n` rows of a JSONL (.jsonl, .json) or Parquet (.parquet) file, as (where, dict): where is
+    "line N" in a JSONL file, else "row N"."""
     import pandas as pd
 
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"task: no such file {path}")
+    if path.suffix == ".jsonl":
+        return _read_jsonl(path, n)
     try:
         if path.suffix == ".parquet":
             frame = pd.read_parquet(path)
@@ -73,7 +98,13 @@ def read_rows(path: str | Path, n: int) -> list[dict]:
             frame = pd.read_json(path, lines=path.suffix == ".jsonl" or None, dtype=False)
     except (ValueError, OSError) as e:
         raise ValueError(f"task: cannot read {path}: {e}") from None
-    return frame.head(n).to_dict("records")
+    return [(f"row {i + 1}", row) for i, row in enumerate(frame.head(n).to_dict("records"))]
+
+
+def _missing(answer) -> bool:
+    """A reference answer that is absent: None, NaN (pandas' missing cell) or blank text."""
+    return answer is None or (isinstance(answer, float) and math.isnan(answer)) or \
+        (isinstance(answer, str) and not answer.strip())
 
 
 def _messages(value, template: str, where: str) -> tuple[tuple[str, str], ...]:
@@ -89,8 +120,8 @@ def _messages(value, template: str, where: str) -> tuple[tuple[str, str], ...]:
 
 def load_problems(path: str | Path, cfg: TaskConfig, n: int) -> list[FileProblem]:
     out = []
-    for i, row in enumerate(read_rows(path, n)):
-        where = f"task: {path} row {i + 1}"
+    for at, row in read_rows(path, n):
+        where = f"task: {path} {at}"
         try:
             prompt, answer = _get(row, cfg.prompt_key), _get(row, cfg.answer_key)
         except KeyError as e:
@@ -98,6 +129,10 @@ def load_problems(path: str | Path, cfg: TaskConfig, n: int) -> list[FileProblem
                              f"task.prompt_key / task.answer_key") from None
         if hasattr(answer, "tolist"):
             answer = answer.tolist()
+        if _missing(answer):
+            what = "empty" if isinstance(answer, str) else "missing"
+            raise ValueError(f"{where}: the answer ({cfg.answer_key!r}) is {what}"
+                             f" ({answer!r}); every row needs a reference answer (a number or LaTeX)")
         out.append(FileProblem(_messages(prompt, cfg.prompt_template, where), str(answer)))
     if not out:
         raise ValueError(f"task: {path} has no rows")
