@@ -12,7 +12,9 @@ Run files (the contract with the workflow and the analysis):
     summary.json   status ("completed" | "diverged"), steps_done, diverged_step, reason, scores, timings
                    (wall_s and rl_wall_s count every process of a resumed run, less the work redone),
                    device (the resolved train.device, e.g. "cuda:0"), world_size (this process's ranks:
-                   train.world_size) and world_sizes (those every step ran at, over resumes)
+                   train.world_size), world_sizes (those every step ran at, over resumes) and
+                   provenance (CPU model, torch's CPU kernel capability, library versions, git commit:
+                   rl_core.provenance; bitwise equality holds only on one kernel path)
     ckpt/state.pt  policy + optimizer + counters + number of metric rows, every checkpoint_every steps
     policy/        the final policy as a Hugging Face checkpoint (transformers / vLLM load it as is)
     DONE           written last
@@ -47,6 +49,7 @@ from rl_core.cli import check_checkpoint, config_from_args, guard, json_arg
 from rl_core.losses.objectives import OBJECTIVES, LossParams
 from rl_core.orchestration.capabilities import check_capabilities
 from rl_core.policy.model import compile_layers, config_value, load_pretrained, save_pretrained
+from rl_core.provenance import provenance
 from rl_core.rollout.embedded import EmbeddedRolloutEngine
 from rl_core.rollout.factory import make_rollout_engine
 from rl_core.rundir import RunFiles, hold_lock, load_checkpoint, say, set_aside, unshare
@@ -389,7 +392,8 @@ def _train(cfg: C.RunConfig, out: Path, meta: dict | None, t_start: float, ranks
     save_pretrained(policy, out / "policy", Path(cfg.init) / "tokenizer.json")
     summary = summarise(files, status, reason, arm.step, diverged_step,
                         arm.wall_before + time.time() - t_start, arm.rl_wall)
-    summary.update(device=str(ranks.device), world_size=ranks.world)
+    summary.update(device=str(ranks.device), world_size=ranks.world,
+                   provenance=provenance(str(ranks.device)))  # CPU, kernel path, versions, commit
     files.write_json("summary.json", summary)
     (out / "DONE").write_text("")
     return summary

@@ -34,3 +34,54 @@ def test_timings_aside_identical_then_a_changed_value_and_a_missing_run(tmp_path
     assert main([str(a), str(b)]) == 1
     out = capsys.readouterr().out
     assert "differs: fig/arm/seed2, row 1: eval/score" in out and "missing in" in out
+
+
+def _provenance(root, name, capability):
+    prov = {"cpu_model": "AMD EPYC", "cpu_capability": capability, "torch": "2.13.0+cpu", "device": "cpu"}
+    summary = {"status": "completed", "provenance": prov}
+    (root / "runs" / name / "summary.json").write_text(json.dumps(summary))
+
+
+def test_runs_from_different_kernels_are_named_and_pointed_to_compare(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    rows = [{"step": 1, "loss/value": 0.1}]
+    _run(a, "fig/arm/seed0", rows)
+    _run(b, "fig/arm/seed0", [{"step": 1, "loss/value": 0.1000000001}])
+    _provenance(a, "fig/arm/seed0", "AVX512")
+    _provenance(b, "fig/arm/seed0", "AVX2")
+    assert compare_runs(a, b)["other_kernels"] == {"fig/arm/seed0": ["cpu_capability: AVX512 vs AVX2"]}
+    assert main([str(a), str(b)]) == 1
+    out = capsys.readouterr().out
+    assert "come from different kernels or CPUs (cpu_capability: AVX512 vs AVX2)" in out
+    assert "bitwise equality is not expected" in out and "python -m analysis.compare" in out
+    _provenance(b, "fig/arm/seed0", "AVX512")  # the same kernel path: no note
+    main([str(a), str(b)])
+    assert "note:" not in capsys.readouterr().out
+
+
+def test_a_torn_metrics_line_is_one_error_line(tmp_path, capsys):
+    """Was a JSONDecodeError traceback."""
+    a, b = tmp_path / "a", tmp_path / "b"
+    _run(a, "fig/arm/seed0", [{"step": 1}])
+    _run(b, "fig/arm/seed0", [{"step": 1}])
+    path = b / "runs" / "fig/arm/seed0" / "metrics.jsonl"
+    path.write_text(path.read_text() + '{"step": 2, "loss/va')
+    assert main([str(a), str(b)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{path} line 2: not valid JSON" in err
+
+
+def test_the_trainer_records_its_provenance():
+    from rl_core.provenance import provenance
+
+    p = provenance()
+    import torch
+
+    assert p["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and p["cpu_model"]
+    assert p["torch"] == torch.__version__ and p["versions"]["torch"] and "commit" in p
+
+
+def test_provenance_outside_git_records_no_commit(tmp_path):
+    from rl_core.provenance import git_commit
+
+    assert git_commit(tmp_path) == ""

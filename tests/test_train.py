@@ -159,6 +159,10 @@ def test_diverging_arm_is_a_result_not_a_crash(cold_start, tmp_path, capsys):
     summary = json.loads((tmp_path / "d" / "summary.json").read_text())
     assert summary["status"] == "diverged" and summary["diverged_step"] < 8
     assert (tmp_path / "d" / "DONE").exists()
+    # every run records where its numbers came from (bitwise equality holds on one kernel path only)
+    prov = summary["provenance"]
+    assert prov["cpu_capability"] == torch.backends.cpu.get_cpu_capability() and prov["cpu_model"]
+    assert prov["torch"] == torch.__version__ and prov["device"] == "cpu" and "commit" in prov
 
 
 def test_bad_init_fails_before_any_work(tmp_path, capsys):
