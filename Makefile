@@ -11,8 +11,9 @@ PRESET ?= mini
 GRID ?= experiments/paper.yaml
 export PYTHONHASHSEED := 0
 export MPLBACKEND := Agg
+SHELL := /bin/bash
 
-.PHONY: reproduce replicate smoke test test-slow test-slurm bench precision-table regime-table lint mlflow-ui clean venv venv-vllm test-vllm \
+.PHONY: reproduce replicate smoke unlock test test-slow test-slurm bench precision-table regime-table lint mlflow-ui clean venv venv-vllm test-vllm \
 	venv-megatron test-megatron venv-peers gpu-check
 
 venv: $(STAMP)
@@ -30,19 +31,34 @@ RUN_CONFIG := preset=mini 'seeds=[0]'
 else
 RUN_CONFIG := preset=$(PRESET)
 endif
+# A grid estimated over rl_core.orchestration.grid.LONG_GRID_HOURS on this machine (preset full on a CPU) is refused
+# unless CONFIRM_LONG=1.
+RUN_CONFIG += $(if $(CONFIRM_LONG),confirm_long=true)
+
+# The validator's refusal stops make (pipefail: `| tail` alone would exit 0 and start Snakemake anyway).
+# A Snakemake that was killed leaves .snakemake/locks: the next run refuses, and `make unlock` clears it.
+SNAKEMAKE_RUN = $(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES)
+LOCKED_HINT = { rc=$$?; test -n "$$(ls .snakemake/locks 2>/dev/null)" && \
+  echo "make: Snakemake left a lock (.snakemake/locks; a killed run?): if no other Snakemake runs here, 'make unlock' clears it, then run make again"; exit $$rc; }
 
 reproduce: $(STAMP)
-	@$(BIN)/python -m rl_core.orchestration.grid $(GRID) --estimate --cores $(CORES) $(if $(filter quick,$(PRESET)),--preset mini --seeds 0,--preset $(PRESET)) | tail -n 1
-	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) \
-	  --configfile $(GRID) --config $(RUN_CONFIG)
+	@set -o pipefail; $(BIN)/python -m rl_core.orchestration.grid $(GRID) --estimate --cores $(CORES) $(if $(filter quick,$(PRESET)),--preset mini --seeds 0,--preset $(PRESET)) | tail -n 1
+	$(SNAKEMAKE_RUN) --configfile $(GRID) --config $(RUN_CONFIG) || $(LOCKED_HINT)
+
+# After a killed Snakemake (Ctrl-C twice, a lost terminal) its lock stays and every run refuses with
+# "Directory cannot be locked": clear it (only when no other Snakemake works in this directory).
+unlock: $(STAMP)
+	$(BIN)/snakemake --unlock --configfile $(GRID) --cores 1
 
 # Do the verdicts replicate? The grid again with other seeds (REPLICA_SEEDS) into REPLICA/, from the same
 # cold starts (copied with their times: they do not depend on the RL seed), then both runs' findings side
 # by side (analysis.compare). Run after `make reproduce` with the same GRID and PRESET.
 REPLICA_SEEDS ?= [3,4,5]
 REPLICA ?= results-replica
-GRID_NAME = $(shell sed -n 's/^name: *//p' $(GRID))
+GRID_NAME = $(shell sed -n 's/^name: *\([^ #]*\).*/\1/p' $(GRID) 2>/dev/null)
 replicate: $(STAMP)
+	@test -f $(GRID) || { echo "make replicate: GRID=$(GRID): no such grid file"; exit 2; }
+	@test -n "$(GRID_NAME)" || { echo "make replicate: $(GRID) has no 'name:' line"; exit 2; }
 	@test -f results/$(GRID_NAME)/report/findings.csv || { \
 	  echo "make replicate: no results/$(GRID_NAME)/report/findings.csv; run make reproduce first"; exit 2; }
 	mkdir -p $(REPLICA)/$(GRID_NAME) && cp -a -n results/$(GRID_NAME)/models $(REPLICA)/$(GRID_NAME)/
@@ -56,9 +72,8 @@ replicate: $(STAMP)
 	    $(REPLICA)/$(GRID_NAME)/report/margins.csv --out $(REPLICA)/$(GRID_NAME)/report/compare_margins.md; fi
 
 smoke: $(STAMP)
-	@$(BIN)/python -m rl_core.orchestration.grid experiments/smoke.yaml --estimate --cores $(CORES) | tail -n 1
-	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) \
-	  --configfile experiments/smoke.yaml
+	@set -o pipefail; $(BIN)/python -m rl_core.orchestration.grid experiments/smoke.yaml --estimate --cores $(CORES) | tail -n 1
+	$(SNAKEMAKE_RUN) --configfile experiments/smoke.yaml || $(LOCKED_HINT)
 
 # The suite twice: on this CPU's default kernels and on the avx2 kernels that every x86-64 CPU runs, so a
 # test that holds on one machine's kernels only fails here, not on the next machine CI is given.

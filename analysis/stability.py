@@ -217,6 +217,15 @@ def _series(frame: pd.DataFrame, column: str) -> tuple[np.ndarray, np.ndarray]:
     return _finite(frame.index.to_numpy(), frame[column].to_numpy())
 
 
+def _with_inf(frame: pd.DataFrame, column: str) -> np.ndarray:
+    """A column's logged values with +-inf kept (NaN dropped): an infinite KL is the largest KL, never skipped
+    (MLflow stores it as 1.8e308; the run files keep Infinity)."""
+    if column not in frame:
+        return np.array([])
+    v = np.asarray(frame[column].to_numpy(), dtype=float)
+    return v[~np.isnan(v)]
+
+
 def _score_fields(frame: pd.DataFrame) -> dict:
     steps, scores = _series(frame, SCORE)
     if len(scores) == 0:
@@ -245,10 +254,9 @@ def run_stability(frame: pd.DataFrame, diverged_step: float | None = None, steps
                                                            diverged_step, rule, nonfinite)
     last = steps_done if steps_done else (frame.index.max() if len(frame) else np.nan)
     out["survival_step"] = out["collapse_step"] if np.isfinite(out["collapse_step"]) else float(last)
-    _, k1 = _series(frame, KL_K1)  # every KL column names its estimator
+    k1, k3 = _with_inf(frame, KL_K1), _with_inf(frame, KL_K3)  # an infinite KL counts: inf, never dropped
     out["max_kl_k1"], out["mean_kl_k1"] = (float(k1.max()), float(k1.mean())) if len(k1) else (np.nan, np.nan)
     out["kl_early"] = float(np.median(kl[: rule.kl_baseline_steps])) if len(kl) else np.nan
-    _, k3 = _series(frame, KL_K3)
     out["max_kl_k3"], out["mean_kl_k3"] = (float(k3.max()), float(k3.mean())) if len(k3) else (np.nan, np.nan)
     _, ent = _series(frame, ENTROPY)
     out["entropy_init"], out["entropy_max_rel"], out["entropy_min_rel"] = _relative_excursions(

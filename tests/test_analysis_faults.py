@@ -73,3 +73,13 @@ def test_a_nan_loss_breaks_and_the_report_lists_the_warnings(tmp_path):
     md = (out.parent / "report.md").read_text()
     assert "## Warnings" in md and "`fig/short/seed0`: completed, but metrics.jsonl holds 1 of" in md
     assert "Warnings: runs whose files are short" in out.read_text()
+
+
+def test_an_infinite_kl_is_the_max_kl_not_dropped(tmp_path):
+    """+Inf KL was dropped from max_kl (the finite rows' max was reported; MLflow shows it as 1.8e308)."""
+    rows = [train_row(1), train_row(2, kl=math.inf), train_row(3, kl=2e-3)]
+    write_run(tmp_path, "a", [{"step": 0, "eval/score": 0.5}, *rows, {"step": 3, "eval/score": 0.5}], steps=3)
+    tidy, runs = load_grid(tmp_path)
+    stab = stability_runs(tidy, runs)
+    row = stab.iloc[0]
+    assert row["max_kl"] == math.inf and row["mean_kl"] == math.inf

@@ -319,7 +319,7 @@ def test_workflow_options_are_split_from_the_grid_and_cli_seeds_become_ints():
     grid, options = G.split_workflow_options({"name": "x", "seeds": ["0", "1"], "results": "out",
                                               "tracking_uri": None})
     assert grid == {"name": "x", "seeds": [0, 1]}
-    assert options == {"results": "out", "tracking_uri": "", "live_tracking": True}
+    assert options == {"results": "out", "tracking_uri": "", "live_tracking": True, "confirm_long": False}
     _, options = G.split_workflow_options({"name": "x", "live_tracking": False})
     assert options["live_tracking"] is False
 
@@ -434,3 +434,8 @@ def test_the_stress_grid_loads_with_every_arm_at_every_level():
     for figure, arms in grid.figures.items():
         levels = grid.data["figures"][figure]["stress"]["train.lr"]
         assert len(arms) == len(levels) * len(grid.data["figures"][figure]["arms"])
+
+
+def test_bad_seeds_on_the_command_line_are_one_line(capsys):
+    assert G.main([str(G.REPO / "experiments" / "smoke.yaml"), "--seeds", "0,a"]) == 2
+    assert "error: --seeds: 'a' is not a seed (comma-separated integers" in capsys.readouterr().err

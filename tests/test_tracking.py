@@ -335,3 +335,14 @@ def test_a_grid_run_made_after_its_runs_is_replaced_by_one_that_starts_with_them
     assert json.loads((grid_dir / "mlflow_parent.json").read_text())["parent_run_id"] == parent.info.run_id
     assert parent.info.start_time <= kid.info.start_time <= kid.info.end_time <= parent.info.end_time
     assert parent.info.status == "FINISHED"
+def test_a_torn_metrics_line_is_named_not_dropped_silently(tmp_path, capsys):
+    """A torn metrics.jsonl mirrored 5 of 8 rows to MLflow with no warning."""
+    from rl_core.orchestration.tracking import read_rows
+
+    path = tmp_path / "metrics.jsonl"
+    good = [json.dumps({"step": s, "loss/value": 0.1}) for s in range(1, 9)]
+    good[3] = good[3][:12]  # torn in the middle (a crash, a full disk)
+    path.write_text("\n".join(good) + "\n")
+    assert [r["step"] for r in read_rows(path)] == [1, 2, 3, 5, 6, 7, 8]
+    err = capsys.readouterr().err
+    assert f"warning: {path} line 4: not a JSON object" in err and "not mirrored" in err

@@ -208,3 +208,93 @@ def test_a_deleted_mlflow_store_re_mirrors_every_run(done_workspace):
     assert Counter(j["rule"] for j in jobs) == Counter(rules)
     assert "Missing output files" in next(j for j in jobs if j["rule"] == "mlflow")["reason"]
     assert next(j for j in jobs if j["rule"] == "remirror_grid")["wildcards"] == {"other": "other"}
+
+
+# ------------------------------------------------------------------ issue #27: late, unclear, logs
+
+
+def smoke_variant(tmp_path, old, new):
+    text = (REPO / "experiments" / "smoke.yaml").read_text()
+    assert old in text
+    path = tmp_path / "grid.yaml"
+    path.write_text(text.replace(old, new))
+    return path
+
+
+def test_snakemake_reads_1e_3_as_rl_core_grid_does(tmp_path):
+    """`train.lr: 1e-3` passed rl_core.orchestration.grid and was refused by Snakemake (YAML 1.1: the string '1e-3')."""
+    grid = smoke_variant(tmp_path, "train: {precision: fp32}", "train: {precision: fp32, lr: 1e-3}")
+    assert load_grid(grid).runs[0].config.train.lr == 1e-3
+    out = snakemake(tmp_path, "-n", "--configfile", str(grid), "--config", f"results={tmp_path / 'r'}")
+    assert "rl_run" in out
+
+
+def test_an_arm_this_machine_cannot_run_is_refused_when_the_grid_loads(tmp_path):
+    """train.device: cuda on a machine without a GPU passed -n, built pretraining and SFT, then every arm
+    failed; jobs run here (the local executor), so the grid is refused before any job."""
+    from rl_core.orchestration.capabilities import probe
+
+    if probe().cuda_gpu:
+        pytest.skip("this machine has a GPU")
+    grid = smoke_variant(tmp_path, "train: {precision: fp32}", "train: {precision: fp32, device: cuda}")
+    out = snakemake(tmp_path, "-n", "--configfile", str(grid), "--config", f"results={tmp_path / 'r'}",
+                    check=False)
+    assert "jobs run on this machine (local executor), which cannot run 5 arm(s): figure 'on_policy', " \
+           "arm 'minirl': train.device='cuda' needs capability 'cuda'" in out
+    assert "rule pretrain" not in out
+
+
+def test_the_capability_check_job_names_each_arm_its_node_cannot_run(tmp_path, capsys):
+    """The non-local executor's first job (rule check_capabilities), on the node kind that runs the arms."""
+    import json
+
+    from rl_core.orchestration.capabilities import main, probe
+
+    cuda = {"arm": "f/a", "config": {"train": {"device": "cuda"}}}
+    cpu = {"arm": "f/b", "config": {"train": {"device": "cpu"}}}
+    assert main(["--check", json.dumps([cpu]), "--out", str(tmp_path / "cpu.ok")]) == 0
+    assert (tmp_path / "cpu.ok").exists()
+    if not probe().cuda_gpu:
+        assert main(["--check", json.dumps([cpu, cuda]), "--out", str(tmp_path / "gpu.ok")]) == 2
+        assert "error: this node cannot run f/a: train.device='cuda'" in capsys.readouterr().err
+        assert not (tmp_path / "gpu.ok").exists()
+
+
+def test_a_grid_estimated_over_the_bound_is_refused_unless_confirmed(tmp_path):
+    """--config preset=full on this CPU started a 20,000-step pretraining (estimated 1,096 h) without a
+    word."""
+    out = snakemake(tmp_path, "--configfile", str(REPO / "experiments" / "smoke.yaml"), "--config",
+                    "preset=full", f"results={tmp_path / 'r'}", check=False)
+    assert re.search(r"grid 'smoke' \(preset full\) is estimated at [\d,]+ h on this machine \(2 cores", out)
+    assert "--config confirm_long=true" in out and not (tmp_path / "r").exists()
+
+
+def test_each_job_log_keeps_the_history_of_every_process():
+    """Snakemake empties a job's `log:` before the job runs, so `tee -a {log}` kept only the last process:
+    every rule that promises a history appends to a file that is not Snakemake's log."""
+    for name in ("rl.smk", "coldstart.smk", "tracking.smk"):
+        text = (REPO / "workflow" / "rules" / name).read_text()
+        shells = re.findall(r"shell:\n((?:\s+(?:#.*|\".*\")\n)+)", text)
+        logs = re.findall(r"log:\n\s+f\"(.*)\"", text)
+        assert shells and all("tee -a {params.history:q}" in s for s in shells), name
+        assert logs and all(p.endswith(".last.log") for p in logs), name
+
+
+def test_make_reproduce_stops_when_the_validator_refuses(tmp_path):
+    """`make reproduce` piped the validator into `tail`, so Snakemake started on a refused grid."""
+    out = subprocess.run(["make", "-n", "reproduce", "GRID=nope.yaml"], cwd=REPO, capture_output=True,
+                         text=True).stdout
+    assert "set -o pipefail; " in out and "| tail -n 1" in out
+    text = (REPO / "Makefile").read_text()
+    assert "SHELL := /bin/bash" in text and "\nunlock:" in text
+
+
+def test_make_replicate_reads_the_grid_name_before_a_comment(tmp_path):
+    grid = tmp_path / "g.yaml"
+    grid.write_text("name: smoke  # the CI grid\n")
+    out = subprocess.run(["make", "-s", "replicate", f"GRID={grid}"], cwd=REPO, capture_output=True,
+                         text=True)
+    assert "no results/smoke/report/findings.csv" in out.stdout + out.stderr
+    out = subprocess.run(["make", "-s", "replicate", f"GRID={tmp_path / 'none.yaml'}"], cwd=REPO,
+                         capture_output=True, text=True)
+    assert f"GRID={tmp_path / 'none.yaml'}: no such grid file" in out.stdout + out.stderr

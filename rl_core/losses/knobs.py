@@ -2,8 +2,8 @@
 
 A knob set (to a value other than its default) under an objective that does not read it would change
 nothing and say nothing, so the config refuses it, naming the knob, the objective and the objectives that
-read it (rl_core.config._knob_checks). rl_core.losses.objectives keeps its registry in step with this table (an
-import-time check), and LossConfig's ``objective`` choices are its keys. No torch here: the workflow
+read it (rl_core.config._knob_checks). rl_core.losses.objectives keeps its registry in step with this
+table (an import-time check), and LossConfig's ``objective`` choices are its keys. No torch here: the workflow
 validates grids with it while Snakemake builds the DAG. ``seq_ratio`` is read by every objective (the
 seq/ratio_log_std stat), so it is in no row.
 """
@@ -13,7 +13,7 @@ from __future__ import annotations
 _CLIP = ("eps_low", "eps_high")
 _CAP = ("is_cap", "is_cap_on")
 
-#: objective -> the loss.* knobs its loss function reads (rl_core.losses.objectives, rl_core.losses.corrections).
+#: objective -> the loss.* knobs its loss function reads (rl_core.losses.objectives and .corrections).
 READS: dict[str, tuple[str, ...]] = {
     "minirl": (*_CAP, *_CLIP),
     "minirl_length_norm": (*_CAP, *_CLIP),

@@ -239,5 +239,41 @@ def impossible(cfg: RunConfig) -> list[str]:
     return _rollout_problems(cfg, EVERYTHING) + _train_problems(cfg, EVERYTHING)
 
 
+#: The config sections check_capabilities reads (what a capability check job is given of each arm).
+CHECKED_SECTIONS = ("rollout", "train", "replay", "model")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m rl_core.orchestration.capabilities --check '[{"arm": A, "config": {...}}]' --out OK_FILE`:
+    the workflow's capability check on the kind of node that runs the arms (a non-local executor); one line per arm this
+    node cannot run, exit 2; else OK_FILE is written."""
+    import argparse
+    import json
+    import sys
+
+    from rl_core.config import from_dict
+
+    ap = argparse.ArgumentParser(prog="python -m rl_core.orchestration.capabilities")
+    ap.add_argument("--check", required=True, help="JSON list of {arm, config}")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args(argv)
+    env, bad = probe(), []
+    for item in json.loads(args.check):
+        try:
+            check_capabilities(from_dict(item["config"]), env)
+        except CapabilityError as e:
+            bad.append(f"{item['arm']}: {e}")
+    if bad:
+        print("\n".join(f"error: this node cannot run {b}" for b in bad), file=sys.stderr)
+        return 2
+    Path(args.out).write_text(f"{env}\n")
+    print(f"capabilities checked on this node ({env}): every arm can run")
+    return 0
+
+
 __all__ = ["CapabilityError", "Environment", "probe", "rollout_capabilities", "describe_backend",
            "head_dim_problem", "check_capabilities", "impossible", "EVERYTHING"]
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -268,8 +268,16 @@ def parse_rows(lines: list[str] | list[bytes]) -> list[dict]:
 
 
 def read_rows(path: Path) -> list[dict]:
-    """metrics.jsonl -> rows; a torn last line (a run killed mid-write) is skipped."""
-    return parse_rows(path.read_text().splitlines()) if path.is_file() else []
+    """metrics.jsonl -> rows; a line that is not a JSON object (a torn write) is skipped with a warning on
+    stderr naming the file and the line (its rows are not mirrored)."""
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines()
+    for n, line in enumerate(lines, 1):
+        if line.strip() and not parse_rows([line]):
+            print(f"warning: {path} line {n}: not a JSON object (a torn write?); skipped, not mirrored to "
+                  f"MLflow: {line[:60]!r}", file=sys.stderr, flush=True)
+    return parse_rows(lines)
 
 
 def run_meta(run_dir: Path) -> dict:

@@ -12,17 +12,33 @@ from pathlib import Path
 import yaml
 from snakemake.exceptions import WorkflowError
 
-from rl_core.orchestration.grid import TEACHERS, GridError, grid_from_dict, read_yaml, split_workflow_options
+from rl_core.orchestration.grid import LONG_GRID_HOURS, TEACHERS, GridError, grid_from_dict, read_yaml, split_workflow_options
 
-_grid_data, OPTIONS = split_workflow_options(config)
+def _config_as_read():
+    """Snakemake's config, with the grid files read by rl_core's loader (YAML 1.2 floats: Snakemake's YAML 1.1
+    reads `lr: 1e-3` as the string '1e-3', which rl_core.orchestration.grid reads as 0.001; a duplicate key is named) and
+    the --config options over them, as Snakemake merges them."""
+    from snakemake.utils import update_config
+
+    merged = {}
+    for path in GRID_FILES:
+        data = read_yaml(path)
+        if isinstance(data, dict):
+            update_config(merged, data)
+    update_config(merged, dict(workflow.config_settings.config or {}))
+    return merged
+
+
+try:
+    _grid_data, OPTIONS = split_workflow_options(_config_as_read())
+except GridError as e:
+    raise WorkflowError(f"invalid grid: {e}") from None
 if not _grid_data.get("figures"):
     raise WorkflowError(
         "no grid given: run with --configfile experiments/paper.yaml (or experiments/smoke.yaml, or your "
         "own grid file)"
     )
 try:
-    for _path in GRID_FILES:  # Snakemake's own loader keeps the last of a duplicate key
-        read_yaml(_path)
     GRID = grid_from_dict(
         _grid_data,
         source=", ".join(GRID_FILES),
@@ -173,3 +189,72 @@ def set_aside_stale_mirror():
 
 
 OTHER_GRIDS = set_aside_stale_mirror()
+
+
+# Capabilities (device, engines, backends) are checked before any job: when jobs run on this machine (the
+# local executor, dry runs included), here, for every arm not yet finished; otherwise (SLURM, ...) in one
+# cheap job per kind of node (rule check_capabilities: gpu / cpu, on the partition the arms go to), which
+# every arm depends on, so a login node without GPUs still plans a GPU grid and no arm waits for
+# pretraining and SFT to learn that its node cannot run it.
+def _capability_problems():
+    from rl_core.orchestration.capabilities import CapabilityError, check_capabilities, probe
+
+    env, out = probe(), []
+    for r in GRID.trained_runs:
+        if os.path.exists(run_file(r, "DONE")):
+            continue
+        try:
+            check_capabilities(r.config, env)
+        except CapabilityError as e:
+            out.append(f"figure '{r.figure}', arm '{r.arm}': {e}")
+    return out
+
+
+if workflow.local_exec and (_problems := _capability_problems()):
+    raise WorkflowError(
+        f"invalid grid: {GRID.source}: jobs run on this machine (local executor), which cannot run "
+        f"{len(_problems)} arm(s): {_problems[0]}" + (f" (and {len(_problems) - 1} more)" if len(_problems) > 1 else "")
+    )
+
+
+def _truthy(value):
+    return str(value).strip().lower() in ("true", "1", "yes", "on")
+
+
+if workflow.local_exec and not workflow.dryrun and not _truthy(OPTIONS["confirm_long"]):
+    from rl_core.orchestration.cost import grid_estimate
+
+    _cores = workflow.resource_settings.cores or 1
+    _hours = grid_estimate(GRID, _cores)["wall_s"] / 3600
+    if _hours > LONG_GRID_HOURS:
+        raise WorkflowError(
+            f"grid '{GRID.name}' (preset {GRID.preset}) is estimated at {_hours:,.0f} h on this machine "
+            f"({_cores} cores; python -m rl_core.orchestration.grid {GRID.source} --estimate), over the {LONG_GRID_HOURS} h "
+            f"bound: to start it anyway add --config confirm_long=true (make: CONFIRM_LONG=1), or use a "
+            f"smaller preset (--config preset=mini)"
+        )
+
+
+def node_kind(run):
+    return "gpu" if run_gpus(run) else "cpu"
+
+
+def capability_check(run):
+    """The check job an arm waits for (not on the local executor: checked above, while the grid loads)."""
+    return [] if workflow.local_exec else [ancient(f"{GDIR}/capabilities/{node_kind(run)}.ok")]
+
+
+def capability_configs(kind):
+    from rl_core.orchestration.capabilities import CHECKED_SECTIONS
+    from rl_core.config import to_dict
+
+    seen, out = set(), []
+    for r in GRID.trained_runs:
+        if node_kind(r) != kind:
+            continue
+        part = {k: v for k, v in to_dict(r.config).items() if k in CHECKED_SECTIONS}
+        key = compact(part)
+        if key not in seen:
+            seen.add(key)
+            out.append({"arm": f"{r.figure}/{r.arm}", "config": part})
+    return compact(out)

@@ -19,14 +19,15 @@ localrules:
 
 rule rl_run:
     input:
-        lambda w: NOT_THIS_RULE if shared(w) else [] if run_of(w).config.init else
-        model_files(run_of(w).config.cold_start) + [step0_eval(run_of(w))],
+        lambda w: NOT_THIS_RULE if shared(w) else capability_check(run_of(w)) + ([] if run_of(w).config.init
+        else model_files(run_of(w).config.cold_start) + [step0_eval(run_of(w))]),
     output:
         summary=f"{GDIR}/runs/{{figure}}/{{arm}}/seed{{seed}}/summary.json",
         done=f"{GDIR}/runs/{{figure}}/{{arm}}/seed{{seed}}/DONE",
     log:
-        f"{LOGS}/runs/{{figure}}/{{arm}}/seed{{seed}}.log",
+        f"{LOGS}/runs/{{figure}}/{{arm}}/seed{{seed}}.last.log",
     params:
+        history=lambda w: f"{LOGS}/runs/{w.figure}/{w.arm}/seed{w.seed}.log",
         run_dir=lambda w, output: os.path.dirname(output.done),
         config=lambda w: run_of(w).config_json(init=init_dir(run_of(w))),
         meta=lambda w: compact(run_of(w).meta),
@@ -46,10 +47,11 @@ rule rl_run:
         tasks=1,
         tasks_per_gpu=0,
     shell:
-        # tee: progress on the terminal and in the log (appended: a resumed run keeps its history).
+        # tee: progress on the terminal, in the log of this process ({log}: Snakemake empties a job's log
+        # before the job runs) and appended to the history (seed<n>.log: a resumed run keeps every process).
         "OMP_NUM_THREADS={params.rank_threads} MKL_NUM_THREADS={params.rank_threads} "
         "{params.launch} -m rl_core.train --out {params.run_dir} --config-json {params.config:q} "
-        "--meta-json {params.meta:q} {params.step0} 2>&1 | tee -a {log}"
+        "--meta-json {params.meta:q} {params.step0} 2>&1 | tee -a {params.history:q} | tee {log}"
 
 
 rule rl_shared:
@@ -59,12 +61,32 @@ rule rl_shared:
         summary=f"{GDIR}/runs/{{figure}}/{{arm}}/seed{{seed}}/summary.json",
         done=f"{GDIR}/runs/{{figure}}/{{arm}}/seed{{seed}}/DONE",
     log:
-        f"{LOGS}/runs/{{figure}}/{{arm}}/seed{{seed}}.log",
+        f"{LOGS}/runs/{{figure}}/{{arm}}/seed{{seed}}.last.log",
     params:
+        history=lambda w: f"{LOGS}/runs/{w.figure}/{w.arm}/seed{w.seed}.log",
         source=lambda w: run_file(trained_by(w)),
         run_dir=lambda w, output: os.path.dirname(output.done),
         meta=lambda w: compact(run_of(w).meta),
         trained_by=lambda w: trained_by(w).run_dir,
     shell:
         "{PYTHON} {workflow.basedir}/workflow/scripts/share_run.py {params.source:q} {params.run_dir:q} "
-        "{params.meta:q} {params.trained_by:q} >> {log} 2>&1"
+        "{params.meta:q} {params.trained_by:q} 2>&1 | tee -a {params.history:q} > {log}"
+
+
+# A non-local executor: the arms' capabilities, checked once per kind of node on such a node, first.
+rule check_capabilities:
+    output:
+        f"{GDIR}/capabilities/{{kind}}.ok",
+    wildcard_constraints:
+        kind="gpu|cpu",
+    log:
+        f"{LOGS}/capabilities_{{kind}}.last.log",
+    params:
+        history=lambda w: f"{LOGS}/capabilities_{w.kind}.log",
+        configs=lambda w: capability_configs(w.kind),
+    resources:
+        gpu=lambda w: int(w.kind == "gpu"),
+        slurm_partition=lambda w: os.environ.get("RL_GPU_PARTITION", "gpu") if w.kind == "gpu"
+        else os.environ.get("RL_CPU_PARTITION", "cpu"),
+    shell:
+        "{PYTHON} -m rl_core.orchestration.capabilities --check {params.configs:q} --out {output} 2>&1 | tee -a {params.history:q} > {log}"

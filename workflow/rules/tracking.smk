@@ -4,7 +4,8 @@
 # MLflow costs ~2 s, paid once. Re-mirroring is idempotent (a run whose files did not change is kept), so
 # when one arm re-runs, this job re-runs and rewrites only that arm. A local rule: on a cluster it runs
 # where the sqlite store lives. A deleted embedded store (results/mlflow.db) re-runs this job: see
-# set_aside_stale_mirror in common.smk. The log is appended to: a re-run keeps the history.
+# set_aside_stale_mirror in common.smk. mlflow.log is appended to (a re-run keeps the history); mlflow.last.log,
+# Snakemake's log, holds the last job's.
 
 localrules:
     mlflow,
@@ -19,15 +20,16 @@ rule mlflow:
         parent=MLFLOW_PARENT,
         runs=[run_file(r, "mlflow_run.json") for r in GRID.runs],
     log:
-        f"{LOGS}/mlflow.log",
+        f"{LOGS}/mlflow.last.log",
     params:
+        history=f"{LOGS}/mlflow.log",
         grid_dir=lambda w, output: os.path.dirname(output.parent),
         grid=GRID.name,
         uri=TRACKING_URI,
         run_dirs=lambda w, input: " ".join(shlex.quote(os.path.dirname(d)) for d in input.done),
     shell:
         "{PYTHON} -m rl_core.orchestration.tracking grid --grid-dir {params.grid_dir} --grid {params.grid} "
-        "--uri={params.uri:q} {params.run_dirs} >> {log} 2>&1"
+        "--uri={params.uri:q} {params.run_dirs} 2>&1 | tee -a {params.history:q} > {log}"
 
 
 # After a deleted embedded store, the other grids of the results folder (OTHER_GRIDS, common.smk) lose
