@@ -82,4 +82,4 @@ def test_an_infinite_kl_is_the_max_kl_not_dropped(tmp_path):
     tidy, runs = load_grid(tmp_path)
     stab = stability_runs(tidy, runs)
     row = stab.iloc[0]
-    assert row["max_kl"] == math.inf and row["mean_kl"] == math.inf
+    assert row["max_kl_k1"] == math.inf and row["mean_kl_k1"] == math.inf

@@ -245,8 +245,8 @@ CHECKED_SECTIONS = ("rollout", "train", "replay", "model")
 
 def main(argv: list[str] | None = None) -> int:
     """`python -m rl_core.orchestration.capabilities --check '[{"arm": A, "config": {...}}]' --out OK_FILE`:
-    the workflow's capability check on the kind of node that runs the arms (a non-local executor); one line per arm this
-    node cannot run, exit 2; else OK_FILE is written."""
+    the workflow's capability check on the kind of node that runs the arms (a non-local executor); one line
+    per arm this node cannot run, exit 2; else OK_FILE is written."""
     import argparse
     import json
     import sys

@@ -80,9 +80,10 @@ DEFAULT_PRESET = "mini"
 #: Config sections that define the base model and the cold starts, hence shared by a grid's arms.
 SHARED_SECTIONS = ("model", "pipeline")
 #: Workflow options that may sit beside the grid in Snakemake's config (`--config results=... `).
-WORKFLOW_OPTIONS = {"results": "results", "tracking_uri": "", "live_tracking": True, "confirm_long": False}
-#: A grid estimated (rl_core.orchestration.cost, on this machine's cores) to take longer than this many hours is refused
-#: on the local executor unless `--config confirm_long=true` (e.g. preset full on a CPU: ~1,100 h).
+WORKFLOW_OPTIONS = {"results": "results", "tracking_uri": "", "live_tracking": True,
+                    "confirm_long": False}
+#: A grid estimated (rl_core.orchestration.cost, on this machine's cores) to take longer than this many hours
+#: is refused on the local executor unless `--config confirm_long=true` (e.g. preset full on a CPU: ~1,100 h).
 LONG_GRID_HOURS = 24
 #: The cold starts (SFT teachers), in the order the typed config lists them.
 TEACHERS: tuple[str, ...] = next(f.metadata["choices"] for f in dataclasses.fields(RunConfig)
