@@ -295,9 +295,9 @@ def test_make_reproduce_stops_when_the_validator_refuses(tmp_path):
 def test_make_replicate_reads_the_grid_name_before_a_comment(tmp_path):
     grid = tmp_path / "g.yaml"
     grid.write_text("name: smoke  # the CI grid\n")
-    out = subprocess.run(["make", "-s", "replicate", f"GRID={grid}"], cwd=REPO, capture_output=True,
+    out = subprocess.run(["make", "-s", "replicate", f"GRID={grid}", "STAMP="], cwd=REPO, capture_output=True,
                          text=True)
     assert "no results/smoke/report/findings.csv" in out.stdout + out.stderr
-    out = subprocess.run(["make", "-s", "replicate", f"GRID={tmp_path / 'none.yaml'}"], cwd=REPO,
+    out = subprocess.run(["make", "-s", "replicate", f"GRID={tmp_path / 'none.yaml'}", "STAMP="], cwd=REPO,
                          capture_output=True, text=True)
     assert f"GRID={tmp_path / 'none.yaml'}: no such grid file" in out.stdout + out.stderr
