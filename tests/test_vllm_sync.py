@@ -65,6 +65,7 @@ def engine_with(llm, sync="in_place") -> VLLMRolloutEngine:
     """A VLLMRolloutEngine around a stand-in LLM (no vLLM started)."""
     eng = object.__new__(VLLMRolloutEngine)
     eng.hf_cfg, eng.precision, eng.sync_mode, eng.asleep, eng._version = CFG, "bf16", sync, False, 1
+    eng.fp8_checkpoint = False  # bf16: the plain checkpoint on a restart
     eng._live = {"llm": llm}
     return eng
 
