@@ -76,12 +76,12 @@ smoke: $(STAMP)
 	$(SNAKEMAKE_RUN) --configfile experiments/smoke.yaml || $(LOCKED_HINT)
 
 # The suite twice: on this CPU's default kernels and on the avx2 kernels that every x86-64 CPU runs, so a
-# test that holds on one machine's kernels only fails here, not on the next machine CI is given. The avx2
-# pass keeps its own inductor cache: torch 2.13's cache key ignores ATEN_CPU_CAPABILITY, and kernels
+# test that holds on one machine's kernels only fails here, not on the next machine CI is given. Each pass
+# keeps its own inductor cache: torch 2.13's cache key ignores ATEN_CPU_CAPABILITY, and kernels
 # compiled beside the default ones crashed under avx2 (an out-of-bounds index in train.compile's layers).
 test: $(STAMP)
 	$(BIN)/ruff check .
-	$(BIN)/python -m pytest -n $(CORES) -q
+	TORCHINDUCTOR_CACHE_DIR=$${TMPDIR:-/tmp}/torchinductor-default-$$(id -u) $(BIN)/python -m pytest -n $(CORES) -q
 	ATEN_CPU_CAPABILITY=avx2 TORCHINDUCTOR_CACHE_DIR=$${TMPDIR:-/tmp}/torchinductor-avx2-$$(id -u) \
 	  $(BIN)/python -m pytest -n $(CORES) -q -p no:cacheprovider
 
