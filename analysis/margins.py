@@ -210,13 +210,16 @@ def critical_x(fractions: np.ndarray, x: np.ndarray, threshold: float = 0.5) -> 
 
 def seed_matrix(group: pd.DataFrame, n_levels: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(seeds, survived (seed, level) of 1/0/NaN, final score (seed, level) with NaN -> 0 and NaN where
-    the seed has no run at that level) of one arm's stress runs."""
+    the seed has no run at that level) of one arm's stress runs. An incomplete run that has not collapsed
+    yet counts as no run (NaN): it is not a survivor; one that already collapsed counts as collapsed."""
     seeds = np.sort(group["seed"].unique())
     survived = np.full((len(seeds), n_levels), np.nan)
     final = np.full((len(seeds), n_levels), np.nan)
     row_of = {s: i for i, s in enumerate(seeds)}
     for run in group.itertuples(index=False):
         i, j = row_of[run.seed], int(run.level_index)
+        if getattr(run, "status", "completed") == "incomplete" and not np.isfinite(run.collapse_step):
+            continue  # still running (or cut) and not collapsed yet: its survival is unknown, not a survivor
         survived[i, j] = float(not np.isfinite(run.collapse_step))
         final[i, j] = run.final_score if np.isfinite(run.final_score) else 0.0
     return seeds, survived, final

@@ -98,6 +98,18 @@ def test_lr_sensitivity_by_hand():
     assert sensitivity(np.array([0.3, 0.3, 0.3])) == 0
 
 
+def test_an_unfinished_run_that_has_not_collapsed_is_not_a_survivor():
+    # level 2 of seed 1 is still running with no collapse so far: unknown, so the level counts 0 of 1
+    # (seed 0's collapse), not 1 of 2; a running run that already collapsed counts as collapsed.
+    runs = pd.DataFrame({
+        "figure": "f", "base_arm": "a", "seed": [0, 0, 0, 1, 1, 1], "level_index": [0, 1, 2] * 2,
+        "collapse_step": [np.nan, np.nan, 5.0, np.nan, 8.0, np.nan],
+        "final_score": [0.5, 0.6, 0.1, 0.5, 0.2, 0.4],
+        "status": ["completed"] * 4 + ["incomplete", "incomplete"]})
+    grid = {"figures": {"f": {"stress": {"train.lr": [1e-4, 2e-4, 4e-4]}, "arms": {"a": {}}}}}
+    assert margins_table(runs, grid).iloc[0]["survival"] == "2/2 1/2 0/1"
+
+
 def test_ranks_are_shared_when_intervals_overlap():
     def row(arm, point, lo, hi, censored=""):
         return {"figure": "f", "arm": arm, "s_star": point, "s_star_lo": lo, "s_star_hi": hi,
