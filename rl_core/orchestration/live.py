@@ -42,6 +42,7 @@ import time
 from pathlib import Path
 
 from rl_core.cli import UsageError, guard
+from rl_core.orchestration.watch import alive, mtime
 
 
 def _complete_lines(path: Path) -> list[bytes]:
@@ -51,27 +52,6 @@ def _complete_lines(path: Path) -> list[bytes]:
     except FileNotFoundError:
         return []
     return data[:data.rfind(b"\n") + 1].splitlines()
-
-
-def _mtime(path: Path) -> float | None:
-    try:
-        return path.stat().st_mtime
-    except FileNotFoundError:
-        return None
-
-
-def _alive(pid: int) -> bool:
-    """Whether process `pid` runs (a zombie, exited but not yet reaped by its parent, does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
 
 
 class Store:
@@ -104,14 +84,14 @@ class ArmRun:
         from rl_core.orchestration import tracking as T
 
         self.store, self.run_dir, self.logged = store, run_dir, 0
-        self.config_mtime = _mtime(run_dir / "config.json")
+        self.config_mtime = mtime(run_dir / "config.json")
         parent, client = store.parent, store.client
         meta = T.run_meta(run_dir)
         tags = {**T.run_tags(meta, {"status": "running"}, parent["parent_run_id"]), "live": "1",
                 "run_dir": str(run_dir)}
         name = f"{meta.get('figure')}/{meta.get('arm')}/{meta.get('seed')}"
         # The trainer's start: its lock (written as it starts) or, without one, its config.json.
-        started = [t for t in (_mtime(run_dir / ".lock"), self.config_mtime) if t is not None]
+        started = [t for t in (mtime(run_dir / ".lock"), self.config_mtime) if t is not None]
         start_ms = int(min(started) * 1000) if started else None
         run = T.retry(client.create_run, parent["experiment_id"], run_name=name, tags=tags,
                       start_time=start_ms)
@@ -173,10 +153,10 @@ class GridFollower:
         dirs = [self.only] if self.only else [p.parent for p in self.grid_dir.glob("runs/*/*/*/config.json")]
         out = []
         for d in dirs:
-            m = _mtime(d / "config.json")
+            m = mtime(d / "config.json")
             if m is None or m < self.t0 or d in self.arms or self.done.get(d) == m:
                 continue
-            if (_mtime(d / "DONE") or 0) >= m:
+            if (mtime(d / "DONE") or 0) >= m:
                 self.done[d] = m
             else:
                 out.append(d)
@@ -197,7 +177,7 @@ class GridFollower:
             except Exception as e:  # noqa: BLE001 - a store error: said, tried again next look
                 _say(f"cannot start the live run of {d}", e)
         for d, arm in list(self.arms.items()):
-            done = (_mtime(d / "DONE") or 0) >= (arm.config_mtime or 0)
+            done = (mtime(d / "DONE") or 0) >= (arm.config_mtime or 0)
             try:
                 self.metrics += arm.poll()
                 if done:
@@ -209,7 +189,7 @@ class GridFollower:
             if done:
                 self.done[d] = arm.config_mtime
                 del self.arms[d]
-                if (_mtime(d / "mlflow_run.json") or 0) >= (arm.config_mtime or 0):
+                if (mtime(d / "mlflow_run.json") or 0) >= (arm.config_mtime or 0):
                     arm.delete()  # the mirror ran before this last look: its run is the final state
 
     def close(self) -> None:
@@ -229,7 +209,7 @@ def follow(grid_dir: Path, grid: str, uri: str = "", interval: float = 5.0, pid:
     """Follow the grid's arms (or `only`) until process `pid` is gone (or `only` is done)."""
     t0 = time.time() - 1.0  # 1 s: coarse mtimes of a trainer started just before
     follower, next_look = GridFollower(grid_dir, grid, uri, t0, only), 0.0
-    while pid is None or _alive(pid):
+    while pid is None or alive(pid):
         if time.time() >= next_look:
             follower.look()
             next_look = time.time() + interval

@@ -29,19 +29,13 @@ import time
 from pathlib import Path
 
 from rl_core.cli import guard
+from rl_core.orchestration.watch import alive, mtime
 
 
 def clock(seconds: float) -> str:
     """m:ss below an hour, h:mm:ss above: a grid of a minute is not "0:00"."""
     s = max(0, int(round(seconds)))
     return f"{s // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}" if s >= 3600 else f"{s // 60}:{s % 60:02d}"
-
-
-def _mtime(path: Path) -> float | None:
-    try:
-        return path.stat().st_mtime
-    except OSError:
-        return None
 
 
 def _read(path: Path) -> dict:
@@ -76,7 +70,7 @@ def status(plan: dict, t0: float, now: float) -> dict:
     going: list[tuple[float, float, float]] = []  # (estimate, elapsed, fraction done)
     for run in plan["runs"]:
         d, est = Path(run["dir"]), float(run["est_s"])
-        config, finished = _mtime(d / "config.json"), _mtime(d / "DONE")
+        config, finished = mtime(d / "config.json"), mtime(d / "DONE")
         if finished is not None and (config is None or finished >= config):
             done += 1
             if finished >= t0 and (wall := _read(d / "summary.json").get("wall_s")):
@@ -84,7 +78,7 @@ def status(plan: dict, t0: float, now: float) -> dict:
                 measured, estimated = measured + float(wall), estimated + est
         elif config is not None and config >= t0:
             running += 1
-            start = min(t for t in (_mtime(d / ".lock"), config) if t is not None)
+            start = min(t for t in (mtime(d / ".lock"), config) if t is not None)
             frac = min(_last_step(d / "metrics.jsonl") / max(int(run.get("steps", 1)), 1), 1.0)
             going.append((est, now - start, frac))
             spent += now - start
@@ -107,25 +101,10 @@ def line(plan: dict, s: dict) -> str:
             f"{clock(s['spent_s'])} spent, ~{clock(s['left_s'])} left{learnt} | ETA {clock(s['eta_s'])}")
 
 
-def _alive(pid: int | None) -> bool:
-    if pid is None:
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def follow(plan: dict, pid: int | None, interval: float, out=sys.stdout) -> None:
     """Print the line when it changes (looking every `interval` s) until process `pid` is gone."""
     t0, last, said = time.time() - 1.0, "", 0.0
-    while _alive(pid):
+    while pid is None or alive(pid):
         text = line(plan, status(plan, t0, time.time()))
         counts = text.split(" | ")[0]
         if counts != last or time.time() - said >= 10 * interval:  # a change, or a reminder now and then
