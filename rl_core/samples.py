@@ -68,12 +68,11 @@ def eval_samples(jobs: list, texts: list[str], rewards: list[float], k: int, tas
             for j in range(min(n, len(jobs) // k))]
 
 
-def read(path: Path) -> list[dict]:
-    """samples.jsonl -> rows; a torn line (a run killed mid-write) is skipped."""
+def parse_rows(lines: list[str] | list[bytes]) -> list[dict]:
+    """JSON-lines (samples.jsonl, metrics.jsonl) -> rows; a line that is not a JSON object (a torn last
+    line of a run killed mid-write) is skipped."""
     rows = []
-    if not Path(path).is_file():
-        return rows
-    for line in Path(path).read_text().splitlines():
+    for line in lines:
         try:
             row = json.loads(line)
         except ValueError:
@@ -81,6 +80,11 @@ def read(path: Path) -> list[dict]:
         if isinstance(row, dict):
             rows.append(row)
     return rows
+
+
+def read(path: Path) -> list[dict]:
+    """samples.jsonl -> rows; a torn line (a run killed mid-write) is skipped."""
+    return parse_rows(Path(path).read_text().splitlines()) if Path(path).is_file() else []
 
 
 def keep_through(path: Path, step: int | None) -> None:

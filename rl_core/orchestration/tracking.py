@@ -76,6 +76,7 @@ from mlflow.tracking import MlflowClient  # noqa: E402
 
 from rl_core.cli import UsageError, guard  # noqa: E402
 from rl_core.config import flatten  # noqa: E402
+from rl_core.samples import parse_rows  # noqa: E402  (plain Python)
 
 #: Bump when what a mirror writes changes: every run is then mirrored again.
 MIRROR_VERSION = "3"
@@ -252,19 +253,6 @@ def read_json(path: Path) -> dict:
     except (OSError, ValueError):
         return {}
     return data if isinstance(data, dict) else {}
-
-
-def parse_rows(lines: list[str] | list[bytes]) -> list[dict]:
-    """metrics.jsonl lines -> rows; a line that is not a JSON object (a torn last line) is skipped."""
-    rows = []
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(row, dict):
-            rows.append(row)
-    return rows
 
 
 def read_rows(path: Path) -> list[dict]:
