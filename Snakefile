@@ -3,6 +3,7 @@
     snakemake --profile workflow/profiles/default --configfile experiments/paper.yaml [--config preset=mini]
     snakemake -n --configfile experiments/paper.yaml      # list the jobs without running anything
     snakemake -n                                          # the same: the paper's grid is the default
+    snakemake -n --config grid=experiments/paper.yaml     # the same; a missing file or a YAML error is named
 
 Snakemake's config IS the grid file given with --configfile, else experiments/paper.yaml (checked by
 rl_core.orchestration.grid against workflow/schemas/grid.schema.yaml and the typed RunConfig before any job starts).
@@ -15,6 +16,7 @@ specific layer wins). Options beside it:
              results=DIR       results root (default: results)
              tracking_uri=URI  MLflow tracking server (default: sqlite:///<abs DIR>/mlflow.db)
              'seeds=[0,1,2]'   run every arm once per seed
+             grid=FILE         the grid file, read by rl_core (instead of --configfile FILE)
 
 Layout under DIR/{grid}/: models/{base,terse,chain,scratchpad}/ (HF checkpoints), models/eval_*.json,
 runs/{figure}/{arm}/seed{seed}/ (the trainer's files), logs/, grid.yaml, mlflow_parent.json, report/;
@@ -24,6 +26,7 @@ Nothing here imports torch (docs/conventions.md §8): every job runs `python -m 
 
 import sys
 
+from snakemake.exceptions import WorkflowError
 from snakemake.utils import min_version
 
 min_version("9.0")
@@ -34,8 +37,14 @@ PYTHON = sys.executable
 sys.path.insert(0, workflow.basedir)
 
 DEFAULT_GRID = "experiments/paper.yaml"
-GRID_FILES = [str(p) for p in workflow.overwrite_configfiles] or [DEFAULT_GRID]
-if not workflow.overwrite_configfiles:
+# --config grid=FILE: the same as --configfile FILE, but read by rl_core's loader, which names a missing
+# file or the line of a YAML error (Snakemake reads --configfile itself, before this file runs, and answers
+# either with a traceback).
+GRID_OPTION = str((workflow.config_settings.config or {}).get("grid") or "")
+if GRID_OPTION and workflow.overwrite_configfiles:
+    raise WorkflowError("give the grid once: --configfile FILE or --config grid=FILE, not both")
+GRID_FILES = [str(p) for p in workflow.overwrite_configfiles] or [GRID_OPTION or DEFAULT_GRID]
+if not workflow.overwrite_configfiles and not GRID_OPTION:
 
     configfile: DEFAULT_GRID
 

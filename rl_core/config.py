@@ -494,14 +494,42 @@ def unflatten(flat: dict[str, Any]) -> dict:
     return out
 
 
+def _hint(key: str) -> Any:
+    """The declared type of a dotted RunConfig key (None when no field has that name: from_dict names it)."""
+    cls: Any = RunConfig
+    for part in key.split("."):
+        if not dataclasses.is_dataclass(cls) or part not in {f.name for f in dataclasses.fields(cls)}:
+            return None
+        cls = typing.get_type_hints(cls)[part]
+    return cls
+
+
+def _override_value(key: str, raw: str) -> Any:
+    """A command-line value. A ``str`` field takes the text as written (YAML would read the README's own
+    ``{prompt} ... \\boxed{}`` as a broken flow mapping, ``*`` as an alias), unless it is a quoted YAML
+    string; any other field parses it as a YAML scalar, and a value that is not one is named."""
+    if not raw.strip():
+        return ""
+    try:
+        value = yaml_load(raw)
+    except yaml.YAMLError as e:
+        if _hint(key) is str:
+            return raw
+        first = " ".join(str(e).split())[:160]
+        raise ConfigError(f"override {key}: {raw!r} is not a YAML value ({first}); quote a string") from None
+    if _hint(key) is str and not isinstance(value, str):
+        return raw
+    return value
+
+
 def parse_overrides(items: list[str]) -> dict:
-    """["loss.is_cap=5", "replay.mode=r3"] -> nested dict; values are parsed as YAML scalars."""
+    """["loss.is_cap=5", "replay.mode=r3"] -> nested dict; values as :func:`_override_value` reads them."""
     flat = {}
     for item in items:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r}: expected KEY=VALUE, e.g. loss.is_cap=5")
-        flat[key.strip()] = yaml_load(raw) if raw.strip() else ""
+        flat[key.strip()] = _override_value(key.strip(), raw)
     return unflatten(flat)
 
 

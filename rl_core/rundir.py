@@ -11,11 +11,15 @@
   ``ckpt/state.prev.pt``. A checkpoint that cannot be read (truncated, corrupt, of another config, or
   ahead of the metrics file) is named in a message and renamed ``*.corrupt``; the run resumes from the
   previous one, or from scratch when none is usable.
-* :class:`RunFiles`: the files a trainer writes there (metrics rows, JSON files, the checkpoint).
+* :class:`RunFiles`: the files a trainer writes there (metrics rows, JSON files, the checkpoint). A full
+  disk (ENOSPC, EDQUOT) while writing any of them is :class:`DiskFull`, naming the file; a row append is
+  undone to the file's last complete row and a temporary file is removed, so the same command resumes
+  from the last checkpoint once there is space.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import os
@@ -111,11 +115,49 @@ def set_aside(out: Path, config: dict) -> Path | None:
     return dest
 
 
+class DiskFull(UsageError):
+    """The disk (or the quota) filled while a trainer wrote into its run directory."""
+
+
+@contextmanager
+def disk_space(path: Path, tmp: Path | None = None) -> Iterator[None]:
+    """A full disk while writing `path` becomes DiskFull naming it (`tmp`, a partial copy, is removed)."""
+    try:
+        yield
+    except OSError as e:
+        if tmp is not None:
+            tmp.unlink(missing_ok=True)
+        if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        raise DiskFull(f"{path}: no space left on the device ({os.strerror(e.errno)}); nothing partial was "
+                       f"kept: free space and run the same command again, it resumes from the run's last "
+                       f"checkpoint") from None
+
+
+def append_text(path: Path, text: str) -> None:
+    """Append `text` whole or not at all: a failed write (a full disk) truncates the file back."""
+    data = text.encode()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            with disk_space(path):
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view):]
+        except BaseException:
+            os.ftruncate(fd, start)
+            raise
+    finally:
+        os.close(fd)
+
+
 def save_checkpoint(state: dict, path: Path) -> None:
     """Write `path` atomically, keeping the checkpoint it replaces as ``state.prev.pt`` beside it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
+    with disk_space(path, tmp):
+        torch.save(state, tmp)
     if path.exists():
         os.replace(path, path.with_name(PREV))
     os.replace(tmp, path)
@@ -176,8 +218,7 @@ class RunFiles:
 
     def append_samples(self, rows: list[dict]) -> None:
         if self.writes and rows:
-            with self.samples.open("a") as f:
-                f.write("".join(json.dumps(r, allow_nan=True) + "\n" for r in rows))
+            append_text(self.samples, "".join(json.dumps(r, allow_nan=True) + "\n" for r in rows))
 
     def append(self, row: dict) -> None:
         row = {**row, "perf/time": time.time()}  # wall clock, unix s: MLflow's metric timestamps
@@ -185,14 +226,14 @@ class RunFiles:
             self.last_eval = row
         if not self.writes:
             return
-        with self.metrics.open("a") as f:
-            f.write(json.dumps(row, allow_nan=True) + "\n")
+        append_text(self.metrics, json.dumps(row, allow_nan=True) + "\n")
 
     def write_json(self, name: str, obj: dict) -> None:
         if not self.writes:
             return
         tmp = self.out / f".{name}.tmp"
-        tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
+        with disk_space(self.out / name, tmp):
+            tmp.write_text(json.dumps(obj, indent=2, sort_keys=True))
         os.replace(tmp, self.out / name)
 
     def save_ckpt(self, state: dict) -> None:

@@ -103,6 +103,22 @@ def test_malformed_override():
         C.parse_overrides(["loss.is_cap"])
 
 
+def test_a_string_field_takes_the_command_line_text_as_written():
+    # The README's own file-task template is not valid YAML unquoted ("{prompt} ..." opens a flow mapping),
+    # and "*" is a YAML alias: a str field takes the text; a quoted YAML string is unquoted.
+    readme = r"{prompt} Put your final answer within \boxed{}."
+    cfg = C.resolve({"task": {"kind": "file", "train_file": "t.jsonl", "bench_file": "b.jsonl",
+                              "max_prompt_tokens": 64}},
+                    overrides=[f"task.prompt_template={readme}", "task.prompt_key='q'"])
+    assert cfg.task.prompt_template == readme and cfg.task.prompt_key == "q"
+    assert C.parse_overrides(["task.ops=*"]) == {"task": {"ops": "*"}}
+
+
+def test_an_override_that_is_not_a_yaml_value_names_its_key():
+    with pytest.raises(C.ConfigError, match=r"override loss\.is_cap: '\{a' is not a YAML value"):
+        C.parse_overrides(["loss.is_cap={a"])
+
+
 def test_layers_merge_in_order():
     cfg = C.resolve({"train": {"lr": 1e-2, "steps": 8}}, {"train": {"lr": 3e-3}})
     assert cfg.train.lr == 3e-3 and cfg.train.steps == 8

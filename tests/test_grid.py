@@ -319,7 +319,8 @@ def test_workflow_options_are_split_from_the_grid_and_cli_seeds_become_ints():
     grid, options = G.split_workflow_options({"name": "x", "seeds": ["0", "1"], "results": "out",
                                               "tracking_uri": None})
     assert grid == {"name": "x", "seeds": [0, 1]}
-    assert options == {"results": "out", "tracking_uri": "", "live_tracking": True, "confirm_long": False}
+    assert options == {"results": "out", "tracking_uri": "", "live_tracking": True, "confirm_long": False,
+                       "grid": ""}
     _, options = G.split_workflow_options({"name": "x", "live_tracking": False})
     assert options["live_tracking"] is False
 

@@ -247,3 +247,40 @@ def test_sharing_into_a_directory_that_holds_its_own_run_moves_that_run_aside(tm
     assert (aside / "metrics.jsonl").read_text() == "b" and (aside / "policy" / "model.safetensors").exists()
     assert (b / "metrics.jsonl").is_symlink() and (b / "metrics.jsonl").read_text() == "a"
     assert (b / "policy").is_symlink() and json.loads((b / "meta.json").read_text())["trained_by"]
+
+
+def test_a_full_disk_is_named_and_leaves_no_partial_row_or_temporary_file(tmp_path, monkeypatch):
+    """A full disk while a trainer wrote metrics.jsonl: a traceback and a torn last line. Now DiskFull
+    names the file, the append is undone to the last complete row, and temporary files are removed."""
+    import errno
+
+    from rl_core import rundir
+
+    files = rundir.RunFiles(tmp_path)
+    files.append({"step": 1, "loss/value": 0.5})
+    files.write_json("summary.json", {"status": "running"})
+    before_rows, before_summary = files.metrics.read_bytes(), (tmp_path / "summary.json").read_text()
+    real_write = os.write
+
+    def half_then_full(fd, data):  # the disk fills in the middle of the row
+        real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(rundir.os, "write", half_then_full)
+    with pytest.raises(rundir.DiskFull, match=r"metrics\.jsonl: no space left on the device"):
+        files.append({"step": 2, "loss/value": 0.25})
+    assert files.metrics.read_bytes() == before_rows and files.rows() == 1
+    monkeypatch.undo()
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(Path, "write_text", lambda self, *a, **k: (self.write_bytes(b"{\"sta"), full()))
+    with pytest.raises(rundir.DiskFull, match=r"summary\.json: no space left"):
+        files.write_json("summary.json", {"status": "completed"})
+    assert (tmp_path / "summary.json").read_text() == before_summary
+    assert not list(tmp_path.glob(".*.tmp"))
+    monkeypatch.setattr(rundir.torch, "save", lambda state, f: (Path(f).write_bytes(b"PK"), full()))
+    with pytest.raises(rundir.DiskFull, match=r"state\.pt: no space left"):
+        files.save_ckpt({"step": 2})
+    assert not list((tmp_path / "ckpt").glob("*.tmp"))

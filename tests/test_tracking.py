@@ -346,3 +346,28 @@ def test_a_torn_metrics_line_is_named_not_dropped_silently(tmp_path, capsys):
     assert [r["step"] for r in read_rows(path)] == [1, 2, 3, 5, 6, 7, 8]
     err = capsys.readouterr().err
     assert f"warning: {path} line 4: not a JSON object" in err and "not mirrored" in err
+
+
+def test_a_store_that_is_a_directory_is_named_before_mlflow_opens_it(tmp_path, capsys):
+    """mlflow.db as a directory: sqlite's "unable to open database file" after a minute of retries, with a
+    traceback; now one line naming the file, at once, exit code 2."""
+    from rl_core.cli import guard
+
+    (tmp_path / "mlflow.db").mkdir()
+    (tmp_path / "g").mkdir()
+    argv = ["parent", "--grid-dir", str(tmp_path / "g"), "--grid", "g", "--out", str(tmp_path / "p.json")]
+    assert guard(T.main, argv, errors=(json.JSONDecodeError, KeyError)) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'mlflow.db'}: the MLflow store is a directory" in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "p.json").exists()
+
+
+def test_a_read_only_store_is_named_before_mlflow_opens_it(tmp_path, monkeypatch):
+    # As root a chmod does not make a file read-only, so the condition is constructed: the OS reports the
+    # store file as not writable (a read-only mount or another owner's file under a normal user).
+    db = tmp_path / "mlflow.db"
+    db.write_bytes(b"")
+    real_access = T.os.access
+    monkeypatch.setattr(T.os, "access", lambda p, mode: False if Path(p) == db else real_access(p, mode))
+    with pytest.raises(T.UsageError, match=r"mlflow\.db: the MLflow store cannot be written \(.*read-only\)"):
+        T.open_client(f"sqlite:///{db}")

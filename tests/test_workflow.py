@@ -73,6 +73,22 @@ def test_bad_grid_fails_before_any_job(tmp_path):
     assert "figure 'on_policy', arm 'minirl': unknown key 'replay.mdoe'" in out
 
 
+def test_config_grid_names_a_missing_file_or_the_line_of_a_yaml_error(tmp_path):
+    # `--configfile nope.yaml` is read by Snakemake's CLI before the Snakefile runs (a FileNotFoundError
+    # traceback, or "not valid JSON or YAML" with no line); `--config grid=FILE` is read by rl_core.
+    out = snakemake(tmp_path, "-n", "--config", f"grid={tmp_path / 'nope.yaml'}", check=False)
+    assert f"invalid grid: {tmp_path / 'nope.yaml'}: no such grid file" in out and "Traceback" not in out
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: bad\nseeds: [0\n")
+    out = snakemake(tmp_path, "-n", "--config", f"grid={bad}", check=False)
+    assert f"invalid grid: {bad}: not valid YAML" in out and "line 2, column 8" in out
+    smoke = REPO / "experiments" / "smoke.yaml"
+    jobs = planned(snakemake(tmp_path, "-n", "--config", f"grid={smoke}"))
+    assert arm_jobs(jobs) == Counter((r.figure, r.arm) for r in load_grid(smoke).runs)
+    out = snakemake(tmp_path, "-n", "--configfile", str(smoke), "--config", f"grid={smoke}", check=False)
+    assert "give the grid once" in out
+
+
 def test_a_grid_without_figures_says_how_to_give_one(tmp_path):
     # A bare `snakemake` runs the paper's grid (tests/test_readme_snippets.py); a grid file given with
     # --configfile replaces it whole, so one without figures is no grid.

@@ -81,7 +81,7 @@ DEFAULT_PRESET = "mini"
 SHARED_SECTIONS = ("model", "pipeline")
 #: Workflow options that may sit beside the grid in Snakemake's config (`--config results=... `).
 WORKFLOW_OPTIONS = {"results": "results", "tracking_uri": "", "live_tracking": True,
-                    "confirm_long": False}
+                    "confirm_long": False, "grid": ""}
 #: A grid estimated (rl_core.orchestration.cost, on this machine's cores) to take longer than this many hours
 #: is refused on the local executor unless `--config confirm_long=true` (e.g. preset full on a CPU: ~1,100 h).
 LONG_GRID_HOURS = 24
@@ -217,7 +217,8 @@ def read_yaml(path: str | Path, what: str = "grid file") -> Any:
     except DuplicateKeyError as e:
         raise GridError(f"{path}, {e}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise GridError(f"{path}: not valid YAML: {e}") from None
+        where = " ".join(str(e).replace('"<unicode string>"', "the file").split())
+        raise GridError(f"{path}: not valid YAML: {where}") from None
 
 
 _read_yaml = read_yaml

@@ -65,7 +65,7 @@ class Store:
         start_ms = None if start_s is None else int(start_s * 1000)
         self.grid = grid
         self.parent = T.mirror_parent(grid_dir, grid, uri, start_ms=start_ms, running=True)  # under its lock
-        self.client = T.retry(T.MlflowClient, tracking_uri=self.parent["tracking_uri"])
+        self.client = T.open_client(self.parent["tracking_uri"])
 
     def finish(self, status: str) -> None:
         """End the grid run now (or at its latest child's end, if later)."""

@@ -108,6 +108,22 @@ def artifact_location(results: str | Path, grid: str, uri: str) -> str | None:
     return None
 
 
+def open_client(uri: str) -> MlflowClient:
+    """A client of the store at `uri`. An embedded sqlite store that is a directory, or that this process
+    cannot write (a read-only file, folder or mount), is named at once: sqlite's own "unable to open
+    database file" says neither which file nor why. The run directories are not touched either way."""
+    if uri.startswith("sqlite:///"):
+        path = Path(uri.removeprefix("sqlite:///"))
+        if path.is_dir():
+            raise UsageError(f"{path}: the MLflow store is a directory, not an sqlite file; move it away "
+                             f"(every grid under {path.parent} is mirrored again from its run directories)")
+        for target in (path, path.parent):  # sqlite writes its journal beside the database
+            if target.exists() and not os.access(target, os.W_OK):
+                raise UsageError(f"{path}: the MLflow store cannot be written ({target} is read-only); make "
+                                 f"it writable, or give another store with --config tracking_uri=URI")
+    return retry(MlflowClient, tracking_uri=uri)  # opening the store reads it too
+
+
 def _locked(err: Exception) -> bool:
     text = str(err).lower()
     return "database is locked" in text or "database table is locked" in text
@@ -205,7 +221,7 @@ def mirror_parent(grid_dir: str | Path, grid: str, uri: str = "", out: str | Pat
     results = Path(grid_dir).resolve().parent
     uri = uri or default_uri(results)
     with store_lock(uri):
-        client = retry(MlflowClient, tracking_uri=uri)  # opening the store reads it too
+        client = open_client(uri)
         exp_id = ensure_experiment(client, grid, artifact_location(results, grid, uri))
     # A model-development experiment: the UI opens on its runs, not on the GenAI traces view.
     retry(client.set_experiment_tag, exp_id, "mlflow.experimentKind", EXPERIMENT_KIND)
@@ -451,7 +467,7 @@ def mirror_run(run_dir: str | Path, parent_file: str | Path, uri: str = "",
         raise FileNotFoundError(f"{run_dir}: no summary.json (the run has not finished)")
     parent = json.loads(Path(parent_file).read_text())
     uri = uri or parent["tracking_uri"]
-    client = retry(MlflowClient, tracking_uri=uri)  # opening the store reads it too
+    client = open_client(uri)
     exp_id = parent["experiment_id"]
     meta, summary = run_meta(run_dir), read_json(run_dir / "summary.json")
     digest = files_digest(run_dir)
@@ -496,7 +512,7 @@ def mirror_grid(grid_dir: str | Path, grid: str, run_dirs: list[str | Path], uri
     parent = mirror_parent(grid_dir, grid, uri, parent_file, start_ms, running=True)
     t1 = time.perf_counter()
     actions = [mirror_run(d, parent_file, uri, Path(d) / "mlflow_run.json")["action"] for d in run_dirs]
-    client = retry(MlflowClient, tracking_uri=parent["tracking_uri"])
+    client = open_client(parent["tracking_uri"])
     finish_parent(client, parent["experiment_id"], grid, "FINISHED", end_ms)
     return {"runs": len(run_dirs), "mirrored": actions.count("mirrored"),
             "unchanged": actions.count("unchanged"), "parent_s": t1 - t0, "runs_s": time.perf_counter() - t1}
@@ -506,7 +522,7 @@ def log_report(parent_file: str | Path, report_dir: str | Path, uri: str = "") -
     """Log a grid's report (REPORT_FILES and the figures fig_*.png of `report_dir`) into its parent run,
     under ``report/``; returns the parent run id and the files logged."""
     parent = json.loads(Path(parent_file).read_text())
-    client = retry(MlflowClient, tracking_uri=uri or parent["tracking_uri"])
+    client = open_client(uri or parent["tracking_uri"])
     report_dir = Path(report_dir)
     files = [report_dir / n for n in REPORT_FILES if (report_dir / n).is_file()]
     files += sorted(report_dir.glob("fig_*.png"))
