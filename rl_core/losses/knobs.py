@@ -2,7 +2,7 @@
 
 A knob set (to a value other than its default) under an objective that does not read it would change
 nothing and say nothing, so the config refuses it, naming the knob, the objective and the objectives that
-read it (rl_core.config._knob_checks). rl_core.losses.objectives keeps its registry in step with this
+read it (rl_core.config.checks._knob_checks). rl_core.losses.objectives keeps its registry in step with this
 table (an import-time check), and LossConfig's ``objective`` choices are its keys. No torch here: the workflow
 validates grids with it while Snakemake builds the DAG. ``seq_ratio`` is read by every objective (the
 seq/ratio_log_std stat), so it is in no row.
