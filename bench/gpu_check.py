@@ -87,7 +87,8 @@ def cold_start(root: Path, rehearse: bool) -> Path:
 #: where it is missing. Probed at run time: the lent machine's torch (2.11) answers for itself.
 APIS = {
     "torch.nn.functional.grouped_mm": ("rl_core/policy/model.py, rl_core/rollout/formats.py: the experts",
-                                       "torch._grouped_mm (same signature), else a loop over experts"),
+                                       "rl_core/policy/grouped.py: torch._grouped_mm (same signature), "
+                                       "else a loop over the experts (tested against grouped_mm)"),
     "torch.distributed.fsdp.fully_shard": ("rl_core/training/distributed.py: FSDP2", "none: torchrun rows "
                                            "are skipped"),
     "torch.distributed.fsdp.FSDPModule.set_force_sum_reduction_for_comms": (

@@ -11,6 +11,7 @@ import json
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from rl_core.config import ModelConfig
@@ -231,3 +232,24 @@ def test_token_logprobs_skip_all_pad_columns_and_pads_never_reach_real_tokens():
     assert torch.equal(wide.entropy[:, 2:-5], ref.entropy)
     assert torch.equal(wide.routing[:, 2:-5], ref.routing)
     assert torch.equal(other.logp, wide.logp) and torch.equal(other.routing, wide.routing)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_grouped_matmul_fallback_multiplies_each_group_by_its_own_matrix(dtype):
+    """rl_core.policy.grouped: an older torch without F.grouped_mm (a GPU image) loops over the groups.
+    Groups of 5, 0 (an empty expert) and 3 rows. Each output row is one dot product per column in both, so
+    they may differ only by accumulation order over k = 32 terms: bound 32 ulp of the result's magnitude
+    in fp32 and, in bf16 (rounded outputs), one bf16 ulp (2^-8 relative)."""
+    from rl_core.policy.grouped import grouped_mm, grouped_mm_loop
+
+    assert grouped_mm is F.grouped_mm  # torch 2.13 has it: the loop is the fallback only
+    gen = torch.Generator().manual_seed(0)
+    a = torch.randn(8, 32, generator=gen).to(dtype)
+    b = torch.randn(3, 32, 16, generator=gen).to(dtype)
+    offs = torch.tensor([5, 5, 8], dtype=torch.int32)
+    got, want = grouped_mm_loop(a, b, offs), F.grouped_mm(a, b, offs=offs)
+    exact = torch.cat([a[:5].double() @ b[0].double(), a[5:].double() @ b[2].double()])
+    assert got.dtype == want.dtype == dtype and got.shape == want.shape == (8, 16)
+    scale = (a.double().abs() @ b.double().abs().amax(0)).amax()  # |a| |b| bounds every product sum
+    tol = 32 * torch.finfo(torch.float32).eps * scale if dtype == torch.float32 else 2 ** -8 * scale
+    assert (got.double() - exact).abs().max() <= tol and (want.double() - exact).abs().max() <= tol

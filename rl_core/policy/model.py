@@ -45,6 +45,7 @@ from torch import nn
 from rl_core.config import ModelConfig
 from rl_core.policy.attention import FlashBF16
 from rl_core.policy.export import write_side_files
+from rl_core.policy.grouped import grouped_mm
 
 EXPERT_PROJS = ("gate_proj", "up_proj", "down_proj")
 #: bf16 expert matmuls run on row counts rounded up to this (see Experts._grouped).
@@ -274,7 +275,7 @@ def route(router_logits: torch.Tensor, top_k: int,
 class Experts(nn.Module):
     """E SwiGLU experts held as stacked weights: gate_proj/up_proj (E, I, d), down_proj (E, d, I)."""
 
-    grouped_mm = staticmethod(F.grouped_mm)  # :func:`compile_layers` may swap in an eager-only one
+    grouped_mm = staticmethod(grouped_mm)  # :func:`compile_layers` may swap in an eager-only one
 
     def __init__(self, cfg: dict):
         super().__init__()
@@ -542,7 +543,7 @@ def compile_layers(model: MoEPolicy, precision: str) -> MoEPolicy:
     inductor_config.emulate_precision_casts = True
     for layer in model.model.layers:
         if precision == "fp32":
-            layer.mlp.experts.grouped_mm = torch.compiler.disable(F.grouped_mm)
+            layer.mlp.experts.grouped_mm = torch.compiler.disable(grouped_mm)
         layer.compile(dynamic=True)
     return model
 

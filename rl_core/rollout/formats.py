@@ -31,6 +31,8 @@ import logging
 import torch
 import torch.nn.functional as F
 
+from rl_core.policy.grouped import grouped_mm
+
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0   # largest finite e4m3
 BLOCK = 128       # weight blocks BLOCK x BLOCK, activation groups 1 x BLOCK (Qwen FP8 / DeepSeek-V3)
@@ -153,7 +155,7 @@ class Dense:
         return F.linear(x, self.w)
 
     def grouped(self, x: torch.Tensor, offs: torch.Tensor) -> torch.Tensor:
-        return F.grouped_mm(x, self.w_t, offs=offs)
+        return grouped_mm(x, self.w_t, offs=offs)
 
 
 class W8A8Block:
@@ -195,7 +197,7 @@ class W8A8Block:
         expert = torch.bucketize(torch.arange(x.shape[0]), offs.long(), right=True)  # (N,) expert of a row
         out = None
         for g, (cols, _, wq_t, row_scale) in enumerate(self.parts):
-            part = F.grouped_mm(xq[:, cols].contiguous(), wq_t, offs=offs)
+            part = grouped_mm(xq[:, cols].contiguous(), wq_t, offs=offs)
             part = torch.mul(part, sx[:, g, None]).mul_(row_scale.index_select(0, expert))  # 2x [expert]
             out = part if out is None else out.add_(part)
         return out.to(torch.bfloat16)
