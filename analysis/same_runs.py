@@ -5,7 +5,7 @@
 For a refactor, a new machine or a fresh clone: every finished run (``DONE``) of A is compared with the same
 figure/arm/seed of B: its ``metrics.jsonl`` rows, every field except timings (``perf/*``), as parsed JSON,
 so a float equals only to the last bit. Prints one line per run that differs (its first differing row and
-fields) or is missing from B, then the counts; exits 0 only when every run of A is identical in B.
+fields) or is missing from B or unfinished there (no ``DONE``), then the counts; exits 0 only when every run of A is identical in B.
 Runs recorded on different kernels or CPUs (summary.json's provenance: CPU model, torch's CPU capability,
 torch, device) are named in a note: bitwise equality is not expected across kernel paths, so their
 verdicts are compared with analysis.compare instead. A torn metrics line is one error line (exit 2).
@@ -47,7 +47,7 @@ def kernel_path(run: Path) -> dict:
         prov = json.loads((run / "summary.json").read_text()).get("provenance") or {}
     except (OSError, ValueError, AttributeError):
         return {}
-    return {k: prov.get(k, "") for k in KERNEL_FIELDS}
+    return {k: prov.get(k, "") for k in KERNEL_FIELDS} if prov else {}
 
 
 def kernel_differences(a: Path, b: Path) -> list[str]:
@@ -65,7 +65,7 @@ def compare_runs(a: Path, b: Path) -> dict:
         if not (run / "DONE").exists():
             continue
         name, other = str(run.relative_to(a / "runs")), b / run.relative_to(a)
-        if not (other / "metrics.jsonl").exists():
+        if not (other / "DONE").exists():  # not there, or still running (its rows are not all written)
             out["missing"].append(name)
             continue
         if kernels := kernel_differences(run, other):
@@ -97,8 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     for name, i, fields in res["differ"]:
         print(f"differs: {name}, row {i}: {', '.join(fields[:6])}")
     for name in res["missing"]:
-        print(f"missing in {args.b}: {name}")
-    print(f"identical {len(res['identical'])}, differ {len(res['differ'])}, missing {len(res['missing'])}")
+        print(f"missing or unfinished in {args.b}: {name}")
+    print(f"identical {len(res['identical'])}, differ {len(res['differ'])}, missing or unfinished "
+          f"{len(res['missing'])}")
     if other := res["other_kernels"]:
         kinds = " | ".join(sorted({"; ".join(k) for k in other.values()}))
         print(f"note: {len(other)} run(s) of A and B come from different kernels or CPUs ({kinds}): "

@@ -21,7 +21,7 @@ def test_timings_aside_identical_then_a_changed_value_and_a_missing_run(tmp_path
     _run(b, "fig/arm/seed0", [{**r, "perf/time": 9.0} for r in rows])  # other timings: still identical
     _run(a, "fig/arm/seed1", rows, done=False)  # unfinished in A: not compared
     assert main([str(a), str(b)]) == 0
-    assert "identical 1, differ 0, missing 0" in capsys.readouterr().out
+    assert "identical 1, differ 0, missing or unfinished 0" in capsys.readouterr().out
 
     _run(a, "fig/arm/seed2", rows)
     _run(b, "fig/arm/seed2", [rows[0], {**rows[1], "eval/score": 0.5000000000000001}])  # one ulp
@@ -33,7 +33,28 @@ def test_timings_aside_identical_then_a_changed_value_and_a_missing_run(tmp_path
     assert res["missing"] == ["fig/other/seed0"]
     assert main([str(a), str(b)]) == 1
     out = capsys.readouterr().out
-    assert "differs: fig/arm/seed2, row 1: eval/score" in out and "missing in" in out
+    assert "differs: fig/arm/seed2, row 1: eval/score" in out and "missing or unfinished in" in out
+
+
+def test_a_run_still_running_in_b_is_unfinished_not_different(tmp_path, capsys):
+    a, b = tmp_path / "a", tmp_path / "b"
+    rows = [{"step": s, "loss/value": 0.1 * s} for s in range(1, 5)]
+    _run(a, "fig/arm/seed0", rows)
+    _run(b, "fig/arm/seed0", rows[:2], done=False)  # B's trainer has written two of its rows so far
+    assert compare_runs(a, b) == {"identical": [], "differ": [], "missing": ["fig/arm/seed0"],
+                                  "other_kernels": {}}
+
+
+def test_a_run_recorded_before_provenance_is_not_called_another_kernel(tmp_path, capsys):
+    # summary.json without "provenance" (runs from before it was recorded): unknown, not "different".
+    a, b = tmp_path / "a", tmp_path / "b"
+    rows = [{"step": 1, "loss/value": 0.1}]
+    _run(a, "fig/arm/seed0", rows)
+    _run(b, "fig/arm/seed0", rows)
+    (a / "runs" / "fig/arm/seed0" / "summary.json").write_text(json.dumps({"status": "completed"}))
+    _provenance(b, "fig/arm/seed0", "AVX512")
+    assert compare_runs(a, b)["other_kernels"] == {}
+    assert main([str(a), str(b)]) == 0 and "note:" not in capsys.readouterr().out
 
 
 def _provenance(root, name, capability):
