@@ -5,7 +5,8 @@
 For a refactor, a new machine or a fresh clone: every finished run (``DONE``) of A is compared with the same
 figure/arm/seed of B: its ``metrics.jsonl`` rows, every field except timings (``perf/*``), as parsed JSON,
 so a float equals only to the last bit. Prints one line per run that differs (its first differing row and
-fields) or is missing from B or unfinished there (no ``DONE``), then the counts; exits 0 only when every run of A is identical in B.
+fields) or is missing from B or unfinished there (no ``DONE``), then the counts; exits 0 only when every
+run of A is identical in B.
 Runs recorded on different kernels or CPUs (summary.json's provenance: CPU model, torch's CPU capability,
 torch, device) are named in a note: bitwise equality is not expected across kernel paths, so their
 verdicts are compared with analysis.compare instead. A torn metrics line is one error line (exit 2).
