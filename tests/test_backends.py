@@ -72,17 +72,18 @@ def test_vllm_gpu_build_offers_routed_experts_only_with_triton():
         check_capabilities(cfg("rollout.engine=vllm"), no_gpu)
 
 
-def test_megatron_needs_megatron_core_and_bf16_in_one_process_only():
+def test_megatron_needs_megatron_core_and_runs_bf16_at_any_world_size():
     arm = cfg("train.engine=megatron")
     with pytest.raises(CapabilityError, match=r"backend 'megatron-core' is not importable"):
         check_capabilities(arm, BARE)
     check_capabilities(arm, Environment(False, "", False, megatron=True, cuda_gpu=False))  # CPU: the shim's
     check_capabilities(arm, VLLM_GPU)
     check_capabilities(cfg("train.engine=megatron", "train.precision=bf16"), VLLM_GPU)
-    with pytest.raises(CapabilityError, match=r"precision='bf16' with train.engine='megatron' needs "
-                                              r"capability 'bf16_parallel' at train.world_size=2"):
-        check_capabilities(cfg("train.engine=megatron", "train.precision=bf16", "train.world_size=2"),
-                           VLLM_GPU)
+    # several ranks in bf16: the reductions act on the fp32 masters (tests/test_megatron.py: DP 2, EP 2)
+    check_capabilities(cfg("train.engine=megatron", "train.precision=bf16", "train.world_size=2"), VLLM_GPU)
+    with pytest.raises(CapabilityError, match=r"'bf16_tensor_parallel' at train.megatron_tp=2"):
+        check_capabilities(cfg("train.engine=megatron", "train.precision=bf16", "train.world_size=2",
+                               "train.megatron_tp=2"), VLLM_GPU)
 
 
 def test_probe_imports_neither_torch_nor_vllm():
@@ -111,15 +112,16 @@ def test_vllm_never_serves_a_format_under_another_formats_name():
 
 
 def test_an_arm_no_machine_can_run_is_refused_when_the_grid_loads(tmp_path):
-    # vLLM (any build) serves no mxfp4; the Megatron engine trains bf16 in one process only:
+    # vLLM (any build) serves no mxfp4; the Megatron engine trains bf16 with no tensor parallelism:
     # a grid asking for either fails before any job, even where Snakemake runs without GPUs.
     from rl_core.orchestration.grid import GridError, grid_from_dict
 
     for bad, words in (({"rollout": {"engine": "vllm", "precision": "mxfp4"}}, "rollout.precision='mxfp4'"),
-                       ({"train": {"engine": "megatron", "precision": "bf16", "world_size": 2}},
+                       ({"train": {"engine": "megatron", "precision": "bf16", "world_size": 2,
+                                   "megatron_tp": 2}},
                         "train.precision='bf16'")):
-        grid = {"name": "t", "preset": "smoke", "figures": {"f": {"title": "F", "arms": {
-            "a": {"label": "A", "config": bad}}}}}
+        grid = {"name": "t", "preset": "smoke", "base": {"model": {"num_key_value_heads": 2}},
+                "figures": {"f": {"title": "F", "arms": {"a": {"label": "A", "config": bad}}}}}
         with pytest.raises(GridError, match=rf"figure 'f', arm 'a': no backend can run this arm: {words}"):
             grid_from_dict(grid)
     possible = {"rollout": {"engine": "vllm", "precision": "bf16"}, "replay": {"mode": "r3"}}

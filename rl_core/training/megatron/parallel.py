@@ -153,9 +153,11 @@ def _is_expert(name: str) -> bool:
     return ".local_experts." in name  # Megatron's own mark, ``allreduce=False``, is set only when EP > 1
 
 
-def reduce_grads(gpt: torch.nn.Module, L: Layout) -> None:
-    """Make every rank's gradients those of the one-process step (module docstring). A collective."""
-    for name, p in gpt.named_parameters():
+def reduce_grads(named: list[tuple[str, torch.Tensor]], L: Layout) -> None:
+    """Make every rank's gradients those of the one-process step (module docstring). A collective.
+    ``named``: (GPTModel name, the tensor whose ``.grad`` the optimizer reads): the GPTModel's parameters,
+    or under bf16 the fp32 masters (which carry the parameters' ``tensor_model_parallel`` flag)."""
+    for name, p in named:
         if p.grad is None:
             continue
         if L.tp > 1 and ("q_layernorm" in name or "k_layernorm" in name):
@@ -170,14 +172,15 @@ def reduce_grads(gpt: torch.nn.Module, L: Layout) -> None:
             dist.all_reduce(p.grad, group=group)
 
 
-def clip_grad_norm(gpt: torch.nn.Module, max_norm: float, L: Layout) -> torch.Tensor:
+def clip_grad_norm(named: list[tuple[str, torch.Tensor]], max_norm: float, L: Layout) -> torch.Tensor:
     """The global gradient norm over all ranks' distinct shards, clipped to ``max_norm`` as
-    torch.nn.utils.clip_grad_norm_ clips (coefficient max_norm / (norm + 1e-6), at most 1). A collective."""
+    torch.nn.utils.clip_grad_norm_ clips (coefficient max_norm / (norm + 1e-6), at most 1). A collective.
+    ``named`` as :func:`reduce_grads` takes it."""
     world = dist.get_world_size()
-    device = next(gpt.parameters()).device  # nccl reduces tensors on the GPU
+    device = named[0][1].device  # nccl reduces tensors on the GPU
     total = torch.zeros((), dtype=torch.float64, device=device)
     grads = []
-    for name, p in gpt.named_parameters():
+    for name, p in named:
         if p.grad is None:
             continue
         grads.append(p.grad)
