@@ -35,7 +35,8 @@ the stress key in its own config.json (the expansion's value when the config lac
   intervals share a rank (shown "=2").
 * **replication** (:func:`compare_margins`): for every pair of arms of a figure whose s* intervals are
   separated in run A, whether run B keeps the order with separation, keeps the order without it (equal
-  points included), or flips it.
+  points included), or flips it; the same for the LR-sensitivity intervals (lower = more stable), each
+  pair counted under its margin.
 
 The early-warning lead times of the collapsed runs are analysis.early_warning's.
 
@@ -351,28 +352,43 @@ def km_curves(runs: pd.DataFrame) -> pd.DataFrame:
 OUTCOMES = ("kept, separated", "kept order, not separated", "flipped", "missing in B")
 
 
+def _as_sensitivity(row: dict) -> dict:
+    """The LR-sensitivity interval as an s*-like margin where higher is more stable (its negative)."""
+    return {"s_star": -row["sensitivity"], "s_star_lo": -row["sensitivity_hi"],
+            "s_star_hi": -row["sensitivity_lo"], "s_star_censored": ""}
+
+
+#: The margins a replication compares: name -> the row as an s*-like margin (higher = more stable).
+MARGINS = {"s*": lambda row: row, "LR sensitivity": _as_sensitivity}
+
+
 def compare_margins(a: pd.DataFrame, b: pd.DataFrame) -> tuple[pd.DataFrame, dict]:
-    """Every ordered pair (higher, lower) of a figure's arms whose s* intervals are separated in `a`, with
-    its outcome in `b` (one of OUTCOMES), and the counts of outcomes."""
+    """Every ordered pair (more stable, less stable) of a figure's arms whose interval of a margin (s*;
+    LR sensitivity where both runs have it) is separated in `a`, with its outcome in `b` (one of
+    OUTCOMES), and the counts of outcomes over both margins."""
     rows = []
     index_b = {(r["figure"], r["arm"]): r for r in b.to_dict("records")}
-    for fig_key, group in a.groupby("figure", sort=False):
-        arms = group.to_dict("records")
-        for hi in arms:
-            for lo in arms:
-                if hi is lo or not separated(hi, lo):
-                    continue
-                bh, bl = index_b.get((fig_key, hi["arm"])), index_b.get((fig_key, lo["arm"]))
-                if bh is None or bl is None:
-                    outcome = OUTCOMES[3]
-                elif separated(bh, bl):
-                    outcome = OUTCOMES[0]
-                elif _order_key(bh) < _order_key(bl):
-                    outcome = OUTCOMES[2]
-                else:
-                    outcome = OUTCOMES[1]
-                rows.append({"figure": fig_key, "higher": hi["arm"], "lower": lo["arm"], "outcome": outcome})
-    table = pd.DataFrame(rows, columns=["figure", "higher", "lower", "outcome"])
+    names = [m for m in MARGINS if m == "s*" or {"sensitivity_lo", "sensitivity_hi"} <= set(a) & set(b)]
+    for margin in names:
+        view = MARGINS[margin]
+        for fig_key, group in a.groupby("figure", sort=False):
+            arms = group.to_dict("records")
+            for hi in arms:
+                for lo in arms:
+                    if hi is lo or not separated(view(hi), view(lo)):
+                        continue
+                    bh, bl = index_b.get((fig_key, hi["arm"])), index_b.get((fig_key, lo["arm"]))
+                    if bh is None or bl is None:
+                        outcome = OUTCOMES[3]
+                    elif separated(view(bh), view(bl)):
+                        outcome = OUTCOMES[0]
+                    elif _order_key(view(bh)) < _order_key(view(bl)):
+                        outcome = OUTCOMES[2]
+                    else:
+                        outcome = OUTCOMES[1]
+                    rows.append({"margin": margin, "figure": fig_key, "higher": hi["arm"], "lower": lo["arm"],
+                                 "outcome": outcome})
+    table = pd.DataFrame(rows, columns=["margin", "figure", "higher", "lower", "outcome"])
     return table, {o: int((table["outcome"] == o).sum()) for o in OUTCOMES}
 
 
@@ -404,8 +420,10 @@ def _main(argv: list[str] | None = None) -> int:
     cmp.add_argument("--out", type=Path, help="also write the Markdown table here")
     args = ap.parse_args(argv)
     table, counts = compare_margins(read_margins(args.a), read_margins(args.b))
-    body = "".join(f"| {r.figure} | {r.higher} | {r.lower} | {r.outcome} |\n" for r in table.itertuples())
-    text = ("| figure | higher in A | lower in A | in B |\n|---|---|---|---|\n" + body + "\n"
+    body = "".join(f"| {r.margin} | {r.figure} | {r.higher} | {r.lower} | {r.outcome} |\n"
+                   for r in table.itertuples())
+    text = ("| margin | figure | more stable in A | less stable in A | in B |\n|---|---|---|---|---|\n" + body
+            + "\n"
             + counts_line(counts) + "\n")
     print(text, end="")
     if args.out:

@@ -225,7 +225,21 @@ def test_compare_counts_kept_lost_and_flipped(tmp_path, capsys):
     assert main(["compare", str(tmp_path / "a.csv"), str(tmp_path / "b.csv"),
                  "--out", str(tmp_path / "c.md")]) == 0
     assert "1 flipped" in capsys.readouterr().out
-    assert "| g | p | q | flipped |" in (tmp_path / "c.md").read_text()
+    assert "| s* | g | p | q | flipped |" in (tmp_path / "c.md").read_text()
+
+
+def test_compare_counts_lr_sensitivity_orderings_too():
+    # LR sensitivity: lower is more stable. In A, x (0.10 [0.09, 0.11]) is separated from y (0.20 [0.18,
+    # 0.22]); their s* intervals overlap. In B the sensitivity order flips with separation.
+    rows = [("f", "x", 3, 1, 5, ""), ("f", "y", 3, 1, 5, "")]
+    a = _margins(rows).assign(sensitivity=[0.10, 0.20], sensitivity_lo=[0.09, 0.18],
+                              sensitivity_hi=[0.11, 0.22])
+    b = _margins(rows).assign(sensitivity=[0.25, 0.12], sensitivity_lo=[0.24, 0.11],
+                              sensitivity_hi=[0.26, 0.13])
+    table, counts = compare_margins(a, b)
+    assert table.to_dict("records") == [{"margin": "LR sensitivity", "figure": "f", "higher": "x",
+                                         "lower": "y", "outcome": "flipped"}]
+    assert counts["flipped"] == 1 and sum(counts.values()) == 1
 
 
 # ------------------------------------------------------------------------------- more_stable
