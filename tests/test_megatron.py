@@ -450,8 +450,11 @@ def _parallel_results(sampled: dict, ranks) -> dict:
     return {"scores": scores, "weights": weights, "rows": rows}
 
 
-def _parallel_rank(rank: int, port: int, tp: int, ep: int, sampled: dict, out: str) -> None:
-    """One of 2 gloo ranks on the CPU: Megatron at TP x EP, the data-parallel rest splitting the batch."""
+def _parallel_rank(rank: int, port: int, tp: int, ep: int, sampled, out: str,
+                   precision: str = "fp32") -> None:
+    """One of 2 gloo ranks on the CPU: Megatron at TP x EP, the data-parallel rest splitting the batch.
+    fp32: :func:`_parallel_results` of ``sampled`` (a dict of cases); bf16: one global step of the bf16
+    engine on ``sampled`` (one batch)."""
     import os
 
     import torch.distributed as dist
@@ -468,7 +471,13 @@ def _parallel_rank(rank: int, port: int, tp: int, ep: int, sampled: dict, out: s
     init_megatron(0, tp, ep)
     data = (ps.get_data_parallel_rank(), ps.get_data_parallel_world_size())
     ranks = D.Ranks(rank, 2, torch.device("cpu"), data, ps.get_data_parallel_group())
-    results = _parallel_results(sampled, ranks)
+    if precision == "fp32":
+        results = _parallel_results(sampled, ranks)
+    else:
+        from test_distributed import global_step
+
+        cfg = _bf16_dp_case()
+        results = global_step(cfg, sampled, ranks, _bf16_engines(cfg, "bf16")[1])
     torch.save(results, f"{out}.{rank}")
     ps.destroy_model_parallel()
     dist.destroy_process_group()
@@ -637,31 +646,6 @@ def test_megatron_bf16_keeps_fp32_masters_and_the_optimizer_layout(megatron):
     assert all(torch.equal(again[k][n], moments[k][n]) for k in ("exp_avg", "exp_avg_sq") for n in moments[k])
 
 
-def _bf16_parallel_rank(rank: int, port: int, tp: int, ep: int, sampled, out: str) -> None:
-    """One of 2 gloo ranks: Megatron bf16 at TP x EP, the data-parallel rest splitting the batch."""
-    import os
-
-    import torch.distributed as dist
-    from megatron.core import parallel_state as ps
-    from megatron_cpu_shim import install
-    from test_distributed import global_step
-
-    from rl_core.training import distributed as D
-    from rl_core.training.megatron.engine import init_megatron
-
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    install()
-    init_megatron(0, tp, ep)
-    data = (ps.get_data_parallel_rank(), ps.get_data_parallel_world_size())
-    ranks = D.Ranks(rank, 2, torch.device("cpu"), data, ps.get_data_parallel_group())
-    cfg = _bf16_dp_case()
-    torch.save(global_step(cfg, sampled, ranks, _bf16_engines(cfg, "bf16")[1]), f"{out}.{rank}")
-    ps.destroy_model_parallel()
-    dist.destroy_process_group()
-
-
 def _bf16_dp_case():
     from rl_core import config as C
 
@@ -689,7 +673,7 @@ def test_megatron_bf16_over_two_ranks_reduces_the_fp32_master_gradients(megatron
     cfg = _bf16_dp_case()
     sampled = sampled_batch(cfg)
     out = str(tmp_path / "rank")
-    mp.spawn(_bf16_parallel_rank, args=(_free_port(), tp, ep, sampled, out), nprocs=2)
+    mp.spawn(_parallel_rank, args=(_free_port(), tp, ep, sampled, out, "bf16"), nprocs=2)
     (w0, rows0), (w1, rows1) = (torch.load(f"{out}.{r}", weights_only=False) for r in (0, 1))
     assert all(torch.equal(w0[k], w1[k]) for k in w0) and rows0 == rows1  # one step on both ranks
     one_bf16 = global_step(cfg, sampled, D.SINGLE, _bf16_engines(cfg, "bf16")[1])
