@@ -69,13 +69,18 @@ def plot_frontier(ax, runs: pd.DataFrame, levels: list, key: str, colors: dict) 
 
 def plot_survival(ax, runs: pd.DataFrame, margins: pd.DataFrame, levels: list, key: str, colors: dict,
                   threshold: float) -> None:
-    """Share of surviving seeds per level, the threshold, and each arm's s* (dotted; censored: none)."""
-    for arm, g in runs.groupby("base_arm", sort=False):
+    """Share of surviving seeds per level, the threshold, and each arm's s* (dotted; censored: none).
+    Arms often survive alike (identical lines): each later arm is drawn narrower on top of the earlier ones,
+    so coinciding arms show as nested stripes, none hidden, and no point is moved."""
+    arms = list(runs.groupby("base_arm", sort=False))
+    for k, (arm, g) in enumerate(arms):
+        wide = (len(arms) - 1 - k) / max(len(arms) - 1, 1)  # 1 for the first arm drawn, 0 for the last
         frac = g.groupby("level_index")["collapse_step"].apply(lambda s: s.isna().mean())
-        ax.plot(_x(levels, frac.index), frac.to_numpy(), "-o", color=colors[arm], ms=4, lw=2)
+        ax.plot(_x(levels, frac.index), frac.to_numpy(), "-o", color=colors[arm], ms=4 + 5 * wide,
+                lw=1.5 + 4 * wide)
         row = margins[margins["arm"] == arm]
         if len(row) and row["s_star_censored"].iloc[0] == "":
-            ax.axvline(row["s_star"].iloc[0], color=colors[arm], ls=":", lw=1.5)
+            ax.axvline(row["s_star"].iloc[0], color=colors[arm], ls=":", lw=1.5 + 3 * wide)
     ax.axhline(threshold, color="0.4", ls="--", lw=1)
     _stress_axis(ax, levels, key)
     ax.set_ylim(-0.05, 1.05)
