@@ -424,7 +424,8 @@ def _main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     cfg = config_from_args(args)
     named = [o.partition("=")[0].strip() for o in args.overrides]
-    if "cold_start" in named or (args.config and "cold_start:" in Path(args.config).read_text()):
+    in_file = args.config and "cold_start" in (C.yaml_load(Path(args.config).read_text()) or {})  # a key
+    if "cold_start" in named or in_file:
         init = cfg.init or "unset"
         raise C.ConfigError(f"cold_start={cfg.cold_start!r}: the trainer starts from init ({init})"
                             f" and never reads cold_start (it names the cold start the workflow passes as "

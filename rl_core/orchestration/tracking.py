@@ -276,12 +276,14 @@ def read_rows(path: Path) -> list[dict]:
     stderr naming the file and the line (its rows are not mirrored)."""
     if not path.is_file():
         return []
-    lines = path.read_text().splitlines()
-    for n, line in enumerate(lines, 1):
-        if line.strip() and not parse_rows([line]):
+    rows = []
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        row = parse_rows([line])  # each line parsed once: a row, or nothing for a torn line
+        rows += row
+        if line.strip() and not row:
             print(f"warning: {path} line {n}: not a JSON object (a torn write?); skipped, not mirrored to "
                   f"MLflow: {line[:60]!r}", file=sys.stderr, flush=True)
-    return parse_rows(lines)
+    return rows
 
 
 def run_meta(run_dir: Path) -> dict:
