@@ -32,7 +32,10 @@ the stress key in its own config.json (the expansion's value when the config lac
   is censored at its last step (analysis.stability's ``survival_step``).
 * **ranking** per figure: arms by s*, highest first (censored above highest); an arm's rank is 1 + the
   number of arms whose interval lies entirely above its own (lo > its hi), so arms with overlapping
-  intervals share a rank (shown "=2").
+  intervals share a rank (shown "=2"). Beside it the LR-sensitivity rank, the same rule on the other
+  margin with lower better: 1 + the arms whose sensitivity interval lies entirely below its own. s* has
+  the levels' 2x resolution, so where every arm breaks between the same two levels the sensitivity rank is
+  the one that can still separate them.
 * **replication** (:func:`compare_margins`): for every pair of arms of a figure whose s* intervals are
   separated in run A, whether run B keeps the order with separation, keeps the order without it (equal
   points included), or flips it; the same for the LR-sensitivity intervals (lower = more stable), each
@@ -299,14 +302,21 @@ def _order_key(row) -> float:
 
 
 def rank_arms(table: pd.DataFrame) -> pd.DataFrame:
-    """Add ``rank`` (1 + arms of the figure whose interval lies entirely above) and ``rank_shared``; rows
-    sorted per figure by s*, highest first (censored above first)."""
+    """Add ``rank`` (1 + arms of the figure whose s* interval lies entirely above) and ``rank_shared``, and
+    where the table has sensitivity intervals ``sens_rank`` (1 + arms whose sensitivity interval lies
+    entirely below) and ``sens_rank_shared``; rows sorted per figure by s*, highest first (censored above
+    first)."""
     out = []
     for _, group in table.groupby("figure", sort=False):
         g = group.assign(_key=group.apply(_order_key, axis=1)).sort_values("_key", ascending=False)
         ranks = [1 + int((g["s_star_lo"] > hi).sum()) for hi in g["s_star_hi"]]
         g = g.assign(rank=ranks).drop(columns="_key")
-        out.append(g.assign(rank_shared=g["rank"].duplicated(keep=False)))
+        g = g.assign(rank_shared=g["rank"].duplicated(keep=False))
+        if "sensitivity_lo" in g:
+            sens = [1 + int((g["sensitivity_hi"] < lo).sum()) for lo in g["sensitivity_lo"]]
+            g = g.assign(sens_rank=sens)
+            g = g.assign(sens_rank_shared=g["sens_rank"].duplicated(keep=False))
+        out.append(g)
     return pd.concat(out, ignore_index=True)
 
 

@@ -1,9 +1,9 @@
 """Tables of a stress figure's stability margins as HTML and Markdown (strings only, no I/O).
 
 The margins table: one row per base arm, its survival per level (surviving/seeds), the critical stress s*
-with its bootstrap interval and censoring, the LR sensitivity with its interval, and its rank (shared,
-"=", where intervals overlap). The early-warning table: one row per diagnostic. The arm x level matrix:
-the summary's reading of a stress figure (status and final score per base arm and level).
+with its bootstrap interval and censoring, the LR sensitivity with its interval, and its rank on each
+margin (shared, "=", where intervals overlap). The early-warning table: one row per diagnostic. The arm x
+level matrix: the summary's reading of a stress figure (status and final score per base arm and level).
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from analysis.margins import star_text
 from analysis.render import _table, arm_status, fmt, md_table, status_class
 
 MARGIN_HEADERS = ["Arm", "Seeds", "Surviving seeds per level", "Critical stress s* [95% CI]", "Censored",
-                  "LR sensitivity [95% CI] (score)", "Rank"]
+                  "LR sensitivity [95% CI] (score)", "Rank (s*)", "Rank (LR sensitivity)"]
 WARNING_HEADERS = ["Diagnostic", "Warns when", "Threshold", "Collapses judged", "Flagged before t_c",
                    "Missed (late + never)", "Excluded (KL rule)", "Lead, median [IQR] (steps)",
                    "False flags / surviving runs"]
@@ -24,11 +24,16 @@ CENSORING = {"above": "no break up to the top level", "below": "broke at the low
 
 
 def _margin_cells(row: dict, labels: dict) -> list[str]:
-    rank = f"={row['rank']}" if row.get("rank_shared") else str(row["rank"])
+    def rank(key: str) -> str:
+        if key not in row or pd.isna(row[key]):  # a margins.csv written before the sensitivity rank
+            return "—"
+        return f"={int(row[key])}" if row.get(f"{key}_shared") else str(int(row[key]))
+
     sens = f"{fmt(row['sensitivity'], '.3f')} [{fmt(row['sensitivity_lo'], '.3f')}, " \
            f"{fmt(row['sensitivity_hi'], '.3f')}]"
     return [f"{labels.get(row['arm'], row['arm'])} ({row['arm']})", str(row["n_seeds"]), row["survival"],
-            star_text(row), CENSORING.get(row["s_star_censored"], row["s_star_censored"]), sens, rank]
+            star_text(row), CENSORING.get(row["s_star_censored"], row["s_star_censored"]), sens,
+            rank("rank"), rank("sens_rank")]
 
 
 def margins_rows(margins: pd.DataFrame, labels: dict) -> list[list[str]]:
@@ -50,7 +55,9 @@ def _note(levels: str, key: str, rules) -> str:
             "stress); 95% percentile bootstrap over seeds (2000 draws, one draw for all levels). With three "
             "seeds a survival share is 0, 1/3, 2/3 or 1: expect wide, overlapping intervals. LR sensitivity: "
             "mean over levels of (best level's mean final score - the level's), a run without a finite "
-            "score counting 0. Rank: 1 + arms whose interval lies entirely above.")
+            "score counting 0. Rank (s*): 1 + arms whose s* interval lies entirely above; rank (LR "
+            "sensitivity): 1 + arms whose sensitivity interval lies entirely below (lower is more stable); "
+            "'=' where the rank is shared.")
 
 
 def _warning_note(rules, sources: str) -> str:

@@ -111,16 +111,18 @@ def test_an_unfinished_run_that_has_not_collapsed_is_not_a_survivor():
 
 
 def test_ranks_are_shared_when_intervals_overlap():
-    def row(arm, point, lo, hi, censored=""):
+    def row(arm, point, lo, hi, censored="", sens=(0.1, 0.2)):
         return {"figure": "f", "arm": arm, "s_star": point, "s_star_lo": lo, "s_star_hi": hi,
-                "s_star_censored": censored}
+                "s_star_censored": censored, "sensitivity_lo": sens[0], "sensitivity_hi": sens[1]}
 
     from analysis.margins import rank_arms
-    ranked = rank_arms(pd.DataFrame([row("c", 1, 0.5, 1.5), row("a", 8, 8, 8, "above"),
-                                     row("b", 4, 1.2, 8)]))
+    ranked = rank_arms(pd.DataFrame([row("c", 1, 0.5, 1.5, sens=(0.05, 0.09)), row("a", 8, 8, 8, "above"),
+                                     row("b", 4, 1.2, 8, sens=(0.3, 0.4))]))
     # a's interval [8, 8] lies above c's [0.5, 1.5] only; b overlaps both; c has a above it -> rank 2
     assert list(ranked["arm"]) == ["a", "b", "c"] and list(ranked["rank"]) == [1, 1, 2]
     assert list(ranked["rank_shared"]) == [True, True, False]
+    # lower sensitivity is more stable: c [0.05, 0.09] lies below a [0.1, 0.2], which lies below b [0.3, 0.4]
+    assert list(ranked["sens_rank"]) == [2, 3, 1] and not ranked["sens_rank_shared"].any()
 
 
 # --------------------------------------------------------------------------------- Kaplan-Meier
