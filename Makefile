@@ -34,6 +34,8 @@ endif
 # A grid estimated over rl_core.orchestration.grid.LONG_GRID_HOURS on this machine (preset full on a CPU) is refused
 # unless CONFIRM_LONG=1.
 RUN_CONFIG += $(if $(CONFIRM_LONG),confirm_long=true)
+# FIGURES=a,b: only these figures of the grid and their findings (reproduce and replicate).
+RUN_CONFIG += $(if $(FIGURES),only_figures=$(FIGURES))
 
 # The validator's refusal stops make (pipefail: `| tail` alone would exit 0 and start Snakemake anyway).
 # A Snakemake that was killed leaves .snakemake/locks: the next run refuses, and `make unlock` clears it.
@@ -42,7 +44,7 @@ LOCKED_HINT = { rc=$$?; test -n "$$(ls .snakemake/locks 2>/dev/null)" && \
   echo "make: Snakemake left a lock (.snakemake/locks; a killed run?): if no other Snakemake runs here, 'make unlock' clears it, then run make again"; exit $$rc; }
 
 reproduce: $(STAMP)
-	@set -o pipefail; $(BIN)/python -m rl_core.orchestration.grid $(GRID) --estimate --cores $(CORES) $(if $(filter quick,$(PRESET)),--preset mini --seeds 0,--preset $(PRESET)) | tail -n 1
+	@set -o pipefail; $(BIN)/python -m rl_core.orchestration.grid $(GRID) --estimate --cores $(CORES) $(if $(filter quick,$(PRESET)),--preset mini --seeds 0,--preset $(PRESET)) $(if $(FIGURES),--figures $(FIGURES)) | tail -n 1
 	$(SNAKEMAKE_RUN) --configfile $(GRID) --config $(RUN_CONFIG) || $(LOCKED_HINT)
 
 # After a killed Snakemake (Ctrl-C twice, a lost terminal) its lock stays and every run refuses with
@@ -52,7 +54,8 @@ unlock: $(STAMP)
 
 # Do the verdicts replicate? The grid again with other seeds (REPLICA_SEEDS) into REPLICA/, from the same
 # cold starts (copied with their times: they do not depend on the RL seed), then both runs' findings side
-# by side (analysis.compare). Run after `make reproduce` with the same GRID and PRESET.
+# by side (analysis.compare). Run after `make reproduce` with the same GRID and PRESET; FIGURES=a,b replicates
+# only those figures (the others' findings and margins are listed as missing in the replica).
 REPLICA_SEEDS ?= [3,4,5]
 REPLICA ?= results-replica
 GRID_NAME = $(shell sed -n 's/^name: *\([^ #]*\).*/\1/p' $(GRID) 2>/dev/null)
@@ -63,7 +66,8 @@ replicate: $(STAMP)
 	  echo "make replicate: no results/$(GRID_NAME)/report/findings.csv; run make reproduce first"; exit 2; }
 	mkdir -p $(REPLICA)/$(GRID_NAME) && cp -a -n results/$(GRID_NAME)/models $(REPLICA)/$(GRID_NAME)/
 	$(BIN)/snakemake --profile workflow/profiles/default --cores $(CORES) --configfile $(GRID) \
-	  --config preset=$(if $(filter quick,$(PRESET)),mini,$(PRESET)) 'seeds=$(REPLICA_SEEDS)' results=$(REPLICA)
+	  --config preset=$(if $(filter quick,$(PRESET)),mini,$(PRESET)) 'seeds=$(REPLICA_SEEDS)' results=$(REPLICA) \
+	  $(if $(FIGURES),only_figures=$(FIGURES))
 	$(BIN)/python -m analysis.compare results/$(GRID_NAME)/report/findings.csv \
 	  $(REPLICA)/$(GRID_NAME)/report/findings.csv --names "results/" "$(REPLICA)/ (seeds $(REPLICA_SEEDS))" \
 	  --out $(REPLICA)/$(GRID_NAME)/report/compare.md

@@ -17,6 +17,8 @@ specific layer wins). Options beside it:
              tracking_uri=URI  MLflow tracking server (default: sqlite:///<abs DIR>/mlflow.db)
              'seeds=[0,1,2]'   run every arm once per seed
              grid=FILE         the grid file, read by rl_core (instead of --configfile FILE)
+             only_figures=a,b  only these figures and their findings (the report then covers only
+                               them; a run without it restores the full report, training nothing again)
 
 Layout under DIR/{grid}/: models/{base,terse,chain,scratchpad}/ (HF checkpoints), models/eval_*.json,
 runs/{figure}/{arm}/seed{seed}/ (the trainer's files), logs/, grid.yaml, mlflow_parent.json, report/;

@@ -320,9 +320,29 @@ def test_workflow_options_are_split_from_the_grid_and_cli_seeds_become_ints():
                                               "tracking_uri": None})
     assert grid == {"name": "x", "seeds": [0, 1]}
     assert options == {"results": "out", "tracking_uri": "", "live_tracking": True, "confirm_long": False,
-                       "grid": ""}
+                       "grid": "", "only_figures": ""}
     _, options = G.split_workflow_options({"name": "x", "live_tracking": False})
     assert options["live_tracking"] is False
+
+
+def test_figures_option_keeps_those_figures_and_their_findings_and_names_an_unknown_one():
+    data = G.read_yaml(SMOKE)
+    assert {"on_policy", "off_policy_n2", "precision"} <= set(data["figures"])  # precondition
+    grid, options = G.split_workflow_options(dict(data, only_figures="off_policy_n2"))
+    assert list(grid["figures"]) == ["off_policy_n2"] and options["only_figures"] == "off_policy_n2"
+    assert [f["figure"] for f in grid["findings"]] == ["off_policy_n2"] * len(grid["findings"])
+    assert len(grid["findings"]) == sum(f["figure"] == "off_policy_n2" for f in data["findings"]) > 0
+    assert grid["base"] == data["base"] and grid["seeds"] == data["seeds"]
+    full, subset = G.grid_from_dict(data), G.grid_from_dict(grid)
+    assert {r.figure for r in subset.runs} == {"off_policy_n2"}
+    assert [r.meta["config_hash"] for r in subset.runs] == \
+        [r.meta["config_hash"] for r in full.runs if r.figure == "off_policy_n2"]  # the same runs
+    with pytest.raises(G.GridError, match=r"--config only_figures: nope is not a figure of this grid "
+                                          r"\(its figures: on_policy, off_policy_n2, precision"):
+        G.split_workflow_options(dict(data, only_figures="on_policy,nope"))
+    out = subprocess.run([sys.executable, "-m", "rl_core.orchestration.grid", str(SMOKE), "--figures",
+                          "on_policy"], capture_output=True, text=True, cwd=REPO, check=True).stdout
+    assert f"smoke: {sum(r.figure == 'on_policy' for r in full.runs)} runs" in out
 
 
 # ------------------------------------------------------------------ duplicate keys and findings at load

@@ -89,6 +89,17 @@ def test_config_grid_names_a_missing_file_or_the_line_of_a_yaml_error(tmp_path):
     assert "give the grid once" in out
 
 
+def test_only_figures_plans_those_figures_alone(tmp_path):
+    smoke = REPO / "experiments" / "smoke.yaml"
+    runs = load_grid(smoke).runs
+    assert len({r.figure for r in runs}) > 1 and "on_policy" in {r.figure for r in runs}  # precondition
+    jobs = planned(snakemake(tmp_path, "-n", "--configfile", str(smoke), "--config",
+                             "only_figures=on_policy"))
+    assert arm_jobs(jobs) == Counter((r.figure, r.arm) for r in runs if r.figure == "on_policy")
+    out = snakemake(tmp_path, "-n", "--configfile", str(smoke), "--config", "only_figures=nope", check=False)
+    assert "invalid grid: --config only_figures: nope is not a figure of this grid" in out
+
+
 def test_a_grid_without_figures_says_how_to_give_one(tmp_path):
     # A bare `snakemake` runs the paper's grid (tests/test_readme_snippets.py); a grid file given with
     # --configfile replaces it whole, so one without figures is no grid.

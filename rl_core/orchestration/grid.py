@@ -81,7 +81,7 @@ DEFAULT_PRESET = "mini"
 SHARED_SECTIONS = ("model", "pipeline")
 #: Workflow options that may sit beside the grid in Snakemake's config (`--config results=... `).
 WORKFLOW_OPTIONS = {"results": "results", "tracking_uri": "", "live_tracking": True,
-                    "confirm_long": False, "grid": ""}
+                    "confirm_long": False, "grid": "", "only_figures": ""}
 #: A grid estimated (rl_core.orchestration.cost, on this machine's cores) to take longer than this many hours
 #: is refused on the local executor unless `--config confirm_long=true` (e.g. preset full on a CPU: ~1,100 h).
 LONG_GRID_HOURS = 24
@@ -252,7 +252,26 @@ def split_workflow_options(config: dict) -> tuple[dict, dict]:
     if isinstance(grid.get("seeds"), list):
         grid["seeds"] = [int(s) if isinstance(s, str) and s.strip().isdigit() else s for s in grid["seeds"]]
     options = {k: (config.get(k) if config.get(k) is not None else d) for k, d in WORKFLOW_OPTIONS.items()}
+    if options["only_figures"] and grid.get("figures"):
+        grid = only_figures(grid, options["only_figures"])
     return grid, options
+
+
+def only_figures(grid: dict, figures: str | list, option: str = "--config only_figures") -> dict:
+    """The grid with only the named figures (`--config only_figures=a,b`; `make reproduce FIGURES=a,b`,
+    `make replicate FIGURES=a,b`) and the findings on them; everything else (base, seeds, levels, rules)
+    unchanged. An unknown name is refused with the grid's figures listed."""
+    names = [str(f).strip() for f in (figures.split(",") if isinstance(figures, str) else figures)]
+    names = [n for n in names if n]
+    known = list(grid.get("figures") or {})
+    unknown = [n for n in names if n not in known]
+    if unknown or not names:
+        raise GridError(f"{option}: {', '.join(unknown) or '(empty)'} is not a figure of this grid (its "
+                        f"figures: {', '.join(known)})")
+    out = dict(grid, figures={k: v for k, v in grid["figures"].items() if k in names})
+    if isinstance(grid.get("findings"), list):
+        out["findings"] = [f for f in grid["findings"] if not isinstance(f, dict) or f.get("figure") in names]
+    return out
 
 
 def grid_from_dict(data: Any, source: str = "<grid>", preset: str | None = None, *,
@@ -469,13 +488,15 @@ def validate_schema(data: Any, source: str = "<grid>", schema: str | Path | None
 
 
 def main(argv: list[str] | None = None) -> int:
-    """`python -m rl_core.orchestration.grid GRID.yaml [--preset P] [--seeds 0,1,2] [--estimate [--cores N]]`:
+    """`python -m rl_core.orchestration.grid GRID.yaml [--preset P] [--seeds 0,1,2] [--figures a,b]
+    [--estimate [--cores N]]`:
     validate a grid and list its runs, or estimate its wall time (rl_core.orchestration.cost, coefficients
     from `make bench`)."""
     parser = argparse.ArgumentParser(prog="python -m rl_core.orchestration.grid", description=main.__doc__)
     parser.add_argument("grid", help="grid file (experiments/*.yaml)")
     parser.add_argument("--preset", help="scale preset (default: the grid's)")
     parser.add_argument("--seeds", help="comma-separated seeds replacing the grid's `seeds` (e.g. 0,1,2)")
+    parser.add_argument("--figures", help="comma-separated figures: only these and their findings")
     parser.add_argument("--estimate", action="store_true", help="print the grid's estimated wall time")
     parser.add_argument("--cores", type=int, default=2, help="cores the workflow runs on (--estimate)")
     args = parser.parse_args(argv)
@@ -487,6 +508,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise GridError(f"--seeds: {bad[0]!r} is not a seed (comma-separated integers >= 0, "
                                 f"e.g. --seeds 0,1,2)")
             data["seeds"] = [int(x) for x in args.seeds.split(",")]
+        if args.figures and isinstance(data, dict) and isinstance(data.get("figures"), dict):
+            data = only_figures(data, args.figures, "--figures")
         grid = grid_from_dict(data, source=args.grid, preset=args.preset)
     except (GridError, ValueError) as e:
         print(f"error: {one_line(e)}", file=sys.stderr)
