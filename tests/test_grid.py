@@ -323,6 +323,11 @@ def test_workflow_options_are_split_from_the_grid_and_cli_seeds_become_ints():
                        "grid": "", "only_figures": ""}
     _, options = G.split_workflow_options({"name": "x", "live_tracking": False})
     assert options["live_tracking"] is False
+    for word, value in (("false", False), ("OFF", False), ("0", False), ("true", True), ("yes", True)):
+        _, options = G.split_workflow_options({"name": "x", "live_tracking": word, "confirm_long": word})
+        assert options["live_tracking"] is value and options["confirm_long"] is value
+    with pytest.raises(G.GridError, match=r"--config live_tracking=flase: not an on/off value \(one of true"):
+        G.split_workflow_options({"name": "x", "live_tracking": "flase"})
 
 
 def test_figures_option_keeps_those_figures_and_their_findings_and_names_an_unknown_one():

@@ -252,9 +252,27 @@ def split_workflow_options(config: dict) -> tuple[dict, dict]:
     if isinstance(grid.get("seeds"), list):
         grid["seeds"] = [int(s) if isinstance(s, str) and s.strip().isdigit() else s for s in grid["seeds"]]
     options = {k: (config.get(k) if config.get(k) is not None else d) for k, d in WORKFLOW_OPTIONS.items()}
+    for key, default in WORKFLOW_OPTIONS.items():
+        if isinstance(default, bool):
+            options[key] = _switch(key, options[key])
     if options["only_figures"] and grid.get("figures"):
         grid = only_figures(grid, options["only_figures"])
     return grid, options
+
+
+_SWITCH = {"true": True, "1": True, "yes": True, "on": True,
+           "false": False, "0": False, "no": False, "off": False}
+
+
+def _switch(key: str, value) -> bool:
+    """An on/off workflow option as given (`--config live_tracking=false` arrives as a string or a bool);
+    anything else is refused, naming the key: a misspelt `flase` must not silently mean on."""
+    if isinstance(value, bool):
+        return value
+    word = str(value).strip().lower()
+    if word not in _SWITCH:
+        raise GridError(f"--config {key}={value}: not an on/off value (one of {', '.join(_SWITCH)})")
+    return _SWITCH[word]
 
 
 def only_figures(grid: dict, figures: str | list, option: str = "--config only_figures") -> dict:

@@ -56,7 +56,7 @@ INDEX_HTML = f"{RESULTS}/index.html"
 TRACKING_URI = str(OPTIONS["tracking_uri"] or "")
 # Each arm's metric rows reach MLflow while it runs (rl_core.orchestration.live, started in tracking.smk);
 # --config live_tracking=false turns it off.
-LIVE = "false" if str(OPTIONS["live_tracking"]).strip().lower() in ("false", "0", "no", "off", "") else "true"
+LIVE = "true" if OPTIONS["live_tracking"] else "false"  # a bool: split_workflow_options refuses other words
 RUNS = {(r.figure, r.arm, str(r.seed)): r for r in GRID.runs}
 # Every shell job first appends its full command, with the time, to {LOGS}/commands.log: the terminal stays
 # quiet (workflow/profiles/default) and the commands stay on record. (Braces doubled twice: once for this
@@ -217,11 +217,7 @@ if workflow.local_exec and (_problems := _capability_problems()):
     )
 
 
-def _truthy(value):
-    return str(value).strip().lower() in ("true", "1", "yes", "on")
-
-
-if workflow.local_exec and not workflow.dryrun and not _truthy(OPTIONS["confirm_long"]):
+if workflow.local_exec and not workflow.dryrun and not OPTIONS["confirm_long"]:
     from rl_core.orchestration.cost import grid_estimate
 
     _cores = workflow.resource_settings.cores or 1
