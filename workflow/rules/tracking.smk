@@ -84,8 +84,11 @@ def start_progress():
 
     from rl_core.orchestration.cost import grid_estimate
 
-    e = grid_estimate(GRID, workflow.cores)
-    plan = {"grid": GRID.name, "cores": workflow.cores,
+    # Locally the jobs share --cores; on a cluster executor (no --cores: workflow.cores raises) up to --jobs
+    # arms run at once, each on its own node's cores, so the plan counts --jobs parallel slots.
+    slots = workflow.cores if workflow.local_exec else max(1, int(workflow.nodes or 1))
+    e = grid_estimate(GRID, slots)
+    plan = {"grid": GRID.name, "cores": slots,
             "coldstart_s": e["pretrain_s"] + e["sft_wall_s"] + e["coldstart_eval_s"] * len(EVALUATED),
             "coldstart_files": [f"{GDIR}/models/eval_{m}.json" for m in EVALUATED],
             "runs": [{"dir": os.path.abspath(run_file(r)), "est_s": a["total_s"], "steps": r.config.train.steps}
