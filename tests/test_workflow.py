@@ -1,6 +1,8 @@
 """The Snakemake DAG, built in dry runs (no job runs): every arm of paper.yaml once; adding an arm plans
 only its jobs; editing one arm's config reruns only that arm (Snakemake's params trigger)."""
 
+import json
+import os
 import re
 import shutil
 import subprocess
@@ -87,6 +89,26 @@ def test_config_grid_names_a_missing_file_or_the_line_of_a_yaml_error(tmp_path):
     assert arm_jobs(jobs) == Counter((r.figure, r.arm) for r in load_grid(smoke).runs)
     out = snakemake(tmp_path, "-n", "--configfile", str(smoke), "--config", f"grid={smoke}", check=False)
     assert "give the grid once" in out
+
+
+def test_a_cluster_executor_without_cores_gets_past_the_workflow_start(tmp_path):
+    """SLURM's executor runs Snakemake without --cores, where ``workflow.cores`` raises. The workflow's start
+    (the live follower, the progress line's plan) must not need it: a stand-in non-local executor
+    (tests/executor_standin; it submits nothing, every job fails at once) gets to its first job, and the
+    plan counts --jobs slots. `make test-slurm` runs the real executor outside CI; this guards the default
+    suite (the progress line once stopped every SLURM grid at start with "requires a total number of
+    cores")."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(REPO / "tests" / "executor_standin"), os.environ.get("PYTHONPATH", "")]))
+    cmd = [sys.executable, "-m", "snakemake", "--snakefile", str(REPO / "Snakefile"), "--directory",
+           str(tmp_path), "--executor", "standin", "--jobs", "3", "--configfile",
+           str(REPO / "experiments" / "smoke.yaml"), "--config", f"results={tmp_path / 'r'}",
+           "live_tracking=false"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, env=env)
+    out = proc.stdout + proc.stderr
+    assert "the stand-in executor runs nothing" in out, out[-3000:]  # precondition: it reached a job
+    assert "total number of cores" not in out
+    assert json.loads((tmp_path / "r" / "smoke" / "logs" / "plan.json").read_text())["cores"] == 3
 
 
 def test_only_figures_plans_those_figures_alone(tmp_path):
