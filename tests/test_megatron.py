@@ -18,6 +18,7 @@ EP = 2 launched with torchrun's environment.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib.util
 
@@ -451,11 +452,10 @@ def _parallel_results(sampled: dict, ranks) -> dict:
     return {"scores": scores, "weights": weights, "rows": rows}
 
 
-def _parallel_rank(rank: int, port: int, tp: int, ep: int, sampled, out: str,
-                   precision: str = "fp32") -> None:
-    """One of 2 gloo ranks on the CPU: Megatron at TP x EP, the data-parallel rest splitting the batch.
-    fp32: :func:`_parallel_results` of ``sampled`` (a dict of cases); bf16: one global step of the bf16
-    engine on ``sampled`` (one batch)."""
+@contextlib.contextmanager
+def _gloo_rank(rank: int, port: int, tp: int, ep: int):
+    """This process as one of 2 gloo ranks on the CPU, Megatron's parallel state at TP x EP (the
+    data-parallel rest splitting the batch): yields its Ranks, and leaves both groups after."""
     import os
 
     import torch.distributed as dist
@@ -471,17 +471,24 @@ def _parallel_rank(rank: int, port: int, tp: int, ep: int, sampled, out: str,
     install()
     init_megatron(0, tp, ep)
     data = (ps.get_data_parallel_rank(), ps.get_data_parallel_world_size())
-    ranks = D.Ranks(rank, 2, torch.device("cpu"), data, ps.get_data_parallel_group())
-    if precision == "fp32":
-        results = _parallel_results(sampled, ranks)
-    else:
-        from test_distributed import global_step
-
-        cfg = _bf16_dp_case()
-        results = global_step(cfg, sampled, ranks, _bf16_engines(cfg, "bf16")[1])
-    torch.save(results, f"{out}.{rank}")
+    yield D.Ranks(rank, 2, torch.device("cpu"), data, ps.get_data_parallel_group())
     ps.destroy_model_parallel()
     dist.destroy_process_group()
+
+
+def _parallel_rank(rank: int, port: int, tp: int, ep: int, sampled, out: str,
+                   precision: str = "fp32") -> None:
+    """One of 2 gloo ranks (:func:`_gloo_rank`). fp32: :func:`_parallel_results` of ``sampled`` (a dict of
+    cases); bf16: one global step of the bf16 engine on ``sampled`` (one batch)."""
+    with _gloo_rank(rank, port, tp, ep) as ranks:
+        if precision == "fp32":
+            results = _parallel_results(sampled, ranks)
+        else:
+            from test_distributed import global_step
+
+            cfg = _bf16_dp_case()
+            results = global_step(cfg, sampled, ranks, _bf16_engines(cfg, "bf16")[1])
+        torch.save(results, f"{out}.{rank}")
 
 
 @pytest.mark.parametrize("tp,ep", [(2, 1), (1, 2)], ids=["tp2", "ep2"])
@@ -681,37 +688,23 @@ def _bf16_gradient_case(precision: str):
 
 
 def _bf16_gradient_rank(rank: int, port: int, tp: int, ep: int, sampled, out: str, fault: str) -> None:
-    """One of 2 gloo ranks: :func:`_bf16_first_gradient` of the bf16 engine at TP x EP. ``fault`` puts
-    back a wiring fault the check must catch: 'qk_not_summed' (the q/k norms' TP sum skipped, as when the
-    reductions read names they do not expect) or 'tp_flag_lost' (the masters without the parameters'
-    tensor_model_parallel flag, so the norm counts a TP slice as a duplicate)."""
-    import os
-
-    import torch.distributed as dist
-    from megatron.core import parallel_state as ps
-    from megatron_cpu_shim import install
-
-    from rl_core.training import distributed as D
+    """One of 2 gloo ranks (:func:`_gloo_rank`): :func:`_bf16_first_gradient` of the bf16 engine at TP x EP.
+    ``fault`` puts back a wiring fault the check must catch: 'qk_not_summed' (the q/k norms' TP sum skipped,
+    as when the reductions read names they do not expect) or 'tp_flag_lost' (the masters without the
+    parameters' tensor_model_parallel flag, so the norm counts a TP slice as a duplicate)."""
     from rl_core.training.megatron import engine as E
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
-    dist.init_process_group("gloo", rank=rank, world_size=2)
-    install()
-    E.init_megatron(0, tp, ep)
-    if fault == "qk_not_summed":
-        reduce = E.reduce_grads
-        E.reduce_grads = lambda named, L: reduce([(n.replace("_layernorm", "_norm"), t) for n, t in named], L)
-    data = (ps.get_data_parallel_rank(), ps.get_data_parallel_world_size())
-    ranks = D.Ranks(rank, 2, torch.device("cpu"), data, ps.get_data_parallel_group())
-    cfg = _bf16_gradient_case("bf16")
-    policy = _bf16_engines(cfg, "bf16")[1]
-    if fault == "tp_flag_lost":
-        for master in policy.master:
-            master.tensor_model_parallel = False
-    torch.save(_bf16_first_gradient(cfg, policy, sampled, ranks), f"{out}.{rank}")
-    ps.destroy_model_parallel()
-    dist.destroy_process_group()
+    with _gloo_rank(rank, port, tp, ep) as ranks:
+        if fault == "qk_not_summed":
+            reduce = E.reduce_grads
+            E.reduce_grads = lambda named, L: reduce([(n.replace("_layernorm", "_norm"), t)
+                                                      for n, t in named], L)
+        cfg = _bf16_gradient_case("bf16")
+        policy = _bf16_engines(cfg, "bf16")[1]
+        if fault == "tp_flag_lost":
+            for master in policy.master:
+                master.tensor_model_parallel = False
+        torch.save(_bf16_first_gradient(cfg, policy, sampled, ranks), f"{out}.{rank}")
 
 
 def _bf16_gradient_problems(split, one_bf16, one_fp32) -> list[str]:
@@ -749,13 +742,14 @@ def _bf16_two_rank_gradient(tp: int, ep: int, tmp_path, fault: str = "") -> tupl
     from test_distributed import _free_port
 
     out = str(tmp_path / f"grad{tp}{ep}{fault}")
-    mp.spawn(_bf16_gradient_rank, args=(_free_port(), tp, ep, _BF16_SAMPLED(), out, fault), nprocs=2)
+    mp.spawn(_bf16_gradient_rank, args=(_free_port(), tp, ep, _bf16_sampled(), out, fault), nprocs=2)
     (g0, n0), (g1, n1) = (torch.load(f"{out}.{r}", weights_only=False) for r in (0, 1))
     return (g0, n0), n0 == n1 and all(torch.equal(g0[k], g1[k]) for k in g0)
 
 
 @functools.cache
-def _BF16_SAMPLED():  # noqa: N802 - one batch for every case of the gradient checks
+def _bf16_sampled():
+    """One batch for every case of the gradient checks."""
     from test_distributed import sampled_batch
 
     return sampled_batch(_bf16_gradient_case("bf16"))
@@ -766,11 +760,11 @@ def _bf16_one_process_gradients() -> tuple:
     from rl_core.training import distributed as D
 
     return tuple(_bf16_first_gradient(_bf16_gradient_case(p), _bf16_engines(_bf16_gradient_case(p), p)[1],
-                                      _BF16_SAMPLED(), D.SINGLE) for p in ("bf16", "fp32"))
+                                      _bf16_sampled(), D.SINGLE) for p in ("bf16", "fp32"))
 
 
 @pytest.mark.parametrize("tp,ep", [(1, 1), (1, 2), (2, 1)], ids=["dp2", "ep2", "tp2"])
-def test_megatron_bf16_over_two_ranks_is_as_close_to_fp32_as_one_process(megatron, tp, ep, tmp_path, capsys):
+def test_megatron_bf16_over_two_ranks_is_as_close_to_fp32_as_one_process(megatron, tp, ep, tmp_path):
     """Megatron bf16 over 2 gloo ranks (data-, expert- or tensor-parallel 2), the first update's gradient
     on the fp32 masters: per tensor as close to the fp32 gradient as the one-process bf16 gradient is (4x,
     derived in :func:`_bf16_gradient_problems`), its norm the gathered gradient's. Measured (AMD EPYC,
